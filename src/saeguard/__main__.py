@@ -1,0 +1,3 @@
+from saeguard.cli import main
+
+main()

@@ -1,0 +1,199 @@
+"""Corpora: reading text sources and turning them into token batches.
+
+A corpus is a list of strings, a .txt file (one document per blank-line
+separated paragraph), a .jsonl file with a text field, or a Hugging Face
+``datasets`` spec ``hf:name[/config]:split[:field]``. Documents are streamed,
+so memory stays flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saeguard.errors import SaeguardError, require
+
+CorpusSpec = str | Path | Sequence[str]
+
+_TEXT_FIELDS = ("text", "content", "document", "extract", "question")
+
+
+def resolve_corpus(spec: CorpusSpec, split: str = "train") -> CorpusSpec:
+    """Built-in offline corpus names (``wiki:biology``, ``cwe``...) become their documents."""
+    if isinstance(spec, str) and not Path(spec).expanduser().exists() and not spec.startswith("hf:"):
+        from saeguard.data.corpora import available_corpora, load_corpus
+
+        if spec in available_corpora() or spec.split(":")[0] in {
+            n.split(":")[0] for n in available_corpora()
+        }:
+            return load_corpus(spec, split)
+    return spec
+
+
+def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[str]:
+    """Stream the documents of a corpus, skipping empty ones."""
+    if isinstance(spec, (list, tuple)):
+        for doc in spec:
+            require(isinstance(doc, str), "corpus entries must be strings")
+            if doc.strip():
+                yield doc
+        return
+    text = str(spec)
+    if text.startswith("hf:"):
+        yield from _iter_hf(text[3:], text_field)
+        return
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SaeguardError(
+            f"corpus file {path} cannot be read: pass an existing .txt/.jsonl file, "
+            "a list of strings or hf:name:split"
+        )
+    try:
+        if path.suffix == ".jsonl":
+            yield from _iter_jsonl(path, text_field)
+        else:
+            yield from _iter_txt(path)
+    except UnicodeDecodeError:
+        raise SaeguardError(f"corpus file {path} is not UTF-8 text: convert it first") from None
+
+
+def _iter_txt(path: Path) -> Iterator[str]:
+    block: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                block.append(line.rstrip("\n"))
+            elif block:
+                yield "\n".join(block)
+                block = []
+    if block:
+        yield "\n".join(block)
+
+
+def _iter_jsonl(path: Path, text_field: str | None) -> Iterator[str]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SaeguardError(f"{path}:{number} is not valid JSON: fix that line") from None
+            if isinstance(row, str):
+                text = row
+            else:
+                field = text_field or next((f for f in _TEXT_FIELDS if f in row), None)
+                require(
+                    field is not None and field in row,
+                    f"{path}:{number} has no text field: add 'text' or pass --text-field",
+                )
+                text = row[field]
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def _iter_hf(spec: str, text_field: str | None) -> Iterator[str]:
+    parts = spec.split(":")
+    require(len(parts) >= 2, "HF corpus spec must be hf:name[/config]:split[:field]")
+    name, split = parts[0], parts[1]
+    field = parts[2] if len(parts) > 2 else text_field
+    config = None
+    if name.count("/") >= 2:
+        name, config = name.rsplit("/", 1)
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as error:  # noqa: BLE001 - hub errors vary
+        raise SaeguardError(f"cannot load HF dataset {spec!r}: {error}") from None
+    for row in dataset:
+        key = field or next((f for f in _TEXT_FIELDS if f in row), None)
+        require(key is not None, f"HF dataset {spec!r} has no text column: add :field")
+        if row[key] and str(row[key]).strip():
+            yield str(row[key])
+
+
+@dataclass
+class TokenBatch:
+    """Token ids plus the mask of tokens that count (real, non-special, in scope)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T) 1 for real tokens
+    counted: torch.Tensor  # (B, T) bool: tokens statistics and the gate look at
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            ids.add(value)
+    return ids
+
+
+def counted_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Iterable[int]
+) -> torch.Tensor:
+    """Real tokens that are not special: BOS/EOS/PAD are excluded by id, never by position."""
+    mask = attention_mask.bool().clone()
+    special = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    if special.numel():
+        mask &= ~torch.isin(input_ids, special)
+    return mask
+
+
+def iter_chunks(
+    documents: Iterable[str], tokenizer, seq_len: int, *, max_chunks: int | None = None
+) -> Iterator[list[int]]:
+    """Documents joined with EOS and cut into ``seq_len``-token chunks (the paper's recipe).
+
+    Each chunk starts with BOS when the tokenizer has one, as the model saw in training.
+    The final partial chunk is kept if it has at least 2 tokens.
+    """
+    require(seq_len >= 2, f"seq_len must be at least 2, got {seq_len}")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    body = seq_len - (1 if bos is not None else 0)
+    buffer: list[int] = []
+    produced = 0
+    for doc in documents:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        buffer.extend(ids)
+        if eos is not None:
+            buffer.append(eos)
+        while len(buffer) >= body:
+            chunk, buffer = buffer[:body], buffer[body:]
+            yield ([bos] if bos is not None else []) + chunk
+            produced += 1
+            if max_chunks is not None and produced >= max_chunks:
+                return
+    if len(buffer) >= 2:
+        yield ([bos] if bos is not None else []) + buffer
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if left:
+            ids[row, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, length - len(seq) :] = 1
+        else:
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def pad_token_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0

@@ -1,0 +1,1 @@
+"""Offline reference data: registry-fetched sources, corpora with fixed splits, built MCQ sets."""

@@ -1,0 +1,188 @@
+"""Where the residual stream lives: decoder blocks, hook names, truncated forwards.
+
+Blocks are found generically (the longest ``nn.ModuleList`` whose length is the
+config's layer count), never by a list of model names, so any Hugging Face
+causal LM whose blocks are a ModuleList works (Llama, Mistral, Qwen2, Gemma,
+GPT-2, GPT-NeoX, Phi, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import torch
+from torch import nn
+
+from saeguard.errors import SaeguardError, require
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+_HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model")
+
+
+def _config_value(model: nn.Module, keys: tuple[str, ...]) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text_config = getattr(config, "get_text_config", None)
+    configs = [text_config()] if callable(text_config) else []
+    configs.append(config)
+    for cfg in configs:
+        for key in keys:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def layer_count(model: nn.Module) -> int:
+    return len(decoder_blocks(model))
+
+
+def hidden_size(model: nn.Module) -> int:
+    value = _config_value(model, _HIDDEN_SIZE_KEYS)
+    if value is None:
+        raise SaeguardError("cannot read the model's hidden size from its config")
+    return value
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks."""
+    expected = _config_value(model, _LAYER_COUNT_KEYS)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0
+    ]
+    if expected is not None:
+        matching = [c for c in candidates if len(c[1]) == expected]
+        if matching:
+            # The shallowest match is the main stack (not a ModuleList inside a block).
+            return min(matching, key=lambda c: c[0].count("."))[1]
+    if not candidates:
+        raise SaeguardError(
+            "no decoder blocks found: saeguard needs a model whose blocks are an nn.ModuleList"
+        )
+    return max(candidates, key=lambda c: len(c[1]))[1]
+
+
+def block_path(model: nn.Module, layer: int) -> str:
+    blocks = decoder_blocks(model)
+    for name, module in model.named_modules():
+        if module is blocks:
+            return f"{name}.{layer}"
+    return str(layer)
+
+
+_HOOK_NAME_PATTERNS = (
+    re.compile(r"^blocks\.(\d+)\.hook_resid_post$"),
+    re.compile(r"^(?:.*\.)?(?:layers|h|blocks|layer)\.(\d+)$"),
+)
+
+
+def parse_layer(spec: int | str | None, model: nn.Module) -> int:
+    """Turn a layer index or hook name into a validated block index.
+
+    Accepts ``3``, ``"3"``, TransformerLens ``blocks.3.hook_resid_post`` and HF
+    module paths such as ``model.layers.3``. The hook reads the residual stream
+    after that block.
+    """
+    count = layer_count(model)
+    if spec is None:
+        raise SaeguardError("no hook layer given: pass --layer N or use an SAE with a hook name")
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+        else:
+            match = next((m for p in _HOOK_NAME_PATTERNS if (m := p.match(text))), None)
+            if match is None:
+                raise SaeguardError(
+                    f"cannot read a layer from hook name {spec!r}: use an index, "
+                    "'blocks.N.hook_resid_post' or 'model.layers.N'"
+                )
+            index = int(match.group(1))
+    else:
+        index = int(spec)
+    require(
+        0 <= index < count,
+        f"layer {index} is out of range: this model has layers 0..{count - 1}",
+    )
+    return index
+
+
+def block_output_tensor(output: object) -> torch.Tensor:
+    """The hidden states a decoder block returned (a tensor or the first of a tuple)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    hidden = getattr(output, "hidden_states", None) or getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    raise SaeguardError(f"unexpected decoder block output type {type(output).__name__}")
+
+
+def replace_block_output(output: object, hidden: torch.Tensor) -> object:
+    if isinstance(output, torch.Tensor):
+        return hidden
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    raise SaeguardError(f"cannot replace decoder block output of type {type(output).__name__}")
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward pass once the hook layer has run."""
+
+
+@contextmanager
+def capture_residual(model: nn.Module, layer: int) -> Iterator[list[torch.Tensor]]:
+    """Record the residual after ``layer`` and stop the forward there.
+
+    Layers above the hook are never run: this is what makes statistics passes
+    cost only ``(layer + 1) / n_layers`` of a full forward.
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _args: object, output: object) -> None:
+        captured.append(block_output_tensor(output))
+        raise _StopForward
+
+    handle = decoder_blocks(model)[layer].register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def residual_at(
+    model: nn.Module,
+    layer: int,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Residual stream after block ``layer`` for a batch, running no later block."""
+    position_ids = None
+    if attention_mask is not None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with capture_residual(model, layer) as captured, suppress(_StopForward):
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+    if not captured:
+        raise SaeguardError(f"layer {layer} did not run: check the model and the layer index")
+    return captured[0]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

@@ -1,0 +1,88 @@
+"""Saving and loading guardrails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import PLANTED_LATENT, plant_forget_direction, random_sae, tiny_gpt2, tiny_llama
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from saeguard import Guardrail, SaeguardError
+from saeguard.corpus import pad_batch
+
+FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, show_progress=False)
+PROMPTS = ["what is the cell virus gene protein", "the king of the city"]
+
+
+def _logits(model, guard, tokenizer):
+    ids, mask = pad_batch([tokenizer(p)["input_ids"] for p in PROMPTS], 0)
+    with guard.attached(model):
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gpt2])
+def test_save_then_load_gives_identical_outputs(
+    make_model, tokenizer, forget_corpus, retain_corpus, tmp_path
+):
+    model, sae = plant_forget_direction(make_model(), random_sae("jumprelu"))
+    guard = Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT)
+    guard.save(tmp_path / "guard")
+    loaded = Guardrail.load(tmp_path / "guard", model)
+    assert torch.equal(_logits(model, guard, tokenizer), _logits(model, loaded, tokenizer))
+    assert int(loaded.latents.ids[0]) == PLANTED_LATENT
+    meta = json.loads((tmp_path / "guard" / "guardrail.json").read_text())
+    assert meta["format_version"] == 1 and meta["info"]["model"]["fingerprint"]
+    assert set(loaded.distributions) == {"retain_rho", "forget_rho"}
+    assert not list(tmp_path.glob(".guard.*"))
+
+
+def test_topk_guardrail_reloads_its_sae_from_disk(tokenizer, forget_corpus, retain_corpus, tmp_path):
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("topk"))
+    sae.save_model(tmp_path / "sae")
+    guard = Guardrail.fit(
+        model, tokenizer, str(tmp_path / "sae"), forget=forget_corpus, retain=retain_corpus, **FIT
+    )
+    guard.save(tmp_path / "guard")
+    loaded = Guardrail.load(tmp_path / "guard", model)
+    torch.testing.assert_close(_logits(model, guard, tokenizer), _logits(model, loaded, tokenizer))
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (lambda: tiny_gpt2(), "hidden size"),
+        (
+            lambda: LlamaForCausalLM(
+                LlamaConfig(
+                    vocab_size=40,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=3,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                )
+            ),
+            "layers",
+        ),
+        (lambda: tiny_llama(seed=9), "weights differ"),
+    ],
+)
+def test_loading_onto_another_model_fails_clearly(
+    other, message, tokenizer, forget_corpus, retain_corpus, tmp_path
+):
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT).save(
+        tmp_path / "g"
+    )
+    wrong = other()
+    if message == "hidden size":
+        wrong = type(wrong)(type(wrong.config)(**{**wrong.config.to_dict(), "n_embd": 48}))
+    with pytest.raises(SaeguardError, match=message):
+        Guardrail.load(tmp_path / "g", wrong)
+
+
+def test_loading_a_folder_that_is_not_a_guardrail_fails_clearly(tmp_path):
+    with pytest.raises(SaeguardError, match="is not a saeguard guardrail"):
+        Guardrail.load(tmp_path)
