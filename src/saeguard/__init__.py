@@ -5,8 +5,9 @@ unchanged; selected SAE latents are clamped on inputs the gate flags.
 """
 
 from saeguard.errors import SaeguardError
+from saeguard.fit import FitConfig, parse_clamp
 from saeguard.gate import GateHook, token_scope
-from saeguard.guardrail import FitConfig, Guardrail, parse_clamp
+from saeguard.guardrail import Guardrail
 from saeguard.sae import SelectedLatents, load_sae
 
 __all__ = [

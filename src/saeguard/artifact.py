@@ -66,7 +66,8 @@ def _json_default(value):
 
 
 def load_guardrail(directory: Path):
-    from saeguard.guardrail import FitConfig, Guardrail
+    from saeguard.fit import FitConfig
+    from saeguard.guardrail import Guardrail
 
     directory = directory.expanduser()
     meta_path, tensor_path = directory / META_FILE, directory / TENSORS_FILE

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 
 import torch
+from torch import nn
 
 _SAMPLE = 65_536
 
@@ -33,3 +34,25 @@ def text_fingerprint(texts: Iterable[str]) -> str:
         digest.update(text.encode("utf-8", "replace"))
         digest.update(b"\x00")
     return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module, layer: int) -> str:
+    """Fingerprint of the weights the guard reads: embeddings and blocks 0..layer."""
+    tensors: dict[str, torch.Tensor] = {}
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        tensors.update({f"embed.{k}": v for k, v in embeddings.state_dict().items()})
+    for index, block in enumerate(_blocks(model)[: layer + 1]):
+        tensors.update({f"block{index}.{k}": v for k, v in block.state_dict().items()})
+    return tensors_fingerprint(tensors)
+
+
+def model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "unknown"))
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    from saeguard.layers import decoder_blocks
+
+    return decoder_blocks(model)

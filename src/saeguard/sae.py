@@ -10,17 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from sae_lens import SAE
 
 from saeguard.errors import SaeguardError, require
 from saeguard.fingerprint import tensors_fingerprint
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
 CHEAP_ARCHITECTURES = ("standard", "jumprelu")
 SUPPORTED_ARCHITECTURES = ("standard", "jumprelu", "topk")
 _IDENTITY_NORMALISATIONS = ("none", "expected_average_only_in")
+
+
+def _sae_class() -> type[SAE]:
+    """SAELens's SAE base class, imported on first use (the import takes seconds)."""
+    from sae_lens import SAE
+
+    return SAE
 
 
 def load_sae(
@@ -30,7 +39,7 @@ def load_sae(
     dtype: str = "float32",
 ) -> SAE:
     """An SAE from a SAELens folder, a ``release:sae_id`` pair, or an SAE object."""
-    if isinstance(spec, SAE):
+    if isinstance(spec, _sae_class()):
         sae = spec
     elif isinstance(spec, tuple):
         sae = _from_release(*spec, device=str(device), dtype=dtype)
@@ -44,7 +53,7 @@ def load_sae(
                 "(cfg.json + sae_weights.safetensors)",
             )
             try:
-                sae = SAE.load_from_disk(str(path), device=str(device), dtype=dtype)
+                sae = _sae_class().load_from_disk(str(path), device=str(device), dtype=dtype)
             except (OSError, KeyError, ValueError, RuntimeError) as error:
                 raise SaeguardError(f"cannot load the SAE in {path}: {error}") from None
         elif ":" in text and not path.exists():
@@ -61,7 +70,7 @@ def load_sae(
 
 def _from_release(release: str, sae_id: str, *, device: str, dtype: str) -> SAE:
     try:
-        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+        return _sae_class().from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as error:  # noqa: BLE001 - hub and registry errors vary widely
         raise SaeguardError(
             f"cannot load SAELens release {release!r} id {sae_id!r}: {error}. "

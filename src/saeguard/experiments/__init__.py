@@ -1,0 +1,1 @@
+"""Experiments built on the core: choosing the default SAE, gate quality, attacks."""

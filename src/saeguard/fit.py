@@ -1,0 +1,319 @@
+"""Fitting a guardrail: statistics -> selection -> calibration, as separate steps.
+
+``Guardrail.fit`` runs them in one call; sweeps and experiments compute the
+statistics once (cached on disk by model + SAE + corpus) and call
+``fit_from_statistics`` for each configuration, so there is one implementation
+of fitting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from saeguard.calibration import CalibrationShape, calibrate_threshold, gate_rho, prompt_batches, prompt_texts
+from saeguard.corpus import CorpusSpec, iter_chunks, iter_documents, special_token_ids
+from saeguard.errors import SaeguardError, require
+from saeguard.fingerprint import model_fingerprint, model_name, text_fingerprint
+from saeguard.layers import hidden_size, layer_count, parse_layer
+from saeguard.sae import SelectedLatents, load_sae, sae_fingerprint, sae_hook_name, sae_source
+from saeguard.selection import Importance, check_percentile, select_features
+from saeguard.statistics import FeatureStatistics, collect_statistics, token_batches
+
+if TYPE_CHECKING:
+    from saeguard.guardrail import Guardrail
+
+CorpusRole = Literal["forget", "retain"]
+
+
+@dataclass
+class FitConfig:
+    """Everything that decides a fitted guardrail (DESIGN §1 defaults: the paper's bio setting)."""
+
+    layer: int | str | None = None
+    n_features: int = 20
+    ratio_percentile: float = 95.0
+    gate_percentile: float = 95.0
+    clamp: float = 500.0
+    relative_clamp: bool = False  # clamp = multiple of the selected latents' mean non-zero activation
+    importance: Importance = "squared_mean"
+    seq_len: int = 1024
+    batch_size: int = 8
+    max_forget_chunks: int | None = None
+    max_retain_chunks: int | None = None
+    calibration: CalibrationShape = "prompts"
+    calibration_size: int = 512
+    prompt_min_tokens: int = 8
+    prompt_max_tokens: int = 64
+    chat_template: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_percentile("ratio_percentile", self.ratio_percentile)
+        check_percentile("gate_percentile", self.gate_percentile)
+        require(self.n_features >= 1, f"n_features must be at least 1, got {self.n_features}")
+        require(
+            self.clamp > 0 and math.isfinite(self.clamp),
+            f"clamp must be a positive number, got {self.clamp}: e.g. 500 or a relative 10x",
+        )
+        require(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
+        require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        require(
+            self.calibration in ("prompts", "chunks"),
+            f"calibration must be 'prompts' or 'chunks', got {self.calibration!r}",
+        )
+
+
+def parse_clamp(text: str | float) -> tuple[float, bool]:
+    """'500' -> (500, absolute); '10x' -> (10, relative to mean activation)."""
+    raw = str(text).strip().lower()
+    relative = raw.endswith("x")
+    try:
+        value = float(raw[:-1] if relative else raw)
+    except ValueError:
+        raise SaeguardError(f"cannot read clamp {text!r}: use a number like 500 or 10x") from None
+    require(value > 0 and math.isfinite(value), f"clamp must be positive, got {text!r}")
+    return value, relative
+
+
+@dataclass
+class FitInputs:
+    """Validated inputs of a fit: the model, the loaded SAE, the layer and the documents."""
+
+    model: nn.Module
+    tokenizer: Any
+    sae: Any
+    sae_spec: Any
+    layer: int
+    forget_docs: list[str]
+    retain_docs: list[str]
+
+    def documents(self, role: CorpusRole) -> list[str]:
+        return self.forget_docs if role == "forget" else self.retain_docs
+
+
+def resolve_config(config: FitConfig | None, overrides: dict[str, Any]) -> FitConfig:
+    config = replace(config or FitConfig(), **overrides)
+    if isinstance(config.clamp, str):
+        value, relative = parse_clamp(config.clamp)
+        config = replace(config, clamp=value, relative_clamp=relative)
+    config.validate()
+    return config
+
+
+def prepare_fit(
+    model: nn.Module, tokenizer, sae, forget: CorpusSpec, retain: CorpusSpec, config: FitConfig
+) -> FitInputs:
+    """Check everything a fit needs before any forward pass runs."""
+    sae_spec = sae
+    sae = load_sae(sae)
+    layer = parse_layer(config.layer if config.layer is not None else sae_hook_name(sae), model)
+    width = hidden_size(model)
+    require(
+        int(sae.cfg.d_in) == width,
+        f"SAE width mismatch: the SAE reads {sae.cfg.d_in}-dim activations but the model's "
+        f"hidden size is {width}: use an SAE trained on this model",
+    )
+    sae = sae.to(next(model.parameters()).device)
+    return FitInputs(
+        model=model,
+        tokenizer=tokenizer,
+        sae=sae,
+        sae_spec=sae_spec,
+        layer=layer,
+        forget_docs=_documents(forget, "forget", tokenizer),
+        retain_docs=_documents(retain, "retain", tokenizer),
+    )
+
+
+def corpus_statistics(
+    inputs: FitInputs,
+    role: CorpusRole,
+    config: FitConfig,
+    *,
+    cache: str | Path | None = None,
+    show_progress: bool = True,
+) -> FeatureStatistics:
+    """Per-latent statistics of the forget or retain corpus, cached when ``cache`` is set."""
+    docs = inputs.documents(role)
+    limit = config.max_forget_chunks if role == "forget" else config.max_retain_chunks
+
+    def compute() -> FeatureStatistics:
+        chunks = iter_chunks(docs, inputs.tokenizer, config.seq_len, max_chunks=limit)
+        batches = token_batches(chunks, inputs.tokenizer, config.batch_size)
+        with _eval_mode(inputs.model):
+            return collect_statistics(
+                inputs.model,
+                inputs.sae,
+                inputs.layer,
+                batches,
+                description=f"{role} statistics",
+                show_progress=show_progress,
+            )
+
+    if cache is None:
+        return compute()
+    key = text_fingerprint(
+        [
+            model_fingerprint(inputs.model, inputs.layer),
+            str(inputs.layer),
+            sae_fingerprint(inputs.sae),
+            text_fingerprint(docs),
+            str(config.seq_len),
+            str(limit),
+        ]
+    )
+    path = Path(cache).expanduser() / f"stats-{key}.safetensors"
+    if path.is_file():
+        return FeatureStatistics.load(path)
+    stats = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(path)
+    return stats
+
+
+def calibration_rho(
+    inputs: FitInputs,
+    latents: SelectedLatents,
+    role: CorpusRole,
+    config: FitConfig,
+    *,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus."""
+    docs, tokenizer = inputs.documents(role), inputs.tokenizer
+    if config.calibration == "prompts":
+        texts = prompt_texts(
+            docs,
+            tokenizer,
+            min_tokens=config.prompt_min_tokens,
+            max_tokens=config.prompt_max_tokens,
+            limit=config.calibration_size,
+            seed=config.seed,
+        )
+        batches = prompt_batches(texts, tokenizer, config.batch_size, chat=config.chat_template)
+    else:
+        chunks = iter_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
+        batches = token_batches(chunks, tokenizer, config.batch_size)
+    with _eval_mode(inputs.model):
+        return gate_rho(
+            inputs.model,
+            inputs.layer,
+            latents,
+            batches,
+            description=f"{role} calibration",
+            show_progress=show_progress,
+        )
+
+
+def fit_from_statistics(
+    inputs: FitInputs,
+    forget_stats: FeatureStatistics,
+    retain_stats: FeatureStatistics,
+    config: FitConfig,
+    *,
+    show_progress: bool = True,
+    started: float | None = None,
+) -> Guardrail:
+    """Selection, calibration and the clamp value for one configuration."""
+    from saeguard.guardrail import Guardrail
+
+    started = time.perf_counter() if started is None else started
+    selection = select_features(
+        forget_stats,
+        retain_stats,
+        n_features=config.n_features,
+        ratio_percentile=config.ratio_percentile,
+        importance_kind=config.importance,
+    )
+    latents = SelectedLatents.from_sae(inputs.sae, selection.latent_ids)
+    retain_rho = calibration_rho(inputs, latents, "retain", config, show_progress=show_progress)
+    forget_rho = calibration_rho(inputs, latents, "forget", config, show_progress=show_progress)
+    require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
+    threshold = calibrate_threshold(retain_rho, config.gate_percentile, seed=config.seed)
+    mean_active = forget_stats.mean_nonzero[selection.latent_ids]
+    clamp = config.clamp * float(mean_active.mean()) if config.relative_clamp else config.clamp
+    require(clamp > 0, "relative clamp is 0: the selected latents never fire on forget text")
+    model = inputs.model
+    info = {
+        "model": {
+            "name": model_name(model),
+            "fingerprint": model_fingerprint(model, inputs.layer),
+            "hidden_size": hidden_size(model),
+            "layer_count": layer_count(model),
+        },
+        "sae": sae_source(inputs.sae_spec, inputs.sae),
+        "selection": asdict(selection)
+        | {
+            "forget_frequency": [float(forget_stats.frequency[i]) for i in selection.latent_ids],
+            "retain_frequency": [float(retain_stats.frequency[i]) for i in selection.latent_ids],
+            "forget_mean_nonzero": [float(v) for v in mean_active],
+        },
+        "threshold": asdict(threshold),
+        "calibration": {
+            "retain": rho_summary(retain_rho, threshold.tau),
+            "forget": rho_summary(forget_rho, threshold.tau),
+        },
+        "corpora": {
+            role: {
+                "fingerprint": text_fingerprint(inputs.documents(role)),
+                "documents": len(inputs.documents(role)),
+                "tokens": stats.token_count,
+                "chunks": stats.sequence_count,
+            }
+            for role, stats in (("forget", forget_stats), ("retain", retain_stats))
+        },
+        "fit_seconds": time.perf_counter() - started,
+    }
+    return Guardrail(
+        latents=latents,
+        layer=inputs.layer,
+        threshold=threshold.tau,
+        clamp=clamp,
+        config=config,
+        special_ids=sorted(special_token_ids(inputs.tokenizer)),
+        info=info,
+        distributions={"retain_rho": retain_rho, "forget_rho": forget_rho},
+    )
+
+
+def rho_summary(values: torch.Tensor, tau: float) -> dict[str, Any]:
+    if values.numel() == 0:
+        return {"count": 0}
+    v = values.double()
+    return {
+        "count": int(v.numel()),
+        "mean": float(v.mean()),
+        "median": float(v.median()),
+        "flagged_fraction": float((v > tau).double().mean()),
+        "histogram": torch.histc(v.float(), bins=20, min=0.0, max=1.0).int().tolist(),
+    }
+
+
+def _documents(spec: CorpusSpec, name: str, tokenizer) -> list[str]:
+    docs = list(iter_documents(spec))
+    require(bool(docs), f"the {name} corpus is empty: give it at least one document")
+    require(
+        any(len(tokenizer(doc, add_special_tokens=False)["input_ids"]) >= 2 for doc in docs),
+        f"the {name} corpus has no document with at least 2 tokens: give it real text",
+    )
+    return docs
+
+
+class _eval_mode:
+    """Run a block with the model in eval mode, restoring its mode after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.model.train(self.was_training)
