@@ -127,6 +127,15 @@ def corpus(words: list[str], documents: int, length: int, seed: int) -> list[str
     return docs
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far slower with 2 intra-op threads when the CPUs are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

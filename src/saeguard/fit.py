@@ -23,13 +23,15 @@ from saeguard.errors import SaeguardError, require
 from saeguard.fingerprint import model_fingerprint, model_name, text_fingerprint
 from saeguard.layers import hidden_size, layer_count, parse_layer
 from saeguard.sae import SelectedLatents, load_sae, sae_fingerprint, sae_hook_name, sae_source
-from saeguard.selection import Importance, check_percentile, select_features
+from saeguard.selection import Importance, check_percentile, select_by_frequency, select_features
 from saeguard.statistics import FeatureStatistics, collect_statistics, token_batches
 
 if TYPE_CHECKING:
     from saeguard.guardrail import Guardrail
 
 CorpusRole = Literal["forget", "retain"]
+SelectionMethod = Literal["fisher", "frequency"]
+GateMode = Literal["dynamic", "always"]
 
 
 @dataclass
@@ -53,8 +55,22 @@ class FitConfig:
     prompt_max_tokens: int = 64
     chat_template: bool = True
     seed: int = 0
+    # Baselines through the same core: Farrell et al.'s static clamp selects by firing
+    # frequency and clamps wherever a latent fires ("always"); DSG gates per input.
+    selection: SelectionMethod = "fisher"
+    retain_frequency_threshold: float = 0.01
+    gate: GateMode = "dynamic"
 
     def validate(self) -> None:
+        require(
+            self.selection in ("fisher", "frequency"),
+            f"selection must be 'fisher' or 'frequency', got {self.selection!r}",
+        )
+        require(self.gate in ("dynamic", "always"), f"gate must be 'dynamic' or 'always', got {self.gate!r}")
+        require(
+            0.0 <= self.retain_frequency_threshold <= 1.0,
+            f"retain_frequency_threshold must be in [0, 1], got {self.retain_frequency_threshold}",
+        )
         check_percentile("ratio_percentile", self.ratio_percentile)
         check_percentile("gate_percentile", self.gate_percentile)
         require(self.n_features >= 1, f"n_features must be at least 1, got {self.n_features}")
@@ -225,13 +241,21 @@ def fit_from_statistics(
     from saeguard.guardrail import Guardrail
 
     started = time.perf_counter() if started is None else started
-    selection = select_features(
-        forget_stats,
-        retain_stats,
-        n_features=config.n_features,
-        ratio_percentile=config.ratio_percentile,
-        importance_kind=config.importance,
-    )
+    if config.selection == "frequency":
+        selection = select_by_frequency(
+            forget_stats,
+            retain_stats,
+            n_features=config.n_features,
+            retain_threshold=config.retain_frequency_threshold,
+        )
+    else:
+        selection = select_features(
+            forget_stats,
+            retain_stats,
+            n_features=config.n_features,
+            ratio_percentile=config.ratio_percentile,
+            importance_kind=config.importance,
+        )
     latents = SelectedLatents.from_sae(inputs.sae, selection.latent_ids)
     retain_rho = calibration_rho(inputs, latents, "retain", config, show_progress=show_progress)
     forget_rho = calibration_rho(inputs, latents, "forget", config, show_progress=show_progress)

@@ -66,13 +66,16 @@ class Guardrail:
 
     # -- inference ----------------------------------------------------------
     def hook(self) -> GateHook:
-        return GateHook(
+        hook = GateHook(
             self.latents,
             layer=self.layer,
             threshold=self.threshold,
             clamp=self.clamp,
             special_ids=self.special_ids,
         )
+        if self.config.gate == "always":  # ungated / static clamp baselines
+            hook.forced = True
+        return hook
 
     def check_model(self, model: nn.Module, *, strict: bool = True) -> None:
         """Fail clearly when the guard was fitted on another model."""

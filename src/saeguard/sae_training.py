@@ -43,7 +43,7 @@ class SAETrainingConfig:
     learning_rate: float = 3e-4
     seq_len: int = 256
     harvest_batch_size: int = 16
-    harvest_dtype: str = "bfloat16"
+    harvest_dtype: str = "float32"  # bf16 is emulated (slow) on CPUs without AVX512-BF16
     seed: int = 0
 
 
@@ -57,7 +57,7 @@ def harvest_activations(
     tokens: int,
     seq_len: int = 256,
     batch_size: int = 16,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.float32,
     show_progress: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Residuals at ``layers`` for up to ``tokens`` counted tokens (BOS/EOS/PAD excluded)."""

@@ -82,3 +82,28 @@ def select_features(
         ratio_cutoff=cutoff,
         candidate_count=int(candidates.numel()),
     )
+
+
+def select_by_frequency(
+    forget: FeatureStatistics, retain: FeatureStatistics, *, n_features: int, retain_threshold: float
+) -> Selection:
+    """Static-clamp selection (Farrell et al.): latents rare on retain text, most frequent on forget text."""
+    require(n_features >= 1, f"n_features must be at least 1, got {n_features}")
+    forget_freq, retain_freq = forget.frequency, retain.frequency
+    candidates = torch.nonzero((retain_freq <= retain_threshold) & (forget_freq > 0)).flatten()
+    require(
+        n_features <= candidates.numel(),
+        f"n_features={n_features} is larger than the {candidates.numel()} latents firing on at most "
+        f"{retain_threshold:g} of retain tokens: lower n_features or raise the retain-frequency threshold",
+    )
+    order = torch.sort(-forget_freq[candidates], stable=True).indices
+    chosen = candidates[order[:n_features]]
+    ratio = forget_freq / (retain_freq + RATIO_EPSILON)
+    return Selection(
+        latent_ids=[int(i) for i in chosen],
+        forget_importance=[float(forget_freq[i]) for i in chosen],
+        retain_importance=[float(retain_freq[i]) for i in chosen],
+        ratio=[float(ratio[i]) for i in chosen],
+        ratio_cutoff=float(retain_threshold),
+        candidate_count=int(candidates.numel()),
+    )

@@ -145,3 +145,47 @@ def test_nan_activations_are_reported(tokenizer, forget_corpus, retain_corpus):
         Guardrail.fit(
             model, tokenizer, random_sae("jumprelu"), forget=forget_corpus, retain=retain_corpus, **FIT
         )
+
+
+def test_static_and_ungated_clamps_differ_from_dsg_only_by_the_gate(tokenizer, forget_corpus, retain_corpus):
+    from saeguard.corpus import pad_batch
+
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    dsg = Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT)
+    ungated = Guardrail.fit(
+        model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, gate="always", **FIT
+    )
+    static = Guardrail.fit(
+        model,
+        tokenizer,
+        sae,
+        forget=forget_corpus,
+        retain=retain_corpus,
+        selection="frequency",
+        retain_frequency_threshold=0.05,
+        gate="always",
+        **FIT,
+    )
+    assert ungated.latents.ids.tolist() == dsg.latents.ids.tolist()
+    assert int(static.latents.ids[0]) == PLANTED_LATENT
+    prompts = [
+        "what is the cell virus gene protein",
+        "the king of the city",
+        "the king of the city and a river and a mountain castle by the ocean and a cell",
+    ]
+    ids, mask = pad_batch([tokenizer(p)["input_ids"] for p in prompts], 0)
+    records = {}
+    for name, guard in {"dsg": dsg, "ungated": ungated}.items():
+        with guard.attached(model) as hook:
+            hook.recording = True
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            records[name] = (hook.records[-1], logits)
+    dsg_record, dsg_logits = records["dsg"]
+    ungated_record, ungated_logits = records["ungated"]
+    on = dsg_record.flagged
+    assert on.any() and not on.all()
+    # where DSG's gate is on, both clamp the same tokens and give the same outputs
+    assert torch.equal(dsg_record.clamped[on], ungated_record.clamped[on])
+    torch.testing.assert_close(dsg_logits[on], ungated_logits[on])
+    # the ungated clamp also edits inputs the gate let through
+    assert ungated_record.clamped[~on].any()

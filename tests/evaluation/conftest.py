@@ -8,19 +8,37 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CHAT_TEMPLATE, COMMON_WORDS, FORGET_WORDS, RETAIN_WORDS, SPECIALS
 from sae_lens import StandardSAE, StandardSAEConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from saeguard.evaluation.items import McqItem
-from saeguard.guardrail import FitConfig, Guardrail
+from saeguard.fit import FitConfig
+from saeguard.guardrail import Guardrail
 from saeguard.sae import SelectedLatents
-from conftest import CHAT_TEMPLATE, COMMON_WORDS, FORGET_WORDS, RETAIN_WORDS, SPECIALS
 
-PROMPT_WORDS = (
-    "A B C D . : ( ) Answer The following are multiple choice questions with answers "
-    "biology history"
-).split()
+PROMPT_WORDS = [
+    "A",
+    "B",
+    "C",
+    "D",
+    ".",
+    ":",
+    "(",
+    ")",
+    "Answer",
+    "The",
+    "following",
+    "are",
+    "multiple",
+    "choice",
+    "questions",
+    "with",
+    "answers",
+    "biology",
+    "history",
+]
 EVAL_VOCAB = SPECIALS + ["user", "assistant", "system"] + FORGET_WORDS + RETAIN_WORDS + COMMON_WORDS
 EVAL_VOCAB = EVAL_VOCAB + PROMPT_WORDS + ["<unk>"]
 
@@ -44,9 +62,16 @@ def eval_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
 def eval_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(EVAL_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=len(EVAL_VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -67,8 +92,16 @@ def make_items(n: int = 6, seed: int = 0) -> list[McqItem]:
     return items
 
 
-def make_guard(model, tokenizer, *, layer: int = 0, ids=(0, 1, 2, 3), threshold: float = 0.5,
-               clamp: float = 50.0, seed: int = 0) -> Guardrail:
+def make_guard(
+    model,
+    tokenizer,
+    *,
+    layer: int = 0,
+    ids=(0, 1, 2, 3),
+    threshold: float = 0.5,
+    clamp: float = 50.0,
+    seed: int = 0,
+) -> Guardrail:
     """A guardrail built directly (no fit) from a random standard SAE."""
     generator = torch.Generator().manual_seed(seed)
     sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))

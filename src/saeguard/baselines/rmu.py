@@ -125,9 +125,7 @@ def mean_cosine(hidden: torch.Tensor, direction: torch.Tensor, mask: torch.Tenso
     return float((cos * weights).sum() / weights.sum().clamp(min=1.0))
 
 
-def rmu_loss(
-    config: RMUConfig, layer: int, direction: torch.Tensor, reference: Reference
-) -> LossFn:
+def rmu_loss(config: RMUConfig, layer: int, direction: torch.Tensor, reference: Reference) -> LossFn:
     """forget MSE to coeff*u + alpha * retain MSE to the frozen model's activations."""
     config.validate()
 

@@ -76,9 +76,7 @@ class TrainConfig:
         try:
             return torch.device(self.device)
         except RuntimeError:
-            raise SaeguardError(
-                f"unknown device {self.device!r}: use cpu, cuda, cuda:N or auto"
-            ) from None
+            raise SaeguardError(f"unknown device {self.device!r}: use cpu, cuda, cuda:N or auto") from None
 
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
@@ -95,6 +93,7 @@ class TrainResult:
     seconds_per_step: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # first steps include warm-up
     peak_rss_mb: float = 0.0  # sampled after each forward and each optimiser step
+    peak_cuda_mb: float = 0.0  # torch's peak allocation on the GPU, when training there
     trainable_params: int = 0
     forget_chunks: int = 0
     retain_chunks: int = 0
@@ -278,11 +277,12 @@ def train_loop(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     result = TrainResult(method=method, trainable_params=sum(p.numel() for p in params))
     process = psutil.Process()
+    cuda = next(iter(params)).device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     peak = _rss_mb(process)
     start = time.perf_counter()
-    with progress_bar(
-        f"unlearning ({method})", total=config.steps, enabled=config.progress
-    ) as advance:
+    with progress_bar(f"unlearning ({method})", total=config.steps, enabled=config.progress) as advance:
         for step in range(config.steps):
             tick = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
@@ -291,8 +291,7 @@ def train_loop(
             value = float(loss.detach())
             if not torch.isfinite(loss.detach()):
                 raise SaeguardError(
-                    f"{method} loss became {value} at step {step}: lower learning_rate "
-                    "or set max_grad_norm"
+                    f"{method} loss became {value} at step {step}: lower learning_rate or set max_grad_norm"
                 )
             loss.backward()
             if config.max_grad_norm is not None:
@@ -307,4 +306,6 @@ def train_loop(
     result.wall_seconds = time.perf_counter() - start
     result.seconds_per_step = result.wall_seconds / config.steps
     result.peak_rss_mb = peak
+    if cuda:
+        result.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
     return result

@@ -13,12 +13,15 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from saeguard.fingerprint import tensors_fingerprint, text_fingerprint
+
+if TYPE_CHECKING:
+    from saeguard.guardrail import Guardrail
 
 
 def model_identity(model: nn.Module) -> dict[str, str]:
@@ -108,7 +111,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     return write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
-def guard_identity(guard) -> dict[str, Any] | None:
+def guard_identity(guard: Guardrail | None) -> dict[str, Any] | None:
     """The parts of a guardrail that decide its behaviour, for result records."""
     if guard is None:
         return None

@@ -167,7 +167,7 @@ def question_text(item: McqItem) -> str:
     """The user's message: the SAEBench header, the question and all four options."""
     about = f" about {item.subject}" if item.subject else ""
     header = f"The following are multiple choice questions (with answers){about}."
-    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices))
+    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices, strict=True))
     return f"{header}\n{item.question}\n{options}"
 
 

@@ -78,8 +78,10 @@ class KnownSet:
     @classmethod
     def load(cls, path: str | Path) -> KnownSet:
         data: dict[str, Any] = json.loads(Path(path).read_text())
-        data["config"] = KnownConfig(mcq=McqConfig(**data["config"]["mcq"]),
-                                     drop_without_question=data["config"]["drop_without_question"])
+        data["config"] = KnownConfig(
+            mcq=McqConfig(**data["config"]["mcq"]),
+            drop_without_question=data["config"]["drop_without_question"],
+        )
         return cls(**data)
 
 
@@ -93,15 +95,16 @@ def correct_order_counts(items: Sequence[McqItem], score_fn: ScoreFn) -> list[in
     predictions = list(score_fn(expanded))
     if len(predictions) != len(expanded):
         raise SaeguardError("the scorer returned a different number of predictions than items")
-    hits = [int(p == v.answer) for p, v in zip(predictions, expanded)]
+    hits = [int(p == v.answer) for p, v in zip(predictions, expanded, strict=True)]
     n = len(PERMUTATIONS)
     return [sum(hits[i * n : (i + 1) * n]) for i in range(len(items))]
 
 
 def _model_scorer(model: nn.Module, tokenizer, config: McqConfig, show_progress: bool) -> ScoreFn:
     def score(items: Sequence[McqItem]) -> list[int]:
-        preds = score_items(model, tokenizer, items, config, show_progress=show_progress,
-                            description="known set (24 orders)")
+        preds = score_items(
+            model, tokenizer, items, config, show_progress=show_progress, description="known set (24 orders)"
+        )
         return [p.prediction for p in preds]
 
     return score
@@ -132,10 +135,15 @@ def known_items(
     identity = model_identity(model) if model is not None else {"name": "custom scorer", "fingerprint": ""}
     path = None
     if model is not None and score_fn is None and use_cache:
-        key = text_fingerprint([
-            identity["fingerprint"], tokenizer_fingerprint(tokenizer), fingerprint,
-            json.dumps(asdict(config), sort_keys=True), str(_CACHE_VERSION),
-        ])
+        key = text_fingerprint(
+            [
+                identity["fingerprint"],
+                tokenizer_fingerprint(tokenizer),
+                fingerprint,
+                json.dumps(asdict(config), sort_keys=True),
+                str(_CACHE_VERSION),
+            ]
+        )
         path = cache_root(cache_dir) / f"known-{config.mcq.scorer}-{key}.json"
         if path.is_file():
             cached = KnownSet.load(path)
@@ -162,9 +170,9 @@ def known_items(
         config=config,
         total=len(items),
         ids=ids,
-        correct_orders={item.id: c for item, c in zip(items, counts)},
+        correct_orders={item.id: c for item, c in zip(items, counts, strict=True)},
         correct_orders_without_question=(
-            {item.id: c for item, c in zip(items, without)} if without is not None else None
+            {item.id: c for item, c in zip(items, without, strict=True)} if without is not None else None
         ),
         seconds=time.perf_counter() - started,
     )

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -42,6 +42,10 @@ from saeguard.layers import model_device
 from saeguard.progress import progress_bar
 
 Normalization = Literal["tokens", "none"]
+
+
+if TYPE_CHECKING:
+    from saeguard.guardrail import Guardrail
 
 
 @dataclass
@@ -133,7 +137,9 @@ def _tail_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, keep: 
 
 
 @torch.no_grad()
-def _forward_rows(model: nn.Module, tokenizer, rows: list[_Row], keep: int, hook) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _forward_rows(
+    model: nn.Module, tokenizer, rows: list[_Row], keep: int, hook
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Left-padded forward of the rows under one frozen gate decision per row."""
     device = model_device(model)
     ids, mask = pad_batch([r.ids for r in rows], pad_token_id(tokenizer), left=True)
@@ -194,7 +200,9 @@ def _score_cloze(model, tokenizer, items: Sequence[McqItem], config: McqConfig, 
                 f"question {item.id!r} option {k} is empty: cloze cannot score it, use the letter scorer",
             )
             # Option tokens count for clamping; with freeze they never change the decision.
-            rows.append(_Row(prompt.ids + cont, prompt.user_mask + [True] * len(cont), len(prompt.ids), len(cont)))
+            rows.append(
+                _Row(prompt.ids + cont, prompt.user_mask + [True] * len(cont), len(prompt.ids), len(cont))
+            )
     keep = max(r.continuation for r in rows) + 1
     log_probs, flagged, rho = _forward_rows(model, tokenizer, rows, keep, hook)
     out = []
@@ -221,7 +229,7 @@ def score_items(
     items: Sequence[McqItem],
     config: McqConfig | None = None,
     *,
-    guard=None,
+    guard: Guardrail | None = None,
     show_progress: bool = False,
     description: str = "MCQ",
 ) -> list[McqPrediction]:
@@ -253,7 +261,9 @@ def gate_decisions(
     """(rho, flagged) per question from a forward to the hook layer only: cheap to sweep."""
     config = config or McqConfig()
     special = special_token_ids(tokenizer)
-    prompts = [shared_prompt(tokenizer, it, config.scorer, chat=config.chat, system=config.system) for it in items]
+    prompts = [
+        shared_prompt(tokenizer, it, config.scorer, chat=config.chat, system=config.system) for it in items
+    ]
 
     def batches():
         for start in range(0, len(prompts), config.batch_size):
@@ -272,7 +282,7 @@ def evaluate_mcq(
     tokenizer,
     items: Sequence[McqItem | Mapping[str, Any]],
     *,
-    guard=None,
+    guard: Guardrail | None = None,
     config: McqConfig | None = None,
     dataset: str = "mcq",
     base: McqResult | None = None,
@@ -292,7 +302,9 @@ def evaluate_mcq(
     require(bool(items), f"{dataset}: no items to evaluate (an empty known set?): nothing to measure")
     reused = 0
     if guard is not None and base is not None:
-        predictions, reused = _reuse_base(model, tokenizer, items, guard, config, base, show_progress, dataset)
+        predictions, reused = _reuse_base(
+            model, tokenizer, items, guard, config, base, show_progress, dataset
+        )
     else:
         predictions = score_items(
             model, tokenizer, items, config, guard=guard, show_progress=show_progress, description=dataset
@@ -327,12 +339,14 @@ def _reuse_base(model, tokenizer, items, guard, config, base: McqResult, show_pr
         f"{dataset}: base result lacks some of these items: evaluate the base on the same items",
     )
     rho, flagged = gate_decisions(model, tokenizer, guard, items, config)
-    chosen = [it for it, f in zip(items, flagged.tolist()) if f]
+    chosen = [it for it, f in zip(items, flagged.tolist(), strict=True) if f]
     rescored = iter(
-        score_items(model, tokenizer, chosen, config, guard=guard, show_progress=show_progress, description=dataset)
+        score_items(
+            model, tokenizer, chosen, config, guard=guard, show_progress=show_progress, description=dataset
+        )
     )
     out = []
-    for item, flag, value in zip(items, flagged.tolist(), rho.tolist()):
+    for item, flag, value in zip(items, flagged.tolist(), rho.tolist(), strict=True):
         if flag:
             out.append(next(rescored))
         else:

@@ -70,11 +70,18 @@ def unlearning_score(
     if not eligible:
         best_utility = max(o.utility_accuracy for o in outcomes)
         return UnlearningScore(
-            score=0.0, utility_threshold=utility_threshold, eligible=0, total=len(outcomes), best=None,
+            score=0.0,
+            utility_threshold=utility_threshold,
+            eligible=0,
+            total=len(outcomes),
+            best=None,
             note=f"no configuration kept utility >= {utility_threshold} (best {best_utility:.4f})",
         )
     best = min(eligible, key=lambda o: (o.forget_accuracy, -o.utility_accuracy))
     return UnlearningScore(
-        score=1.0 - best.forget_accuracy, utility_threshold=utility_threshold,
-        eligible=len(eligible), total=len(outcomes), best=best,
+        score=1.0 - best.forget_accuracy,
+        utility_threshold=utility_threshold,
+        eligible=len(eligible),
+        total=len(outcomes),
+        best=best,
     )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from saeguard.evaluation.common import guard_identity, model_identity, write_jso
 from saeguard.layers import model_device
 from saeguard.progress import progress_bar
 from saeguard.statistics import token_batches
+
+if TYPE_CHECKING:
+    from saeguard.guardrail import Guardrail
 
 
 @dataclass
@@ -95,7 +98,7 @@ def corpus_loss(
     documents: list[str],
     config: TextConfig,
     *,
-    guard=None,
+    guard: Guardrail | None = None,
     description: str = "loss",
     show_progress: bool = False,
 ) -> tuple[float, int, int, float | None]:
@@ -130,7 +133,7 @@ def corpus_loss(
 def firing_rates(
     model: nn.Module,
     tokenizer,
-    guard,
+    guard: Guardrail,
     corpora: Mapping[str, CorpusSpec | list[str]],
     config: TextConfig | None = None,
     *,
@@ -141,12 +144,17 @@ def firing_rates(
     out = {}
     for name, docs in _named(corpora).items():
         texts = prompt_texts(
-            docs, tokenizer, min_tokens=config.prompt_min_tokens, max_tokens=config.prompt_max_tokens,
-            limit=config.prompt_limit, seed=config.seed,
+            docs,
+            tokenizer,
+            min_tokens=config.prompt_min_tokens,
+            max_tokens=config.prompt_max_tokens,
+            limit=config.prompt_limit,
+            seed=config.seed,
         )
         batches = prompt_batches(texts, tokenizer, config.batch_size, chat=config.chat)
-        rho = gate_rho(model, guard.layer, guard.latents, batches, description=f"{name} rho",
-                       show_progress=show_progress).double()
+        rho = gate_rho(
+            model, guard.layer, guard.latents, batches, description=f"{name} rho", show_progress=show_progress
+        ).double()
         require(rho.numel() > 0, f"the {name} corpus gave no prompt: give it real text")
         out[name] = FiringMetrics(
             count=int(rho.numel()),
@@ -160,7 +168,7 @@ def firing_rates(
 def text_metrics(
     model: nn.Module,
     tokenizer,
-    guard=None,
+    guard: Guardrail | None = None,
     *,
     forget: CorpusSpec | None = None,
     retain: CorpusSpec | None = None,
@@ -190,26 +198,44 @@ def text_metrics(
         for name in ("forget", "retain"):
             if name not in docs:
                 continue
-            base, tokens, rows, _ = corpus_loss(model, tokenizer, docs[name], config,
-                                                description=f"{name} loss", show_progress=show_progress)
+            base, tokens, rows, _ = corpus_loss(
+                model, tokenizer, docs[name], config, description=f"{name} loss", show_progress=show_progress
+            )
             guarded, flagged = None, None
             if guard is not None:
-                guarded, _, _, flagged = corpus_loss(model, tokenizer, docs[name], config, guard=guard,
-                                                     description=f"{name} loss (guarded)",
-                                                     show_progress=show_progress)
+                guarded, _, _, flagged = corpus_loss(
+                    model,
+                    tokenizer,
+                    docs[name],
+                    config,
+                    guard=guard,
+                    description=f"{name} loss (guarded)",
+                    show_progress=show_progress,
+                )
             loss[name] = LossMetrics(
-                sequences=rows, tokens=tokens, base_loss=base, guarded_loss=guarded,
+                sequences=rows,
+                tokens=tokens,
+                base_loss=base,
+                guarded_loss=guarded,
                 base_perplexity=math.exp(base),
                 guarded_perplexity=math.exp(guarded) if guarded is not None else None,
                 flagged_fraction=flagged,
             )
-        firing = firing_rates(model, tokenizer, guard, docs, config, show_progress=show_progress) if guard is not None else {}
+        firing = (
+            firing_rates(model, tokenizer, guard, docs, config, show_progress=show_progress)
+            if guard is not None
+            else {}
+        )
     finally:
         model.train(was_training)
     result = TextMetricsResult(
-        config=config, model=model_identity(model), guard=guard_identity(guard),
+        config=config,
+        model=model_identity(model),
+        guard=guard_identity(guard),
         tau=float(guard.threshold) if guard is not None else None,
-        loss=loss, firing=firing, seconds=time.perf_counter() - started,
+        loss=loss,
+        firing=firing,
+        seconds=time.perf_counter() - started,
     )
     if output is not None:
         result.save(output)

@@ -1,0 +1,143 @@
+"""Timing on a noisy machine: interleaved rounds, medians, and clocks inside the guard's hooks.
+
+Every figure the benchmark reports is a ratio against a baseline timed in the
+same run, a few seconds apart: absolute speeds on a shared 2-core machine move
+by ±30% from one minute to the next, ratios of neighbours far less.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Wall seconds of one call, with the device drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        value = values[0] if values else float("nan")
+        return value, value
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return float(q[0]), float(q[2])
+
+
+@dataclass
+class Interleaved:
+    """Seconds of a baseline and its variants, measured in alternating rounds."""
+
+    baseline: list[float] = field(default_factory=list)
+    variants: dict[str, list[float]] = field(default_factory=dict)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+
+    def ratio(self, name: str) -> float:
+        return median(self.ratios[name])
+
+    def summary(self, name: str) -> dict[str, float | int]:
+        low, high = quartiles(self.ratios[name])
+        return {
+            "ratio": self.ratio(name),
+            "ratio_q1": low,
+            "ratio_q3": high,
+            "seconds": median(self.variants[name]),
+            "baseline_seconds": median(self.baseline),
+            "rounds": len(self.ratios[name]),
+        }
+
+
+def interleave(
+    baseline: Callable[[], float],
+    variants: dict[str, Callable[[], float]],
+    rounds: int,
+) -> Interleaved:
+    """Run ``baseline`` between rounds of every variant; each variant's ratio is
+    against the mean of the two baselines that bracket its round.
+
+    Each callable returns the seconds it measured (see ``timer``), so set-up such
+    as attaching a guard stays outside the timed region. Variant order rotates
+    from round to round so none always runs first after the baseline.
+    """
+    result = Interleaved(variants={n: [] for n in variants}, ratios={n: [] for n in variants})
+    names = list(variants)
+    result.baseline.append(baseline())
+    for index in range(rounds):
+        shift = index % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            result.variants[name].append(variants[name]())
+        result.baseline.append(baseline())
+        reference = (result.baseline[-2] + result.baseline[-1]) / 2
+        for name in names:
+            result.ratios[name].append(result.variants[name][-1] / reference)
+    return result
+
+
+def timer(fn: Callable[[], object], device: torch.device | str = "cpu") -> Callable[[], float]:
+    """A callable that runs ``fn`` once and returns its wall seconds."""
+    return lambda: clock(fn, device)
+
+
+class HookClock:
+    """Accumulates the wall time spent inside the guard's hooks (CPU timing)."""
+
+    def __init__(self, label: str | None = None) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.label = label
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def wrap(self, fn: Callable[..., object]) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            scope = torch.profiler.record_function(self.label) if self.label else nullcontext()
+            start = time.perf_counter()
+            with scope:
+                out = fn(*args, **kwargs)
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            return out
+
+        return timed
+
+
+@contextmanager
+def timed_guard(
+    guard, model: nn.Module, *, forced: bool | None, label: str | None = None
+) -> Iterator[tuple[object, HookClock]]:
+    """Attach ``guard`` with its two hooks wrapped by one clock; yields (hook, clock).
+
+    The wrappers are set on the hook instance before ``attach`` registers its
+    bound methods, so the guard's own code runs unchanged.
+    """
+    hook = guard.hook()
+    timer = HookClock(label)
+    hook._read_call = timer.wrap(hook._read_call)  # noqa: SLF001 - instrumenting, not changing
+    hook._intervene = timer.wrap(hook._intervene)  # noqa: SLF001
+    hook.forced = forced
+    hook.attach(model)
+    try:
+        yield hook, timer
+    finally:
+        hook.detach()

@@ -1,0 +1,77 @@
+"""The 24-permutation known-set filter, with a fake scorer and on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+from saeguard.errors import SaeguardError
+from saeguard.evaluation.items import McqItem
+from saeguard.evaluation.known import KnownConfig, KnownSet, known_items
+from saeguard.evaluation.mcq import McqConfig
+
+ITEMS = [
+    McqItem("capital of france", ("paris", "rome", "oslo", "bern"), 0, "geo", "knows"),
+    McqItem("which is longest", ("a", "bb", "ccc", "d"), 2, "misc", "position"),
+    McqItem("pick the odd one", ("x", "y", "z", "w"), 1, "misc", "guess"),
+    McqItem("", ("apple", "b", "c", "d"), 0, "misc", "prior"),
+]
+
+
+def fake_scorer(items):
+    """Knows France; always answers position 2 for 'longest'; favours 'apple' without a question."""
+    out = []
+    for item in items:
+        if "france" in item.question:
+            out.append(item.choices.index("paris"))
+        elif "longest" in item.question:
+            out.append(2)
+        elif "apple" in item.choices:
+            out.append(item.choices.index("apple"))
+        else:
+            out.append(0)
+    return out
+
+
+def test_known_only_if_correct_under_all_24_orders():
+    known = known_items(None, None, ITEMS[:3], score_fn=fake_scorer)
+    assert known.ids == ["knows"]
+    assert known.correct_orders == {"knows": 24, "position": 6, "guess": 6}
+
+
+def test_variant_drops_items_answerable_without_the_question():
+    items = [ITEMS[0], McqItem("a real question", ("apple", "b", "c", "d"), 0, "misc", "prior")]
+    plain = known_items(None, None, items, score_fn=fake_scorer)
+    assert plain.ids == ["knows", "prior"]
+    strict = known_items(
+        None, None, items, score_fn=fake_scorer, config=KnownConfig(drop_without_question=True)
+    )
+    assert strict.ids == ["knows"]
+
+
+def test_empty_known_set_says_so():
+    known = known_items(None, None, ITEMS[1:3], score_fn=fake_scorer, dataset="wmdp-bio")
+    assert known.count == 0
+    with pytest.raises(SaeguardError, match="no known items in wmdp-bio.*0/0"):
+        known.select(ITEMS)
+
+
+def test_cached_per_model_dataset_and_scorer(tmp_path, llama, tok):
+    from evaluation.conftest import make_items
+
+    items = make_items(3)
+    config = KnownConfig(mcq=McqConfig(scorer="cloze", batch_size=24))
+    first = known_items(llama, tok, items, config=config, cache_dir=tmp_path, show_progress=False)
+    files = list(tmp_path.glob("known-cloze-*.json"))
+    assert len(files) == 1
+    assert KnownSet.load(files[0]).correct_orders == first.correct_orders
+    again = known_items(llama, tok, items, config=config, cache_dir=tmp_path, show_progress=False)
+    assert again.seconds == first.seconds  # read from the cache, not recomputed
+    known_items(
+        llama,
+        tok,
+        items,
+        config=KnownConfig(mcq=McqConfig(scorer="letter")),
+        cache_dir=tmp_path,
+        show_progress=False,
+    )
+    assert len(list(tmp_path.glob("known-*.json"))) == 2
