@@ -210,7 +210,16 @@ class GateHook:
     def _decide(self, fired: torch.Tensor, counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length = fired.shape
         device = fired.device
-        if self._past_length() == 0 or self._state is None or self._state.fired.shape[0] != batch:
+        state = self._state
+        rows = state.fired.shape[0] if state is not None else 0
+        if self._past_length() > 0 and rows and rows != batch and batch % rows == 0:
+            # A shared prompt's cache expanded to several continuations (e.g. answer options):
+            # each continuation row inherits its prompt row's counts and decision.
+            repeat = batch // rows
+            self._state = _RowState(
+                *(t.repeat_interleave(repeat, 0) for t in (state.fired, state.total, state.flagged))
+            )
+        elif self._past_length() == 0 or state is None or rows != batch:
             zeros = torch.zeros(batch, dtype=torch.float64, device=device)
             self._state = _RowState(zeros, zeros.clone(), torch.zeros(batch, dtype=torch.bool, device=device))
         state = self._state

@@ -176,3 +176,22 @@ def test_two_guardrails_compose_on_different_layers(tokenizer):
         model(input_ids=ids, attention_mask=mask)
     assert first.records[-1].flagged.tolist() != second.records[-1].flagged.tolist()
     assert first.records[-1].flagged.any() and second.records[-1].flagged.any()
+
+
+def test_continuations_of_an_expanded_prompt_cache_inherit_the_prompt_decision(tokenizer):
+    model, _, guard = fitted("llama", "jumprelu", tokenizer)
+    prompts = PROMPTS[:2]
+    ids, mask = pad_batch([tokenizer(p)["input_ids"] for p in prompts], 0, left=True)
+    options = torch.tensor([[5, 6], [8, 9], [20, 21]])  # three 2-token continuations
+    with guard.attached(model) as hook:
+        hook.recording = True
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        prompt_flags = hook.records[-1].flagged
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(3)
+        cont_ids = options.repeat(2, 1)
+        cont_mask = torch.cat([mask.repeat_interleave(3, 0), torch.ones(6, 2, dtype=mask.dtype)], dim=1)
+        with token_scope(freeze=True):
+            model(input_ids=cont_ids, attention_mask=cont_mask, past_key_values=cache, use_cache=True)
+        assert hook.records[-1].flagged.tolist() == prompt_flags.repeat_interleave(3).tolist()
+    assert prompt_flags.tolist() == [True, False]
