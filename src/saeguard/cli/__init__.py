@@ -16,17 +16,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from saeguard.cli import guard_commands
+    from saeguard.cli import data_commands, demo_commands, eval_commands, guard_commands, train_commands
 
-    guard_commands.register(app)
-    for module_name in (
-        "train_commands",
-        "data_commands",
-        "demo_commands",
-        "eval_commands",
-        "baseline_commands",
-        "bench_commands",
-    ):
+    for module in (guard_commands, demo_commands, data_commands, train_commands, eval_commands):
+        module.register(app)
+    for module_name in ("compare_commands", "bench_commands"):
         try:
             module = __import__(f"saeguard.cli.{module_name}", fromlist=["register"])
         except ModuleNotFoundError as error:
@@ -37,6 +31,9 @@ def _register() -> None:
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars only; errors stay one line
     _register()
     try:
         app(standalone_mode=False)

@@ -51,17 +51,11 @@ def fit(
 ) -> None:
     """Select forget features, calibrate the gate, write the artifact."""
     from saeguard.corpus import resolve_corpus
-    from saeguard.fit import parse_clamp
+    from saeguard.fit import FitConfig, parse_clamp
     from saeguard.guardrail import Guardrail
 
     clamp_value, relative = parse_clamp(clamp)
-    lm, tokenizer = _load_model(model, dtype)
-    guard = Guardrail.fit(
-        lm,
-        tokenizer,
-        sae,
-        forget=resolve_corpus(forget, "train"),
-        retain=resolve_corpus(retain, "train"),
+    config = FitConfig(
         layer=layer,
         n_features=n_features,
         ratio_percentile=ratio_percentile,
@@ -73,6 +67,16 @@ def fit(
         max_forget_chunks=max_chunks,
         max_retain_chunks=max_chunks,
         calibration=calibration,  # type: ignore[arg-type]
+    )
+    config.validate()  # fail before the model loads
+    lm, tokenizer = _load_model(model, dtype)
+    guard = Guardrail.fit(
+        lm,
+        tokenizer,
+        sae,
+        forget=resolve_corpus(forget, "train"),
+        retain=resolve_corpus(retain, "train"),
+        config=config,
     )
     path = guard.save(output)
     console.print(f"guardrail written to [bold]{path}[/bold]")
