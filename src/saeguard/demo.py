@@ -42,6 +42,7 @@ class DemoConfig:
 
     layer: int = DEFAULT_LAYER
     width: int = DEFAULT_WIDTH
+    sae: str | None = None  # an SAELens folder; default: the cached default SAE (trained once)
     forget: str = "wiki:biology"
     retain: tuple[str, ...] = ("wiki:not-biology", "austen", "wordnet")
     retain_documents_per_source: int = 1500
@@ -60,6 +61,8 @@ class DemoConfig:
     permutations: str = "cyclic"
     scorer: str = "cloze"
     max_new_tokens: int = 40
+    text_chunks: int = 16
+    text_prompts: int = 200
     seed: int = 0
 
 
@@ -91,29 +94,18 @@ def retain_documents(config: DemoConfig, split: str) -> list[str]:
     return docs
 
 
-def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, console: Console | None = None):
+def fit_demo_guard(model, tokenizer, sae: str, config: DemoConfig, *, show_progress: bool = True):
+    """The demo's guardrail: statistics are cached, so refits with other settings are cheap."""
     from saeguard.data.corpora import load_corpus
-    from saeguard.data.mcq import build_mcq
     from saeguard.fit import parse_clamp
     from saeguard.guardrail import Guardrail
-    from saeguard.models import cache_dir, load_model
+    from saeguard.models import cache_dir
 
-    console = console or Console()
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    model, tokenizer = load_model("default")
-    seconds["load_model"] = time.perf_counter() - started
-
-    began = time.perf_counter()
-    sae_dir = ensure_default_sae(config.layer, config.width, show_progress=show_progress)
-    seconds["sae"] = time.perf_counter() - began
-
-    began = time.perf_counter()
     clamp, relative = parse_clamp(config.clamp)
-    guard = Guardrail.fit(
+    return Guardrail.fit(
         model,
         tokenizer,
-        str(sae_dir),
+        sae,
         forget=load_corpus(config.forget, "train"),
         retain=retain_documents(config, "train"),
         layer=config.layer,
@@ -129,10 +121,81 @@ def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, co
         statistics_cache=cache_dir() / "stats",
         show_progress=show_progress,
     )
+
+
+def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, console: Console | None = None):
+    from saeguard.data.corpora import load_corpus
+    from saeguard.models import load_model
+
+    console = console or Console()
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    model, tokenizer = load_model("default")
+    seconds["load_model"] = time.perf_counter() - started
+
+    began = time.perf_counter()
+    sae_dir = config.sae or ensure_default_sae(config.layer, config.width, show_progress=show_progress)
+    seconds["sae"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    guard = fit_demo_guard(model, tokenizer, str(sae_dir), config, show_progress=show_progress)
     guard.save(output / "guardrail")
     seconds["fit"] = time.perf_counter() - began
 
     began = time.perf_counter()
+    accuracy = mcq_tradeoff(model, tokenizer, guard, config, show_progress=show_progress)
+    seconds["mcq"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    text = text_metrics(
+        model,
+        tokenizer,
+        guard,
+        forget=load_corpus(config.forget, "heldout"),
+        retain=retain_documents(config, "heldout"),
+        near={name.split(":")[1]: load_corpus(name, "heldout") for name in config.near_mcq},
+        config=TextConfig(max_chunks=config.text_chunks, prompt_limit=config.text_prompts),
+        show_progress=show_progress,
+    )
+    seconds["text"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    prompts = list(FORGET_QUESTIONS + RETAIN_QUESTIONS)
+    guarded_texts, records = guard.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
+    plain_texts, _ = guard.generate(
+        model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, guarded=False
+    )
+    generations = [
+        {
+            "topic": "forget" if i < len(FORGET_QUESTIONS) else "retain",
+            "prompt": prompt,
+            "flagged": bool(records[0].flagged[i]),
+            "rho": float(records[0].rho[i]),
+            "unguarded": plain_texts[i],
+            "guarded": guarded_texts[i],
+        }
+        for i, prompt in enumerate(prompts)
+    ]
+    seconds["generate"] = time.perf_counter() - began
+    seconds["total"] = time.perf_counter() - started
+
+    result = DemoResult(
+        config=config,
+        guard=guard.summary(),
+        accuracy=accuracy,
+        text=asdict(text),
+        generations=generations,
+        seconds=seconds,
+    )
+    write_demo_report(result, guard, text, output)
+    print_demo(result, console)
+    return result
+
+
+def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: bool = True):
+    """Known-item accuracy with and without ``guard`` on forget, retain and near-domain sets."""
+    from saeguard.data.mcq import build_mcq
+
     mcq = McqConfig(scorer=config.scorer)  # type: ignore[arg-type]
     known_config = KnownConfig(mcq=mcq, permutations=config.permutations)  # type: ignore[arg-type]
     groups = {"forget": [config.forget_mcq], "retain": list(config.retain_mcq), "near": list(config.near_mcq)}
@@ -171,52 +234,7 @@ def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, co
             "guarded_accuracy": guarded_correct / total_known if total_known else float("nan"),
             "flagged_fraction": flagged / total_known if total_known else float("nan"),
         }
-    seconds["mcq"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    text = text_metrics(
-        model,
-        tokenizer,
-        guard,
-        forget=load_corpus(config.forget, "heldout"),
-        retain=retain_documents(config, "heldout"),
-        near={name.split(":")[1]: load_corpus(name, "heldout") for name in config.near_mcq},
-        config=TextConfig(max_chunks=16, prompt_limit=200),
-        show_progress=show_progress,
-    )
-    seconds["text"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    prompts = list(FORGET_QUESTIONS + RETAIN_QUESTIONS)
-    guarded_texts, records = guard.generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
-    plain_texts, _ = guard.generate(
-        model, tokenizer, prompts, max_new_tokens=config.max_new_tokens, guarded=False
-    )
-    generations = [
-        {
-            "topic": "forget" if i < len(FORGET_QUESTIONS) else "retain",
-            "prompt": prompt,
-            "flagged": bool(records[0].flagged[i]),
-            "rho": float(records[0].rho[i]),
-            "unguarded": plain_texts[i],
-            "guarded": guarded_texts[i],
-        }
-        for i, prompt in enumerate(prompts)
-    ]
-    seconds["generate"] = time.perf_counter() - began
-    seconds["total"] = time.perf_counter() - started
-
-    result = DemoResult(
-        config=config,
-        guard=guard.summary(),
-        accuracy=accuracy,
-        text=asdict(text),
-        generations=generations,
-        seconds=seconds,
-    )
-    write_demo_report(result, guard, text, output)
-    print_demo(result, console)
-    return result
+    return accuracy
 
 
 def print_demo(result: DemoResult, console: Console) -> None:
