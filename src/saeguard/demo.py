@@ -195,6 +195,7 @@ def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, co
 def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: bool = True):
     """Known-item accuracy with and without ``guard`` on forget, retain and near-domain sets."""
     from saeguard.data.mcq import build_mcq
+    from saeguard.evaluation.items import as_items
 
     mcq = McqConfig(scorer=config.scorer)  # type: ignore[arg-type]
     known_config = KnownConfig(mcq=mcq, permutations=config.permutations)  # type: ignore[arg-type]
@@ -204,7 +205,7 @@ def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: 
         limit = config.forget_items if group == "forget" else config.items_per_other_set
         base_correct = guarded_correct = flagged = total_known = total = 0
         for name in names:
-            items = build_mcq(name, "heldout", limit=limit)
+            items = as_items(build_mcq(name, "heldout", limit=limit), source=name)
             known = known_items(
                 model, tokenizer, items, config=known_config, dataset=name, show_progress=show_progress
             )
