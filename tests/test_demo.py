@@ -28,9 +28,19 @@ def test_demo_writes_table_report_and_generations_on_the_default_model(tmp_path)
     from saeguard.demo import DemoConfig, run_demo
 
     config = DemoConfig(
-        layer=3, sae=str(_random_sae(tmp_path / "sae")), forget_items=6, items_per_other_set=3,
-        max_forget_chunks=8, max_retain_chunks=8, retain_documents_per_source=40, max_new_tokens=4,
-        text_chunks=2, text_prompts=8, ratio_percentile=50, n_features=5, seq_len=128,
+        layer=3,
+        sae=str(_random_sae(tmp_path / "sae")),
+        forget_items=6,
+        items_per_other_set=3,
+        max_forget_chunks=8,
+        max_retain_chunks=8,
+        retain_documents_per_source=40,
+        max_new_tokens=4,
+        text_chunks=2,
+        text_prompts=8,
+        ratio_percentile=50,
+        n_features=5,
+        seq_len=128,
     )
     result = run_demo(config, tmp_path / "report", show_progress=False)
     assert set(result.accuracy) == {"forget", "retain", "near"}

@@ -25,9 +25,9 @@ from saeguard.layers import hidden_size
 _RESIDUAL_COPIES = 5
 #: MLP temporaries per token: gate, up, act(gate), their product.
 _MLP_COPIES = 4
-#: Bytes per latent per encoded token in the statistics pass (fp32 pre-acts and acts,
-#: float64 copies for the running sums).
-_STATS_BYTES_PER_LATENT = 28
+#: Bytes per latent per encoded token in the statistics pass: fp32 activations plus the
+#: float64 copy and its square that the running sums make (measured ~18-20).
+_STATS_BYTES_PER_LATENT = 24
 #: Allocator slack and small per-call buffers, measured ~20 MB on CPU for SmolLM2.
 _FIXED_BYTES = 32 * 2**20
 _MiB = 2**20
@@ -35,14 +35,17 @@ _MiB = 2**20
 
 @dataclass
 class MemoryEstimate:
-    """Bytes a truncated no-grad forward (and statistics encode) needs."""
+    """Bytes a truncated no-grad forward (and the statistics encode) needs."""
 
-    per_sequence: int
-    fixed: int
-    sae_chunk: int
+    seq_len: int
+    per_sequence: int  # forward temporaries of one sequence
+    fixed: int  # allocator slack and small buffers
+    sae_per_token: int  # statistics encode, per token of the current chunk
+    token_chunk: int  # the statistics pass encodes at most this many tokens at once
 
     def total(self, batch_size: int) -> int:
-        return self.fixed + self.sae_chunk + batch_size * self.per_sequence
+        tokens = min(batch_size * self.seq_len, self.token_chunk)
+        return self.fixed + batch_size * self.per_sequence + tokens * self.sae_per_token
 
 
 def _config_int(model: nn.Module, keys: tuple[str, ...], default: int) -> int:
@@ -85,8 +88,13 @@ def estimate_activation_memory(
     attention = heads * seq_len * seq_len + seq_len * seq_len + seq_len * 2 * kv_heads * head_dim
     mlp = _MLP_COPIES * seq_len * intermediate
     per_sequence = item * (_RESIDUAL_COPIES * seq_len * width + max(attention, mlp))
-    sae_chunk = _STATS_BYTES_PER_LATENT * d_sae * token_chunk if d_sae else 0
-    return MemoryEstimate(per_sequence=per_sequence, fixed=_FIXED_BYTES, sae_chunk=sae_chunk)
+    return MemoryEstimate(
+        seq_len=seq_len,
+        per_sequence=per_sequence,
+        fixed=_FIXED_BYTES,
+        sae_per_token=_STATS_BYTES_PER_LATENT * d_sae,
+        token_chunk=token_chunk,
+    )
 
 
 def suggest_batch_size(
@@ -106,14 +114,19 @@ def suggest_batch_size(
     """
     require(layer >= 0, f"layer must be >= 0, got {layer}")
     estimate = estimate_activation_memory(model, seq_len, d_sae=d_sae)
-    room = memory_budget_bytes - estimate.fixed - estimate.sae_chunk
-    need = estimate.total(1)
     require(
-        room >= estimate.per_sequence,
-        f"one sequence of {seq_len} tokens needs ~{need / _MiB:.0f} MiB but the budget is "
+        estimate.total(1) <= memory_budget_bytes,
+        f"one sequence of {seq_len} tokens needs ~{estimate.total(1) / _MiB:.0f} MiB but the budget is "
         f"{memory_budget_bytes / _MiB:.0f} MiB: lower seq_len or raise the budget",
     )
-    return int(max(1, min(max_batch_size, room // estimate.per_sequence)))
+    low, high = 1, max_batch_size
+    while low < high:  # total() is monotone in the batch size
+        middle = (low + high + 1) // 2
+        if estimate.total(middle) <= memory_budget_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def available_memory_bytes(device: torch.device | str = "cpu", fraction: float = 0.5) -> int:

@@ -15,7 +15,7 @@ from saeguard.sae_training import SAETrainingConfig
 DEFAULT_LAYER = 6
 DEFAULT_WIDTH = 4096
 DEFAULT_K = 32
-DEFAULT_TOKENS = 1_500_000
+DEFAULT_TOKENS = 800_000
 SAE_TRAINING_MIX = ("wiki", "wordnet", "austen", "cwe")
 
 

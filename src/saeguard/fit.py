@@ -260,10 +260,7 @@ def fit_from_statistics(
     retain_rho = calibration_rho(inputs, latents, "retain", config, show_progress=show_progress)
     forget_rho = calibration_rho(inputs, latents, "forget", config, show_progress=show_progress)
     require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
-    threshold = calibrate_threshold(retain_rho, config.gate_percentile, seed=config.seed)
     mean_active = forget_stats.mean_nonzero[selection.latent_ids]
-    clamp = config.clamp * float(mean_active.mean()) if config.relative_clamp else config.clamp
-    require(clamp > 0, "relative clamp is 0: the selected latents never fire on forget text")
     model = inputs.model
     info = {
         "model": {
@@ -279,11 +276,6 @@ def fit_from_statistics(
             "retain_frequency": [float(retain_stats.frequency[i]) for i in selection.latent_ids],
             "forget_mean_nonzero": [float(v) for v in mean_active],
         },
-        "threshold": asdict(threshold),
-        "calibration": {
-            "retain": rho_summary(retain_rho, threshold.tau),
-            "forget": rho_summary(forget_rho, threshold.tau),
-        },
         "corpora": {
             role: {
                 "fingerprint": text_fingerprint(inputs.documents(role)),
@@ -295,16 +287,59 @@ def fit_from_statistics(
         },
         "fit_seconds": time.perf_counter() - started,
     }
-    return Guardrail(
+    unset = Guardrail(
         latents=latents,
         layer=inputs.layer,
-        threshold=threshold.tau,
-        clamp=clamp,
+        threshold=math.nan,
+        clamp=math.nan,
         config=config,
         special_ids=sorted(special_token_ids(inputs.tokenizer)),
         info=info,
         distributions={"retain_rho": retain_rho, "forget_rho": forget_rho},
     )
+    return retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
+
+
+def retune(
+    guard: Guardrail,
+    *,
+    gate_percentile: float | None = None,
+    clamp: float | None = None,
+    relative_clamp: bool | None = None,
+) -> Guardrail:
+    """``guard`` with a new tau and/or clamp; the selection and calibration rho are reused.
+
+    tau is a percentile of the retain rho recorded at fit time and a relative
+    clamp a multiple of the recorded mean forget activation, so sweeping the gate
+    percentile or the clamp needs no forward pass. ``clamp`` and
+    ``relative_clamp`` set the config's fields (``clamp=10, relative_clamp=True``
+    is 10x); unset arguments keep the guard's settings.
+    """
+    changes = {"gate_percentile": gate_percentile, "clamp": clamp, "relative_clamp": relative_clamp}
+    config = replace(guard.config, **{k: v for k, v in changes.items() if v is not None})
+    config.validate()
+    retain_rho = guard.distributions.get("retain_rho")
+    require(
+        retain_rho is not None and retain_rho.numel() > 0,
+        "this guardrail carries no retain calibration rho: refit it to change tau",
+    )
+    threshold = calibrate_threshold(retain_rho, config.gate_percentile, seed=config.seed)
+    value = config.clamp
+    if config.relative_clamp:
+        mean_active = guard.info.get("selection", {}).get("forget_mean_nonzero")
+        require(
+            bool(mean_active), "this guardrail records no forget activations: refit it for a relative clamp"
+        )
+        value = config.clamp * float(torch.tensor(mean_active, dtype=torch.float64).mean())
+    require(value > 0, "relative clamp is 0: the selected latents never fire on forget text")
+    info = dict(guard.info)
+    info["threshold"] = asdict(threshold)
+    info["calibration"] = {
+        role: rho_summary(guard.distributions[f"{role}_rho"], threshold.tau)
+        for role in ("retain", "forget")
+        if f"{role}_rho" in guard.distributions
+    }
+    return replace(guard, threshold=threshold.tau, clamp=value, config=config, info=info)
 
 
 def rho_summary(values: torch.Tensor, tau: float) -> dict[str, Any]:

@@ -75,3 +75,58 @@ def test_cached_per_model_dataset_and_scorer(tmp_path, llama, tok):
         show_progress=False,
     )
     assert len(list(tmp_path.glob("known-*.json"))) == 2
+
+
+def test_cyclic_orders_put_each_option_once_in_each_position():
+    seen: list[McqItem] = []
+
+    def recording(items):
+        seen.extend(items)
+        return fake_scorer(items)
+
+    known_items(None, None, ITEMS[:1], score_fn=recording, config=KnownConfig(permutations="cyclic"))
+    assert len(seen) == 4
+    for position in range(4):
+        assert sorted(v.choices[position] for v in seen) == sorted(ITEMS[0].choices)
+    assert all(v.choices[v.answer] == "paris" for v in seen)
+
+
+def test_cyclic_filter_is_looser_than_all_24_orders():
+    """A scorer that fails only on a non-rotation order (first two options swapped)."""
+    item = McqItem("swap trap", ("p", "q", "r", "s"), 0, "misc", "trap")
+
+    def fooled(items):
+        return [0 if v.choices[:2] == ("q", "p") else v.answer for v in items]  # "q" there: wrong
+
+    cyclic = known_items(None, None, [item], score_fn=fooled, config=KnownConfig(permutations="cyclic"))
+    full = known_items(None, None, [item], score_fn=fooled, config=KnownConfig(permutations="all"))
+    assert cyclic.ids == ["trap"] and cyclic.correct_orders == {"trap": 4}
+    assert full.ids == [] and full.correct_orders == {"trap": 22}
+    position = known_items(
+        None, None, ITEMS[1:2], score_fn=fake_scorer, config=KnownConfig(permutations="cyclic")
+    )
+    assert position.correct_orders == {"position": 1}  # answer in position 2 in exactly one rotation
+    with pytest.raises(SaeguardError, match="permutations"):
+        known_items(None, None, [item], score_fn=fooled, config=KnownConfig(permutations="some"))
+
+
+def test_orderings_are_part_of_the_cache_key(tmp_path, llama, tok):
+    from evaluation.conftest import make_items
+
+    items = make_items(2)
+    mcq = McqConfig(scorer="cloze", batch_size=8)
+    cyclic = known_items(
+        llama,
+        tok,
+        items,
+        config=KnownConfig(mcq=mcq, permutations="cyclic"),
+        cache_dir=tmp_path,
+        show_progress=False,
+    )
+    assert len(list(tmp_path.glob("known-*.json"))) == 1
+    assert KnownSet.load(next(tmp_path.glob("known-*.json"))).config.permutations == "cyclic"
+    full = known_items(
+        llama, tok, items, config=KnownConfig(mcq=mcq), cache_dir=tmp_path, show_progress=False
+    )
+    assert len(list(tmp_path.glob("known-*.json"))) == 2
+    assert max(cyclic.correct_orders.values()) <= 4 and max(full.correct_orders.values()) <= 24

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from evaluation.conftest import make_guard, make_items
-from saeguard.evaluation.items import LETTERS, question_text
+from saeguard.evaluation.items import LETTERS, option_ids, question_text, shared_prompt
 from saeguard.evaluation.mcq import McqConfig, evaluate_mcq, gate_decisions, score_items
+from saeguard.gate import token_scope
 
 
 def _chat(tok, item, prefix):
@@ -108,3 +111,37 @@ def test_without_chat_template(llama, tok):
     log_probs, _ = _logprobs(llama, tok, question_text(item) + "\nAnswer: (")
     expected = [float(log_probs[-1, tok.convert_tokens_to_ids(letter)]) for letter in LETTERS]
     assert pred.scores == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("options", ["mixed", "single-token"])
+@torch.no_grad()
+def test_guarded_cloze_from_the_expanded_cache_equals_one_row_per_option(llama, tok, options):
+    """Left-padded prompts + cache continuations == each option scored alone after its prompt."""
+    # prompts of different lengths, so the batch is left-padded
+    items = [replace(it, question=it.question + " of the city" * i) for i, it in enumerate(make_items(6))]
+    if options == "single-token":  # nothing to continue: the prompt's logits score every option
+        items = [replace(it, choices=tuple(c.split()[0] for c in it.choices)) for it in items]
+    config = McqConfig(scorer="cloze", batch_size=6)
+    guard = make_guard(llama, tok, ids=(7,), clamp=200.0)
+    rho, _ = gate_decisions(llama, tok, guard, items, config)
+    guard.threshold = float(rho.median())
+    preds = score_items(llama, tok, items, config, guard=guard)
+    assert any(p.flagged for p in preds) and not all(p.flagged for p in preds)
+    with guard.attached(llama):
+        for item, pred in zip(items, preds, strict=True):
+            prompt = shared_prompt(tok, item, "cloze")
+            expected = []
+            for choice in item.choices:
+                cont = option_ids(tok, prompt, choice)
+                ids = torch.tensor([prompt.ids + cont])
+                counted = torch.tensor([prompt.user_mask + [True] * len(cont)]) & ~torch.isin(
+                    ids, torch.tensor(tok.all_special_ids)
+                )
+                with token_scope(counted, [len(prompt.ids)], freeze=True):
+                    log_probs = torch.log_softmax(llama(input_ids=ids).logits[0].float(), -1)
+                n = len(prompt.ids)
+                expected.append(
+                    sum(float(log_probs[t - 1, ids[0, t]]) for t in range(n, ids.shape[1])) / len(cont)
+                )
+            assert pred.scores == pytest.approx(expected, abs=1e-4)
+            assert pred.option_flagged == [pred.flagged] * 4

@@ -63,7 +63,7 @@ class BenchSizes:
     dsg_calibration: int = 512
     bf16_batches: int = 2
     profile_shape: tuple[int, int] = (512, 1)
-    profile_repeats: int = 3
+    profile_repeats: int = 5
 
 
 PRESETS: dict[str, BenchSizes] = {
@@ -76,13 +76,13 @@ PRESETS: dict[str, BenchSizes] = {
         overhead_shapes=((128, 1), (512, 1), (1024, 1), (128, 8)),
         shape_budget_s=45.0,
         hook_repeats=10,
-        memory_chunks=4,
+        memory_chunks=8,
         gen_new_tokens=24,
-        eval_items=8,
+        eval_items=4,
         rmu_steps=20,
         dsg_calibration=128,
         bf16_batches=1,
-        profile_repeats=2,
+        profile_repeats=5,
     ),
     "tiny": BenchSizes(
         rounds=2,
@@ -93,7 +93,7 @@ PRESETS: dict[str, BenchSizes] = {
         overhead_shapes=((16, 1), (32, 2)),
         shape_budget_s=5.0,
         hook_repeats=3,
-        memory_chunks=2,
+        memory_chunks=4,
         memory_scales=(1, 4),
         gen_prompt_tokens=8,
         gen_new_tokens=4,

@@ -190,7 +190,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
 
 
 def _detail_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    out = []
+    out = _extra_rows(name, section)
     for row in section.get("rows", []):
         if name == "guard_overhead":
             label = f"{row['arch']} gate {row['forced']} seq {row['seq_len']} x batch {row['batch']}"
@@ -220,6 +220,40 @@ def _detail_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str
             continue
         out.append(("", label, value, ratio, ""))
     return out
+
+
+def _extra_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Figures of sections without per-shape rows."""
+    if name == "fit_throughput" and "breakdown" in section:
+        b = section["breakdown"]
+        value = (
+            f"encode {b['encode_s']:.2f}s, float64 sums {b['update_s']:.2f}s, "
+            f"fp32 sums {b['update_fp32_s']:.2f}s"
+        )
+        return [
+            ("", "statistics beyond the forward", value, f"sums/encode {_fmt(b['update_over_encode'])}", "")
+        ]
+    if name == "setup_cost":
+        value = (
+            f"DSG {section['dsg_seconds']:.0f}s "
+            f"(cached stats {section['dsg_cached_statistics_seconds']:.0f}s), "
+            f"RMU {section['rmu_seconds']:.0f}s"
+        )
+        return [
+            ("", "per extra grid point (statistics reused)", value, _fmt(section["grid_point_ratio"]), "")
+        ]
+    if name == "bf16":
+        value = f"statistics bf16/fp32 time {section['statistics_time_ratio']:.2f}"
+        return [("", "speed (bf16 model, fp32 SAE)", value, _fmt(section["statistics_time_ratio"]), "")]
+    if name == "profile":
+        rows = []
+        for arch, guard in section["guards"].items():
+            ops = ", ".join(f"{op['op']} {op['ms']:.2f}" for op in guard["ops"][:4])
+            rows.append(
+                ("", f"{arch}: guard {guard['guard_ms']:.1f} ms/fwd", ops, _fmt(1 + guard["guard_share"]), "")
+            )
+        return rows
+    return []
 
 
 def _fmt(value: Any) -> str:

@@ -20,7 +20,7 @@ def train_sae(
     ] = None,
     width: Annotated[list[int], typer.Option(help="Latents (repeatable)")] = [4096],  # noqa: B006
     k: int = 32,
-    tokens: int = 1_500_000,
+    tokens: int = 800_000,
     batch_size: int = 4096,
     seed: int = 0,
 ) -> None:

@@ -2,10 +2,12 @@
 
 SAEBench convention (DESIGN §2): accuracy is reported only on questions the
 unguarded model gets right under all 24 permutations of the four options, so the
-base is 100% and a drop measures forgetting, not luck. The stricter variant also
-drops questions the model answers (under all 24 orders) without seeing the
+base is 100% and a drop measures forgetting, not luck. ``permutations="cyclic"``
+uses the 4 rotations instead (each option once in each position): 6x cheaper, a
+looser filter for CPU demos, not the protocol. The stricter variant also
+drops questions the model answers (under all orders) without seeing the
 question text: those test option priors, not knowledge. Results are cached per
-(model, tokenizer, dataset, scorer settings) because this costs 24 passes.
+(model, tokenizer, dataset, settings) because this costs 24 passes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -27,6 +29,9 @@ from saeguard.evaluation.mcq import McqConfig, score_items
 from saeguard.fingerprint import text_fingerprint
 
 PERMUTATIONS: list[tuple[int, ...]] = list(itertools.permutations(range(4)))
+#: The 4 rotations: each option appears once in each position.
+ROTATIONS: list[tuple[int, ...]] = [tuple((k + shift) % 4 for k in range(4)) for shift in range(4)]
+Orderings = Literal["all", "cyclic"]
 #: ``score_fn(items) -> predicted option index per item``: swap in a fake scorer for tests.
 ScoreFn = Callable[[Sequence[McqItem]], Sequence[int]]
 _CACHE_VERSION = 1
@@ -36,6 +41,17 @@ _CACHE_VERSION = 1
 class KnownConfig:
     mcq: McqConfig = field(default_factory=McqConfig)
     drop_without_question: bool = False  # also drop items answerable with the question removed
+    # "all": the protocol's 24 orders; "cyclic": the 4 rotations, a cheaper filter for CPU demos
+    permutations: Orderings = "all"
+
+    def validate(self) -> None:
+        self.mcq.validate()
+        if self.permutations not in ("all", "cyclic"):
+            raise SaeguardError(f"unknown permutations {self.permutations!r}: use all or cyclic")
+
+    @property
+    def orders(self) -> list[tuple[int, ...]]:
+        return PERMUTATIONS if self.permutations == "all" else ROTATIONS
 
 
 @dataclass
@@ -48,7 +64,7 @@ class KnownSet:
     config: KnownConfig
     total: int
     ids: list[str]
-    correct_orders: dict[str, int]  # per item: orders (of 24) answered correctly
+    correct_orders: dict[str, int]  # per item: orders (of config.orders) answered correctly
     correct_orders_without_question: dict[str, int] | None = None
     seconds: float = 0.0
     kind: str = "saeguard-known-set"
@@ -62,8 +78,8 @@ class KnownSet:
         if not self.ids:
             raise SaeguardError(
                 f"no known items in {self.dataset}: the base model answers none of its {self.total} "
-                "questions under all 24 option orders, so accuracy would be 0/0 - use more or easier "
-                "questions, a stronger model, or the cloze scorer"
+                f"questions under all {len(self.config.orders)} option orders, so accuracy would be 0/0 - "
+                "use more or easier questions, a stronger model, or the cloze scorer"
             )
 
     def select(self, items: Sequence[McqItem]) -> list[McqItem]:
@@ -81,29 +97,42 @@ class KnownSet:
         data["config"] = KnownConfig(
             mcq=McqConfig(**data["config"]["mcq"]),
             drop_without_question=data["config"]["drop_without_question"],
+            permutations=data["config"].get("permutations", "all"),
         )
         return cls(**data)
 
 
-def permutations_of(item: McqItem) -> list[McqItem]:
-    return [item.permuted(order) for order in PERMUTATIONS]
+def _key_settings(config: KnownConfig) -> dict[str, Any]:
+    """The settings in the cache key; the protocol's default stays out so older caches still match."""
+    settings = asdict(config)
+    if config.permutations == "all":
+        del settings["permutations"]
+    return settings
 
 
-def correct_order_counts(items: Sequence[McqItem], score_fn: ScoreFn) -> list[int]:
-    """For each item, how many of the 24 option orders ``score_fn`` answers correctly."""
-    expanded = [variant for item in items for variant in permutations_of(item)]
+def permutations_of(item: McqItem, orders: Sequence[tuple[int, ...]] = PERMUTATIONS) -> list[McqItem]:
+    return [item.permuted(order) for order in orders]
+
+
+def correct_order_counts(
+    items: Sequence[McqItem], score_fn: ScoreFn, orders: Sequence[tuple[int, ...]] = PERMUTATIONS
+) -> list[int]:
+    """For each item, how many of the option ``orders`` ``score_fn`` answers correctly."""
+    expanded = [variant for item in items for variant in permutations_of(item, orders)]
     predictions = list(score_fn(expanded))
     if len(predictions) != len(expanded):
         raise SaeguardError("the scorer returned a different number of predictions than items")
     hits = [int(p == v.answer) for p, v in zip(predictions, expanded, strict=True)]
-    n = len(PERMUTATIONS)
+    n = len(orders)
     return [sum(hits[i * n : (i + 1) * n]) for i in range(len(items))]
 
 
-def _model_scorer(model: nn.Module, tokenizer, config: McqConfig, show_progress: bool) -> ScoreFn:
+def _model_scorer(model: nn.Module, tokenizer, config: KnownConfig, show_progress: bool) -> ScoreFn:
+    description = f"known set ({len(config.orders)} orders)"
+
     def score(items: Sequence[McqItem]) -> list[int]:
         preds = score_items(
-            model, tokenizer, items, config, show_progress=show_progress, description="known set (24 orders)"
+            model, tokenizer, items, config.mcq, show_progress=show_progress, description=description
         )
         return [p.prediction for p in preds]
 
@@ -129,7 +158,7 @@ def known_items(
     """
     started = time.perf_counter()
     config = config or KnownConfig()
-    config.mcq.validate()
+    config.validate()
     items = as_items(items, source=dataset)
     fingerprint = items_fingerprint(items)
     identity = model_identity(model) if model is not None else {"name": "custom scorer", "fingerprint": ""}
@@ -140,7 +169,7 @@ def known_items(
                 identity["fingerprint"],
                 tokenizer_fingerprint(tokenizer),
                 fingerprint,
-                json.dumps(asdict(config), sort_keys=True),
+                json.dumps(_key_settings(config), sort_keys=True),
                 str(_CACHE_VERSION),
             ]
         )
@@ -151,13 +180,13 @@ def known_items(
     if score_fn is None:
         if model is None:
             raise SaeguardError("known_items needs a model or a score_fn")
-        score_fn = _model_scorer(model, tokenizer, config.mcq, show_progress)
-    counts = correct_order_counts(items, score_fn)
+        score_fn = _model_scorer(model, tokenizer, config, show_progress)
+    counts = correct_order_counts(items, score_fn, config.orders)
     without = None
     if config.drop_without_question:
         blank = [replace(item, question="") for item in items]
-        without = correct_order_counts(blank, score_fn)
-    n = len(PERMUTATIONS)
+        without = correct_order_counts(blank, score_fn, config.orders)
+    n = len(config.orders)
     ids = [
         item.id
         for index, item in enumerate(items)

@@ -4,7 +4,9 @@ Two batched scorers over one shared prompt per question (the question with all
 four options listed, in the chat template):
 - ``letter``: next-token probability of A-D after "Answer: (" (max of "A"/" A");
 - ``cloze``: length-normalised log-likelihood of each option's text after
-  "Answer:", for small models that answer lettered questions near chance.
+  "Answer:", for small models that answer lettered questions near chance. The
+  prompt runs once; its KV cache is expanded to the four options, which are
+  scored as continuations (about 4x fewer prompt tokens than one row per option).
 With a guard the gate reads only the user's tokens of the shared prompt and
 decides once per question (``token_scope(..., freeze=True)``), so every option
 is judged under the same decision; option tokens are clamped iff it flagged.
@@ -31,6 +33,7 @@ from saeguard.evaluation.common import guard_identity, model_identity, write_jso
 from saeguard.evaluation.items import (
     McqItem,
     Scorer,
+    SharedPrompt,
     as_items,
     items_fingerprint,
     letter_token_ids,
@@ -119,46 +122,98 @@ class McqResult:
 
 # -- the batched forward ------------------------------------------------------
 @dataclass
-class _Row:
-    ids: list[int]
-    counted: list[bool]
-    prompt_length: int
-    continuation: int  # tokens after the shared prompt that are scored (cloze)
+class _Prefill:
+    """The shared prompts' forward: next-token log-probs, the gate's decision, the KV cache."""
+
+    log_probs: torch.Tensor  # (B, V) after the last prompt token
+    mask: torch.Tensor  # (B, T) left-padded attention mask of the prompts
+    cache: Any  # the prompts' KV cache (None unless asked for)
+    flagged: torch.Tensor | None  # (B,) the gate's decision (None: no guard)
+    rho: torch.Tensor | None  # (B,) rho over the prompt's counted (user) tokens
 
 
-def _tail_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of the last ``keep`` positions of left-padded rows, without the full (B, T, V)."""
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": positions, "use_cache": False}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = keep
-    logits = model(input_ids=ids, **kwargs).logits
-    return logits[:, -keep:].float()
+def _logits_to_keep(model: nn.Module, keep: int) -> dict[str, int]:
+    """Ask for the last ``keep`` positions' logits only, when the model supports it (no (B, T, V))."""
+    return {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """transformers 5 calls the KV cache ``cache``; older or remote-code models ``past_key_values``.
+
+    Named from the signature: a wrong name would vanish into ``**kwargs`` and the
+    options would be scored without their prompt.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
-def _forward_rows(
-    model: nn.Module, tokenizer, rows: list[_Row], keep: int, hook
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Left-padded forward of the rows under one frozen gate decision per row."""
+def _prefill(model: nn.Module, tokenizer, prompts: Sequence[SharedPrompt], hook, *, cache: bool) -> _Prefill:
+    """Left-padded forward of the prompts; the gate decides on each prompt's user tokens."""
     device = model_device(model)
-    ids, mask = pad_batch([r.ids for r in rows], pad_token_id(tokenizer), left=True)
-    scope, _ = pad_batch([[int(c) for c in r.counted] for r in rows], 0, left=True)
+    ids, mask = pad_batch([p.ids for p in prompts], pad_token_id(tokenizer), left=True)
+    scope, _ = pad_batch([[int(c) for c in p.user_mask] for p in prompts], 0, left=True)
     counted = counted_mask(ids, mask, special_token_ids(tokenizer)) & scope.bool()
-    width = ids.shape[1]
-    end = torch.tensor([width - len(r.ids) + r.prompt_length for r in rows], dtype=torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     if hook is not None:
         hook.records.clear()
-    with token_scope(counted.to(device), end.to(device), freeze=True):
-        log_probs = torch.log_softmax(_tail_logits(model, ids.to(device), mask.to(device), keep), -1)
-    if hook is None:
-        return log_probs.cpu(), None, None
-    record = hook.records[-1]
-    in_prompt = torch.arange(width).unsqueeze(0) < end.unsqueeze(1)
-    prompt_counted = (counted & in_prompt).sum(-1).double()
-    prompt_fired = (record.fired.cpu() & in_prompt).sum(-1).double()
-    rho = torch.where(prompt_counted > 0, prompt_fired / prompt_counted.clamp(min=1), 0.0)
-    return log_probs.cpu(), record.flagged.cpu().bool(), rho
+    with token_scope(counted.to(device), freeze=True):
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=cache,
+            **_logits_to_keep(model, 1),
+        )
+    log_probs = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
+    flagged = rho = None
+    if hook is not None:  # the prompt-only record: rho counts the user's tokens, never an option's
+        flagged, rho = hook.records[-1].flagged.cpu().bool(), hook.records[-1].rho.cpu()
+    kv = getattr(out, "cache", None)
+    kv = getattr(out, "past_key_values", None) if kv is None else kv
+    return _Prefill(log_probs, mask, kv if cache else None, flagged, rho)
+
+
+@torch.no_grad()
+def _continuations(
+    model: nn.Module, tokenizer, prefill: _Prefill, options: Sequence[Sequence[int]], hook
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per option row, log p(token j + 1 | prompt, tokens <= j), read from the prompts' expanded cache.
+
+    ``options`` holds n rows per prompt, in prompt order. Each row feeds its
+    option minus the last token (only ever predicted), right-padded after the
+    left-padded prompts: positions continue from the row's own prompt length,
+    and padding comes after every real token, so no real token attends to it.
+    Under ``freeze`` each row inherits its prompt's decision (the gate repeats
+    its per-row state with the cache). Also returns each row's decision.
+    """
+    n = len(options) // prefill.mask.shape[0]
+    inputs = [list(o[:-1]) for o in options]
+    if max(len(o) for o in inputs) == 0:  # single-token options: the prompt's logits score them all
+        flags = prefill.flagged.repeat_interleave(n) if prefill.flagged is not None else None
+        return torch.zeros(len(options), 0), flags
+    cache = prefill.cache
+    require(
+        hasattr(cache, "batch_repeat_interleave"),
+        f"{type(model).__name__} returns no expandable KV cache: the cloze scorer needs a transformers Cache",
+    )
+    cache.batch_repeat_interleave(n)
+    device = model_device(model)
+    ids, option_mask = pad_batch(inputs, pad_token_id(tokenizer))
+    targets, _ = pad_batch([o[1:] for o in options], pad_token_id(tokenizer))
+    prompt_mask = prefill.mask.repeat_interleave(n, 0)
+    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(ids.shape[1]).unsqueeze(0)
+    with token_scope(freeze=True):
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=torch.cat([prompt_mask, option_mask], dim=1).to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            **{_cache_argument(model): cache},
+        ).logits.float()
+    flagged = hook.records[-1].flagged.cpu().bool() if hook is not None else None
+    # gather minus logsumexp: the log-probs of the targets without a (rows, T, V) log_softmax copy
+    chosen = logits.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
+    return (chosen - logits.logsumexp(-1)).cpu(), flagged
 
 
 def _prediction(item: McqItem, scores: torch.Tensor) -> McqPrediction:
@@ -176,49 +231,46 @@ def _prediction(item: McqItem, scores: torch.Tensor) -> McqPrediction:
 def _score_letter(model, tokenizer, items: Sequence[McqItem], config: McqConfig, hook) -> list[McqPrediction]:
     letters = letter_token_ids(tokenizer)
     prompts = [shared_prompt(tokenizer, it, "letter", chat=config.chat, system=config.system) for it in items]
-    rows = [_Row(p.ids, p.user_mask, len(p.ids), 0) for p in prompts]
-    log_probs, flagged, rho = _forward_rows(model, tokenizer, rows, 1, hook)
-    last = log_probs[:, -1]
+    prefill = _prefill(model, tokenizer, prompts, hook, cache=False)
     out = []
     for index, item in enumerate(items):
-        scores = torch.stack([last[index, variants].max() for variants in letters])
+        scores = torch.stack([prefill.log_probs[index, variants].max() for variants in letters])
         pred = _prediction(item, scores)
-        if flagged is not None and rho is not None:
-            pred.flagged, pred.rho = bool(flagged[index]), float(rho[index])
+        if prefill.flagged is not None and prefill.rho is not None:
+            pred.flagged, pred.rho = bool(prefill.flagged[index]), float(prefill.rho[index])
         out.append(pred)
     return out
 
 
 def _score_cloze(model, tokenizer, items: Sequence[McqItem], config: McqConfig, hook) -> list[McqPrediction]:
-    rows: list[_Row] = []
-    for item in items:
-        prompt = shared_prompt(tokenizer, item, "cloze", chat=config.chat, system=config.system)
+    """Prefill each shared prompt once, then score its options as continuations of its cache."""
+    prompts = [shared_prompt(tokenizer, it, "cloze", chat=config.chat, system=config.system) for it in items]
+    options: list[list[int]] = []
+    for item, prompt in zip(items, prompts, strict=True):
         for k, choice in enumerate(item.choices):
             cont = option_ids(tokenizer, prompt, choice)
             require(
                 bool(cont) and bool(choice.strip()),
                 f"question {item.id!r} option {k} is empty: cloze cannot score it, use the letter scorer",
             )
-            # Option tokens count for clamping; with freeze they never change the decision.
-            rows.append(
-                _Row(prompt.ids + cont, prompt.user_mask + [True] * len(cont), len(prompt.ids), len(cont))
-            )
-    keep = max(r.continuation for r in rows) + 1
-    log_probs, flagged, rho = _forward_rows(model, tokenizer, rows, keep, hook)
+            options.append(cont)
+    prefill = _prefill(model, tokenizer, prompts, hook, cache=True)
+    # Option tokens are clamped iff their question was flagged; they never change the decision.
+    next_log_probs, option_flags = _continuations(model, tokenizer, prefill, options, hook)
+    n = len(options) // len(items)
     out = []
-    n = len(items[0].choices) if items else 0
     for index, item in enumerate(items):
         scores = []
         for k in range(n):
-            r = index * n + k
-            length = rows[r].continuation
-            targets = torch.tensor(rows[r].ids[-length:])
-            token_lp = log_probs[r, keep - length - 1 : keep - 1].gather(-1, targets.unsqueeze(-1)).sum()
-            scores.append(token_lp / length if config.normalization == "tokens" else token_lp)
+            row = index * n + k
+            targets = options[row]
+            # option token 0 is predicted by the prompt's last position, token j by option token j - 1
+            token_lp = prefill.log_probs[index, targets[0]] + next_log_probs[row, : len(targets) - 1].sum()
+            scores.append(token_lp / len(targets) if config.normalization == "tokens" else token_lp)
         pred = _prediction(item, torch.stack(scores))
-        if flagged is not None and rho is not None:
-            flags = [bool(flagged[index * n + k]) for k in range(n)]
-            pred.flagged, pred.rho, pred.option_flagged = flags[0], float(rho[index * n]), flags
+        if prefill.flagged is not None and prefill.rho is not None and option_flags is not None:
+            pred.flagged, pred.rho = bool(prefill.flagged[index]), float(prefill.rho[index])
+            pred.option_flagged = [bool(option_flags[index * n + k]) for k in range(n)]
         out.append(pred)
     return out
 

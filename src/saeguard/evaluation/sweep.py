@@ -2,7 +2,8 @@
 
 Statistics are computed once per corpus (cached on disk); selection and
 calibration (``fit.fit_from_statistics``) once per (ratio_percentile,
-n_features); tau and the clamp are re-derived per point from the same rho.
+n_features); tau and the clamp are re-derived per point from the same rho
+(``fit.retune``).
 Each point's record (config + metrics) goes to a JSONL file, rewritten
 atomically after every point; rerunning skips points already recorded, and a
 file from a different setup (model, SAE, corpora, questions) is refused.
@@ -20,7 +21,6 @@ from typing import Any
 
 from torch import nn
 
-from saeguard.calibration import calibrate_threshold
 from saeguard.corpus import CorpusSpec, iter_documents
 from saeguard.errors import SaeguardError, require
 from saeguard.evaluation.common import (
@@ -43,7 +43,7 @@ from saeguard.fit import (
     fit_from_statistics,
     parse_clamp,
     prepare_fit,
-    rho_summary,
+    retune,
 )
 from saeguard.guardrail import Guardrail
 from saeguard.progress import progress_bar
@@ -310,7 +310,12 @@ def run_sweep(
                     advance(1)
                 continue
             for point in group:
-                guard = guard_for_point(template, _fit_config(config.fit, point))
+                guard = retune(
+                    template,
+                    gate_percentile=point.gate_percentile,
+                    clamp=point.clamp,
+                    relative_clamp=point.relative_clamp,
+                )
                 save(
                     _evaluate_point(
                         model, tokenizer, guard, point, sets, base_results, heldout_docs, config, context
@@ -331,26 +336,6 @@ def _fit_config(fit: FitConfig, point: SweepPoint) -> FitConfig:
         relative_clamp=point.relative_clamp,
         gate_percentile=point.gate_percentile,
     )
-
-
-def guard_for_point(template: Guardrail, config: FitConfig) -> Guardrail:
-    """``template`` (same selection) with tau and the clamp of ``config``, from the same rho.
-
-    Only valid when ``config`` differs from the template's in clamp and gate
-    percentile alone: selection and calibration rho are reused, not recomputed.
-    """
-    retain_rho = template.distributions["retain_rho"]
-    threshold = calibrate_threshold(retain_rho, config.gate_percentile, seed=config.seed)
-    mean_active = template.info["selection"]["forget_mean_nonzero"]
-    clamp = config.clamp * (sum(mean_active) / len(mean_active)) if config.relative_clamp else config.clamp
-    require(clamp > 0, "relative clamp is 0: the selected latents never fire on forget text")
-    info = dict(template.info)
-    info["threshold"] = asdict(threshold)
-    info["calibration"] = {
-        role: rho_summary(template.distributions[f"{role}_rho"], threshold.tau)
-        for role in ("retain", "forget")
-    }
-    return replace(template, threshold=threshold.tau, clamp=clamp, config=config, info=info)
 
 
 def _evaluate_point(

@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,14 @@ from torch import nn
 
 from saeguard.baselines import TrainConfig, grid_configs, load_unlearned, save_unlearned, unlearn
 from saeguard.batching import peak_rss, reset_peak_rss
-from saeguard.corpus import iter_documents, resolve_corpus
 from saeguard.errors import SaeguardError, require
-from saeguard.evaluation.common import (
-    cache_root,
-    json_fingerprint,
-    model_identity,
-    tokenizer_fingerprint,
-    write_jsonl,
-)
-from saeguard.evaluation.items import McqItem, items_fingerprint, load_mcq
-from saeguard.evaluation.known import known_items
+from saeguard.evaluation.common import cache_root, model_identity, write_jsonl
+from saeguard.evaluation.items import items_fingerprint
 from saeguard.evaluation.mcq import McqResult, evaluate_mcq
 from saeguard.evaluation.score import pooled_accuracy
 from saeguard.evaluation.sweep import DatasetMetrics
 from saeguard.evaluation.text import corpus_loss
+from saeguard.experiments.compare_setup import CompareSetup, build_setup, setup_context
 from saeguard.experiments.compare_types import (
     BASE_KEY,
     GRADIENT_METHODS,
@@ -57,7 +50,6 @@ from saeguard.experiments.compare_types import (
     read_compare_records,
     summarize,
 )
-from saeguard.fingerprint import text_fingerprint
 from saeguard.fit import FitConfig, corpus_statistics, fit_from_statistics, parse_clamp, prepare_fit, retune
 from saeguard.progress import progress_bar
 from saeguard.sae import load_sae, sae_fingerprint, sae_source
@@ -73,87 +65,6 @@ __all__ = [
     "read_compare_records",
     "run_compare",
 ]
-
-
-# -- setup ---------------------------------------------------------------------------
-@dataclass
-class _Setup:
-    config: CompareConfig
-    forget_docs: list[str]
-    retain_docs: list[str]
-    heldout: dict[str, list[str]]  # "forget"/"retain" held-out text for perplexity
-    sets: dict[str, dict[str, list[McqItem]]]  # group -> set name -> (known) items
-    known: dict[str, dict[str, int]]
-    cache_dir: str | Path | None = None
-
-
-def _documents(specs: list[str], split: str, role: str) -> list[str]:
-    docs = [doc for spec in specs for doc in iter_documents(resolve_corpus(spec, split))]
-    require(bool(docs), f"the {role} corpora {specs} have no {split} documents: give real text")
-    return docs
-
-
-def _question_set(spec: str, limit: int | None) -> list[McqItem]:
-    from saeguard.data.mcq import available_mcq, build_mcq
-
-    if spec in available_mcq() or (spec.startswith("wiki:") and not Path(spec).exists()):
-        return load_mcq(build_mcq(spec, "heldout", limit=limit))
-    return load_mcq(spec, limit=limit)
-
-
-def _setup(model, tokenizer, config: CompareConfig, cache_dir, show_progress: bool) -> _Setup:
-    sets: dict[str, dict[str, list[McqItem]]] = {"forget": {}, "utility": {}}
-    known: dict[str, dict[str, int]] = {}
-    for group, specs in (("forget", config.forget_mcq), ("utility", config.utility_mcq)):
-        for spec in specs:
-            items = _question_set(spec, config.limit(spec))
-            total = len(items)
-            if config.known_filter:
-                found = known_items(
-                    model,
-                    tokenizer,
-                    items,
-                    config=config.known_config(),
-                    dataset=spec,
-                    cache_dir=cache_dir,
-                    show_progress=show_progress,
-                )
-                items = found.select(items)
-            known[spec] = {"total": total, "known": len(items)}
-            sets[group][spec] = items
-    return _Setup(
-        config=config,
-        forget_docs=_documents(config.forget, "train", "forget"),
-        retain_docs=_documents(config.retain, "train", "retain"),
-        heldout={
-            "forget": _documents(config.forget, "heldout", "forget"),
-            "retain": _documents(config.retain, "heldout", "retain"),
-        },
-        sets=sets,
-        known=known,
-        cache_dir=cache_dir,
-    )
-
-
-def _context(model, tokenizer, setup: _Setup) -> str:
-    """Everything the records depend on but the SAE (SAE records carry its fingerprint), so gradient
-    methods can run before the SAE exists and the SAE methods join the same folder later."""
-    config = setup.config
-    return json_fingerprint(
-        {
-            "model": model_identity(model)["fingerprint"],
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "forget": text_fingerprint(setup.forget_docs),
-            "retain": text_fingerprint(setup.retain_docs),
-            "heldout": {k: text_fingerprint(v) for k, v in setup.heldout.items()},
-            "sets": {g: {n: items_fingerprint(v) for n, v in s.items()} for g, s in setup.sets.items()},
-            "settings": {
-                k: v
-                for k, v in asdict(config).items()
-                if k not in ("methods", "utility_threshold", "train_device", "gradient", *GUARD_METHODS)
-            },
-        }
-    )
 
 
 # -- records -------------------------------------------------------------------------
@@ -186,7 +97,7 @@ def _metrics(results: Mapping[str, McqResult]) -> dict[str, DatasetMetrics]:
     }
 
 
-def _measure(model, tokenizer, setup: _Setup, record: CompareRecord, *, guard=None, base=None) -> None:
+def _measure(model, tokenizer, setup: CompareSetup, record: CompareRecord, *, guard=None, base=None) -> None:
     """Fill ``record`` with MCQ accuracies and held-out perplexities: the one harness for all methods."""
     started = time.perf_counter()
     config = setup.config
@@ -233,7 +144,7 @@ def _measure(model, tokenizer, setup: _Setup, record: CompareRecord, *, guard=No
 
 
 def _base_results(
-    model, tokenizer, setup: _Setup, folder: Path, show_progress: bool
+    model, tokenizer, setup: CompareSetup, folder: Path, show_progress: bool
 ) -> dict[str, dict[str, McqResult]]:
     """Unguarded results per set, kept on disk so a resumed run does not re-score the base."""
     identity = model_identity(model)["fingerprint"]
@@ -287,8 +198,8 @@ def run_compare(
     require(sae is not None or not guard_methods, f"{guard_methods} need an SAE: pass one (--sae DIR)")
     sae_spec, sae = sae, (load_sae(sae) if sae is not None else None)
     say("loading question sets and known items")
-    setup = _setup(model, tokenizer, config, cache_dir, show_progress)
-    context = _context(model, tokenizer, setup)
+    setup = build_setup(model, tokenizer, config, cache_dir, show_progress)
+    context = setup_context(model, tokenizer, setup)
     records = read_compare_records(out / RECORDS_FILE)
     require(
         all(r.context == context for r in records),
@@ -363,7 +274,9 @@ def _run_guards(model, tokenizer, sae, setup, plan, done, save, base, context, a
     started = time.perf_counter()
     say("statistics of the forget and retain corpora (cached)")
     stats = {
-        role: corpus_statistics(inputs, role, fit, cache=cache_root(setup.cache_dir))
+        role: corpus_statistics(
+            inputs, role, fit, cache=cache_root(setup.cache_dir), show_progress=setup.show_progress
+        )
         for role in ("forget", "retain")
     }
     statistics_seconds = time.perf_counter() - started
@@ -378,7 +291,9 @@ def _run_guards(model, tokenizer, sae, setup, plan, done, save, base, context, a
             began = time.perf_counter()
             configs = [_fit_config(fit, method, params) for _, params in group]
             try:
-                template = fit_from_statistics(inputs, stats["forget"], stats["retain"], configs[0])
+                template = fit_from_statistics(
+                    inputs, stats["forget"], stats["retain"], configs[0], show_progress=setup.show_progress
+                )
             except SaeguardError as error:  # e.g. fewer candidates than n_features: record, go on
                 for key, params in group:
                     save(CompareRecord(key, method, params, context, sae=sae_id, error=str(error)))

@@ -1,0 +1,99 @@
+"""`saeguard compare`: DSG against the static clamp, the ungated clamp and GA/GradDiff/NPO/RMU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def _default_sae(model: str) -> Path:
+    from saeguard.errors import require
+
+    require(model == "default", f"no default SAE for model {model!r}: pass --sae DIR (a SAELens folder)")
+    from saeguard.defaults import default_sae_dir, ensure_default_sae
+
+    if not (default_sae_dir() / "cfg.json").is_file():
+        console.print("[dim]training the default SAE first (~10-15 min on 2 cores, cached)[/dim]")
+    return ensure_default_sae()
+
+
+def compare(
+    model: Annotated[str, typer.Option(help="HF model name or folder; 'default' = embedded SmolLM2")] = (
+        "default"
+    ),
+    sae: Annotated[
+        str | None, typer.Option(help="SAELens folder or release:sae_id; default: the default model's SAE")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for compare.json, records, models, plot, table")
+    ] = Path("runs/compare"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="One tiny configuration per method: a smoke run")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="JSON file of CompareConfig settings (grids, data, ...)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Questions per MCQ set before the known filter")] = None,
+    known: Annotated[
+        str | None, typer.Option(help="Known-set filter: 'all' (24 orders) or 'cyclic' (4 rotations)")
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", "-m", help="Only these methods (repeatable)")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads; default: torch's")] = None,
+) -> None:
+    """Run every method over its grid with one harness; resumes from OUTPUT/records.jsonl."""
+    from dataclasses import replace
+
+    import torch
+
+    from saeguard.errors import SaeguardError
+    from saeguard.experiments.compare import CompareConfig, run_compare
+    from saeguard.models import load_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    settings = CompareConfig.quick() if quick else CompareConfig()
+    if config is not None:
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SaeguardError(f"cannot read --config {config}: {error}; pass a JSON object") from None
+        settings = CompareConfig.from_dict(data)
+    overrides = {"mcq_limit": limit, "known_permutations": known, "methods": method or None}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    settings.validate()
+    needs_sae = any(m in ("dsg", "static", "ungated") for m in settings.methods)
+    sae_spec = sae if sae is not None else (str(_default_sae(model)) if needs_sae else None)
+    lm, tokenizer = load_model(model, dtype=torch.float32)
+    result = run_compare(
+        lm,
+        tokenizer,
+        sae_spec,
+        settings,
+        output,
+        log=lambda line: console.print(f"[dim]{line}[/dim]"),
+    )
+    from saeguard.experiments.compare_report import summary_table
+
+    header, rows = summary_table(result)
+    from rich.table import Table
+
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"{result.computed} configurations computed, {result.skipped} resumed, {result.seconds:.0f} s; "
+        f"report in [bold]{output}[/bold] (compare.json, compare.md, index.html, compare.png)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
