@@ -1,7 +1,8 @@
 """The embedded default: SmolLM2-135M-Instruct, its SAE, and the demo's corpora.
 
-The default hook layer and SAE width were chosen by measurement (docs/default-sae.md):
-held-out gate AUC / TPR at 5% FPR and the demo trade-off for each candidate.
+The default hook layer is the paper's (block 3). ``saeguard.experiments.default_choice``
+measures other layers/widths (gate AUC, TPR at 5% FPR, demo trade-off); docs/default-sae.md
+records what was measured and what is still open.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from saeguard.models import cache_dir
 from saeguard.sae_training import SAETrainingConfig
 
-DEFAULT_LAYER = 6
+DEFAULT_LAYER = 3
 DEFAULT_WIDTH = 4096
 DEFAULT_K = 32
 DEFAULT_TOKENS = 800_000

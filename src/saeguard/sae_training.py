@@ -39,7 +39,7 @@ class SAETrainingConfig:
     width: int = 4096
     k: int = 32
     tokens: int = 2_000_000
-    batch_size: int = 4096
+    batch_size: int = 1024  # 4x the optimizer steps of 4096 at the same compute (see docs/default-sae.md)
     learning_rate: float = 3e-4
     seq_len: int = 256
     harvest_batch_size: int = 16

@@ -21,7 +21,7 @@ def train_sae(
     width: Annotated[list[int], typer.Option(help="Latents (repeatable)")] = [4096],  # noqa: B006
     k: int = 32,
     tokens: int = 800_000,
-    batch_size: int = 4096,
+    batch_size: int = 1024,
     seed: int = 0,
 ) -> None:
     """Train BatchTopK SAEs (saved as JumpReLU) and report FVU, dead latents, LM loss."""
