@@ -47,10 +47,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    vocab = {word: i for i, word in enumerate(VOCAB)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+def make_tokenizer(
+    chat: bool = True, vocab: list[str] = VOCAB, split_punctuation: bool = False
+) -> PreTrainedTokenizerFast:
+    ids = {word: i for i, word in enumerate(vocab)}
+    backend = Tokenizer(models.WordLevel(vocab=ids, unk_token="<unk>"))
+    backend.pre_tokenizer = (
+        pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<bos>",
@@ -64,10 +68,10 @@ def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, vocab_size: int = len(VOCAB)) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(VOCAB),
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CHAT_TEMPLATE, COMMON_WORDS, FORGET_WORDS, RETAIN_WORDS, SPECIALS
+from conftest import COMMON_WORDS, FORGET_WORDS, RETAIN_WORDS, SPECIALS, make_tokenizer, tiny_llama
 from sae_lens import StandardSAE, StandardSAEConfig
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from saeguard.evaluation.items import McqItem
 from saeguard.fit import FitConfig
@@ -44,36 +43,11 @@ EVAL_VOCAB = EVAL_VOCAB + PROMPT_WORDS + ["<unk>"]
 
 
 def eval_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(EVAL_VOCAB)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return make_tokenizer(chat=chat, vocab=EVAL_VOCAB, split_punctuation=True)
 
 
 def eval_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(EVAL_VOCAB),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(seed=seed, vocab_size=len(EVAL_VOCAB))
 
 
 def make_items(n: int = 6, seed: int = 0) -> list[McqItem]:
