@@ -276,10 +276,8 @@ def write_demo_report(result: DemoResult, guard, text, output: Path) -> Path:
 
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "demo.json", result)
-    distributions = {name: metrics.rho for name, metrics in text.firing.items()}
-    write_report(
+    write_report(  # plots the guard's calibration rho and the held-out firing rho
         output,
-        distributions=distributions,
         tau=guard.threshold,
         text=text,
         guard=guard,
