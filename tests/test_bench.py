@@ -58,7 +58,8 @@ def test_every_section_is_measured_with_a_schema(report):
         (a, f) for a in ("standard", "jumprelu", "topk") for f in ("on", "off")
     }
     assert {r["scorer"] for r in result["sections"]["evaluation"]["rows"]} == {"letter", "cloze"}
-    assert [r["scale"] for r in result["sections"]["fit_memory"]["rows"]] == [1, 4]
+    memory = result["sections"]["fit_memory"]["rows"]
+    assert [r["scale"] for r in memory if r["malloc_arena_max"] is None] == [1, 4]
 
 
 def test_ratios_are_positive_finite_numbers(report):
@@ -66,8 +67,8 @@ def test_ratios_are_positive_finite_numbers(report):
     found = dict(_ratios(result["sections"]))
     assert len(found) > 20
     for where, value in found.items():
-        if value is None:  # an end-to-end ratio not measured for an expensive shape
-            assert where.endswith("ratio_e2e"), where
+        if value is None:  # end-to-end for an expensive shape; allocator variant needs a subprocess
+            assert where.endswith(("ratio_e2e", "single_arena_ratio")), where
             continue
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (where, value)
 

@@ -62,6 +62,7 @@ class BenchSizes:
     rmu_seq_len: int = 128
     dsg_calibration: int = 512
     bf16_batches: int = 2
+    bf16_rounds: int = 3  # a bf16 pass is slow on CPUs without bf16 units
     profile_shape: tuple[int, int] = (512, 1)
     profile_repeats: int = 5
 
@@ -77,11 +78,12 @@ PRESETS: dict[str, BenchSizes] = {
         shape_budget_s=45.0,
         hook_repeats=10,
         memory_chunks=8,
-        gen_new_tokens=24,
+        gen_new_tokens=16,
         eval_items=4,
         rmu_steps=20,
         dsg_calibration=128,
         bf16_batches=1,
+        bf16_rounds=2,
         profile_repeats=5,
     ),
     "tiny": BenchSizes(
@@ -105,6 +107,7 @@ PRESETS: dict[str, BenchSizes] = {
         rmu_seq_len=16,
         dsg_calibration=8,
         bf16_batches=1,
+        bf16_rounds=1,
         profile_shape=(16, 1),
         profile_repeats=1,
     ),

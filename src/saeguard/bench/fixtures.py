@@ -19,7 +19,8 @@ from torch import nn
 
 from saeguard.corpus import iter_chunks, special_token_ids
 from saeguard.errors import SaeguardError, require
-from saeguard.guardrail import FitConfig, Guardrail
+from saeguard.fit import FitConfig
+from saeguard.guardrail import Guardrail
 from saeguard.layers import hidden_size, residual_at
 from saeguard.sae import SelectedLatents, load_sae
 from saeguard.selection import select_features
@@ -263,7 +264,8 @@ def attach_saes(
     archs: tuple[str, ...] = ARCHITECTURES,
     select: bool = True,
 ) -> None:
-    """Random calibrated SAEs (trained topk if cached) and, with ``select``, a selection each."""
+    """Random calibrated SAEs per architecture (plus ``trained``: the cached default SAE, if
+    any) and, with ``select``, a selection for each."""
     ids, mask = subject.ids(128, 8)
     sample = residual_at(subject.model, subject.layer, ids, mask)[:, 1:].reshape(
         -1, hidden_size(subject.model)
@@ -271,10 +273,11 @@ def attach_saes(
     trained = trained_default_sae(subject.layer) if subject.name == "default" else None
     forget_batches = list(token_batches(subject.chunks(subject.forget, 128, 8), subject.tokenizer, 8))
     retain_batches = list(token_batches(subject.chunks(subject.retain, 128, 8), subject.tokenizer, 8))
-    for arch in archs:
-        if arch == "topk" and trained is not None:
+    keys = archs + (("trained",) if trained is not None and select else ())
+    for arch in keys:
+        if arch == "trained":
             sae = load_sae(trained)
-            subject.sae_source[arch] = str(trained)
+            subject.sae_source[arch] = f"{trained} ({sae.cfg.architecture()})"
         else:
             sae = random_sae(arch, sample, d_sae, k=k, rate=rate, seed=seed)
             subject.sae_source[arch] = f"random (calibrated to fire on ~{rate:.0%} of tokens)"

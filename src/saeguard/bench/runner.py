@@ -207,7 +207,8 @@ def _detail_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str
         elif name == "fit_throughput":
             label, value, ratio = row["pass"], f"{row['tokens_per_s']:.0f} tok/s", _fmt(row["ratio"])
         elif name == "fit_memory":
-            label = f"{row['scale']}x corpus ({row['chunks']} chunks)"
+            arenas = f", MALLOC_ARENA_MAX={row['malloc_arena_max']}" if row.get("malloc_arena_max") else ""
+            label = f"{row['scale']}x corpus ({row['chunks']} chunks{arenas})"
             value = (
                 f"peak {row['peak_rss_mb']:.0f} MB, +{row['delta_mb']:.0f} over {row['baseline_rss_mb']:.0f}"
             )
@@ -239,8 +240,16 @@ def _extra_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str,
             f"(cached stats {section['dsg_cached_statistics_seconds']:.0f}s), "
             f"RMU {section['rmu_seconds']:.0f}s"
         )
+        sweep = f"{section['sweep_configs']}-config sweep: RMU runs / DSG (stats once, retunes)"
         return [
-            ("", "per extra grid point (statistics reused)", value, _fmt(section["grid_point_ratio"]), "")
+            ("", "DSG fit vs RMU run", value, "", ""),
+            (
+                "",
+                sweep,
+                f"retune {1e3 * section['dsg_retune_seconds']:.1f} ms",
+                _fmt(section["sweep_ratio"]),
+                "",
+            ),
         ]
     if name == "bf16":
         value = f"statistics bf16/fp32 time {section['statistics_time_ratio']:.2f}"

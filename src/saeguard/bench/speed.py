@@ -23,8 +23,8 @@ _LABEL = "saeguard.guard"
 
 
 def fit_arch(subject: Subject) -> str:
-    """The SAE a default fit uses: the trained TopK when cached, else the random TopK."""
-    return "topk"
+    """The SAE a default fit uses: the trained default SAE when cached, else the random TopK."""
+    return "trained" if "trained" in subject.saes else "topk"
 
 
 @torch.no_grad()
@@ -50,8 +50,9 @@ def fit_throughput(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
         sae = subject.saes[arch]
         return lambda: collect_statistics(model, sae, layer, batches, show_progress=False)
 
-    variants = {f"statistics ({arch})": timer(stats(arch), device) for arch in ("jumprelu", "topk")}
-    for fn in (truncated, *[stats(a) for a in ("jumprelu", "topk")]):
+    archs = ("jumprelu", "topk", *(("trained",) if "trained" in subject.saes else ()))
+    variants = {f"statistics ({arch})": timer(stats(arch), device) for arch in archs}
+    for fn in (truncated, *[stats(a) for a in archs]):
         fn()  # warm-up
     timed = interleave(timer(truncated, device), variants, sizes.rounds)
     context = interleave(timer(truncated, device), {"full": timer(full, device)}, sizes.full_forward_rounds)
@@ -64,7 +65,7 @@ def fit_throughput(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
         {"pass": "full model forward", "tokens_per_s": tokens / median(context.variants["full"])}
         | context.summary("full")
     )
-    primary = rows[1] if fit_arch(subject) == "topk" else rows[0]
+    primary = next(row for row in rows if row["pass"] == f"statistics ({fit_arch(subject)})")
     return {
         "tokens": tokens,
         "shape": [sizes.fit_batch_size, sizes.fit_seq_len],

@@ -16,7 +16,7 @@ def bench(
         str, typer.Option(help="'default' (embedded SmolLM2-135M) or 'tiny' (random, seconds)")
     ] = ("default"),
     quick: Annotated[
-        bool, typer.Option("--quick", help="Fewer shapes and repeats (~10 min on 2 cores)")
+        bool, typer.Option("--quick", help="Fewer shapes and repeats (~14 min on 2 busy cores)")
     ] = False,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the report as JSON here")
