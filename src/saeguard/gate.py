@@ -125,6 +125,7 @@ class GateHook:
         self._call: _CallContext | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._device_latents: dict[torch.device, SelectedLatents] = {}
+        self._special_tensors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     # -- attachment ---------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -160,6 +161,12 @@ class GateHook:
             mask = None
             past = _past_length(kwargs)
         self._call = _CallContext(new_tokens, max(past, 0), mask, input_ids)
+
+    def _special_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._special_tensors:
+            self._special_tensors[key] = torch.tensor(self.special_ids, device=device, dtype=dtype)
+        return self._special_tensors[key]
 
     def _latents_on(self, device: torch.device) -> SelectedLatents:
         if device not in self._device_latents:
@@ -197,7 +204,7 @@ class GateHook:
             if call.attention_mask is not None:
                 counted &= call.attention_mask[:, -length:].to(device).bool()
             if call.input_ids is not None and self.special_ids:
-                special = torch.tensor(self.special_ids, device=device, dtype=call.input_ids.dtype)
+                special = self._special_on(device, call.input_ids.dtype)
                 counted &= ~torch.isin(call.input_ids.to(device), special)
         scope = _SCOPE.get()
         if scope is not None and scope.counted is not None and self._past_length() == 0:

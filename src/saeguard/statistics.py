@@ -57,10 +57,15 @@ class FeatureStatistics:
         return self.activation_sum / self.nonzero_count.clamp(min=1)
 
     def update(self, activations: torch.Tensor) -> None:
-        """Fold a (tokens, F) block of activations into the sums."""
-        acts = activations.double()
-        self.activation_sum += acts.sum(0).cpu()
-        self.squared_sum += acts.square().sum(0).cpu()
+        """Fold a (tokens, F) block of activations into the sums.
+
+        Each block (at most a few thousand tokens) is summed in float32 and only the
+        running totals are float64: converting the whole block to float64 cost as
+        much as the SAE encode itself (docs/performance.md).
+        """
+        acts = activations.float()
+        self.activation_sum += acts.sum(0).double().cpu()
+        self.squared_sum += acts.square().sum(0).double().cpu()
         self.nonzero_count += (acts > 0).sum(0).double().cpu()
         self.token_count += int(acts.shape[0])
 
