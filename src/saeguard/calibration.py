@@ -96,6 +96,42 @@ def gate_rho(
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
 
+@dataclass
+class PromptShape:
+    """How documents are cut into prompt-like inputs (the shape tau is calibrated on)."""
+
+    min_tokens: int = 8
+    max_tokens: int = 64
+    limit: int = 512
+    seed: int = 0
+    chat: bool = True
+
+
+def prompt_rho(
+    model: torch.nn.Module,
+    tokenizer,
+    layer: int,
+    latents: SelectedLatents,
+    documents: Iterable[str],
+    shape: PromptShape,
+    *,
+    batch_size: int = 8,
+    description: str = "gate rho",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this."""
+    texts = prompt_texts(
+        documents,
+        tokenizer,
+        min_tokens=shape.min_tokens,
+        max_tokens=shape.max_tokens,
+        limit=shape.limit,
+        seed=shape.seed,
+    )
+    batches = prompt_batches(texts, tokenizer, batch_size, chat=shape.chat)
+    return gate_rho(model, layer, latents, batches, description=description, show_progress=show_progress)
+
+
 def calibrate_threshold(
     retain_rho: torch.Tensor, percentile: float, *, bootstrap: int = 1000, seed: int = 0
 ) -> Threshold:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from saeguard.calibration import CalibrationShape, calibrate_threshold, gate_rho, prompt_batches, prompt_texts
+from saeguard.calibration import CalibrationShape, PromptShape, calibrate_threshold, gate_rho, prompt_rho
 from saeguard.corpus import CorpusSpec, iter_chunks, iter_documents, special_token_ids
 from saeguard.errors import SaeguardError, require
 from saeguard.fingerprint import model_fingerprint, model_name, text_fingerprint
@@ -205,15 +205,25 @@ def calibration_rho(
     """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus."""
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
-        texts = prompt_texts(
-            docs,
-            tokenizer,
+        shape = PromptShape(
             min_tokens=config.prompt_min_tokens,
             max_tokens=config.prompt_max_tokens,
             limit=config.calibration_size,
             seed=config.seed,
+            chat=config.chat_template,
         )
-        batches = prompt_batches(texts, tokenizer, config.batch_size, chat=config.chat_template)
+        with _eval_mode(inputs.model):
+            return prompt_rho(
+                inputs.model,
+                tokenizer,
+                inputs.layer,
+                latents,
+                docs,
+                shape,
+                batch_size=config.batch_size,
+                description=f"{role} calibration",
+                show_progress=show_progress,
+            )
     else:
         chunks = iter_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
         batches = token_batches(chunks, tokenizer, config.batch_size)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saeguard.calibration import gate_rho, prompt_batches, prompt_texts
+from saeguard.calibration import PromptShape, prompt_rho
 from saeguard.corpus import CorpusSpec, iter_chunks, iter_documents
 from saeguard.errors import require
 from saeguard.evaluation.common import guard_identity, model_identity, write_json
@@ -143,17 +143,23 @@ def firing_rates(
     config = config or TextConfig()
     out = {}
     for name, docs in _named(corpora).items():
-        texts = prompt_texts(
-            docs,
-            tokenizer,
+        shape = PromptShape(
             min_tokens=config.prompt_min_tokens,
             max_tokens=config.prompt_max_tokens,
             limit=config.prompt_limit,
             seed=config.seed,
+            chat=config.chat,
         )
-        batches = prompt_batches(texts, tokenizer, config.batch_size, chat=config.chat)
-        rho = gate_rho(
-            model, guard.layer, guard.latents, batches, description=f"{name} rho", show_progress=show_progress
+        rho = prompt_rho(
+            model,
+            tokenizer,
+            guard.layer,
+            guard.latents,
+            docs,
+            shape,
+            batch_size=config.batch_size,
+            description=f"{name} rho",
+            show_progress=show_progress,
         ).double()
         require(rho.numel() > 0, f"the {name} corpus gave no prompt: give it real text")
         out[name] = FiringMetrics(

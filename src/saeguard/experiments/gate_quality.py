@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from saeguard.calibration import gate_rho, prompt_batches, prompt_texts
+from saeguard.calibration import PromptShape, prompt_rho
 
 
 @dataclass
@@ -48,11 +47,6 @@ def tpr_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float) -> float:
     return float((positive > cut).mean())
 
 
-def rho_of_texts(model, tokenizer, guard, texts: list[str], *, batch_size: int = 16) -> torch.Tensor:
-    batches = prompt_batches(texts, tokenizer, batch_size, chat=guard.config.chat_template)
-    return gate_rho(model, guard.layer, guard.latents, batches, show_progress=False)
-
-
 def gate_quality(
     model,
     tokenizer,
@@ -65,11 +59,20 @@ def gate_quality(
 ) -> GateQuality:
     """ROC of rho on held-out prompt-shaped pieces of forget vs other text."""
     config = guard.config
-    shape = dict(
-        min_tokens=config.prompt_min_tokens, max_tokens=config.prompt_max_tokens, limit=limit, seed=seed
+    shape = PromptShape(
+        min_tokens=config.prompt_min_tokens,
+        max_tokens=config.prompt_max_tokens,
+        limit=limit,
+        seed=seed,
+        chat=config.chat_template,
     )
-    pos = rho_of_texts(model, tokenizer, guard, prompt_texts(positive_docs, tokenizer, **shape)).numpy()
-    neg = rho_of_texts(model, tokenizer, guard, prompt_texts(negative_docs, tokenizer, **shape)).numpy()
+
+    def rho(docs: list[str]) -> np.ndarray:
+        return prompt_rho(
+            model, tokenizer, guard.layer, guard.latents, docs, shape, show_progress=False
+        ).numpy()
+
+    pos, neg = rho(positive_docs), rho(negative_docs)
     return GateQuality(
         auc=roc_auc(pos, neg),
         tpr_at_fpr05=tpr_at_fpr(pos, neg, 0.05),
