@@ -80,14 +80,14 @@ def compare(
         output,
         log=lambda line: console.print(f"[dim]{line}[/dim]"),
     )
-    from saeguard.experiments.compare_report import summary_table
-
-    header, rows = summary_table(result)
     from rich.table import Table
 
-    table = Table(*header)
-    for row in rows:
-        table.add_row(*row)
+    from saeguard.experiments.compare_report import summary_table
+
+    _, rows = summary_table(result)
+    table = Table("method", "forget ↓", "utility ↑", "eligible", "fit/train s", "eval s")
+    for row in rows:  # the compact view; compare.md has every column and each chosen configuration
+        table.add_row(row[0], row[3], row[4], row[2], row[7], row[8])
     console.print(table)
     console.print(
         f"{result.computed} configurations computed, {result.skipped} resumed, {result.seconds:.0f} s; "
