@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from saeguard.errors import require
-from saeguard.layers import hidden_size
+from saeguard.layers import config_value, hidden_size
 
 #: Residual-sized tensors alive at once (residual, normed input, attention output, q).
 _RESIDUAL_COPIES = 5
@@ -49,16 +49,8 @@ class MemoryEstimate:
 
 
 def _config_int(model: nn.Module, keys: tuple[str, ...], default: int) -> int:
-    config = getattr(model, "config", None)
-    text_config = getattr(config, "get_text_config", None)
-    configs = [text_config()] if callable(text_config) else []
-    configs.append(config)
-    for cfg in configs:
-        for key in keys:
-            value = getattr(cfg, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    return default
+    value = config_value(model, keys)
+    return default if value is None else value
 
 
 def estimate_activation_memory(

@@ -21,7 +21,8 @@ _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model")
 
 
-def _config_value(model: nn.Module, keys: tuple[str, ...]) -> int | None:
+def config_value(model: nn.Module, keys: tuple[str, ...]) -> int | None:
+    """The first positive int among ``keys`` in the model's (text) config, or None."""
     config = getattr(model, "config", None)
     if config is None:
         return None
@@ -31,7 +32,7 @@ def _config_value(model: nn.Module, keys: tuple[str, ...]) -> int | None:
     for cfg in configs:
         for key in keys:
             value = getattr(cfg, key, None)
-            if isinstance(value, int):
+            if isinstance(value, int) and value > 0:
                 return value
     return None
 
@@ -41,7 +42,7 @@ def layer_count(model: nn.Module) -> int:
 
 
 def hidden_size(model: nn.Module) -> int:
-    value = _config_value(model, _HIDDEN_SIZE_KEYS)
+    value = config_value(model, _HIDDEN_SIZE_KEYS)
     if value is None:
         raise SaeguardError("cannot read the model's hidden size from its config")
     return value
@@ -49,7 +50,7 @@ def hidden_size(model: nn.Module) -> int:
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     """The model's stack of decoder blocks."""
-    expected = _config_value(model, _LAYER_COUNT_KEYS)
+    expected = config_value(model, _LAYER_COUNT_KEYS)
     candidates = [
         (name, module)
         for name, module in model.named_modules()

@@ -10,18 +10,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
+from saeguard.errors import SaeguardError
 from saeguard.fingerprint import tensors_fingerprint, text_fingerprint
 
 if TYPE_CHECKING:
     from saeguard.guardrail import Guardrail
+
+
+T = TypeVar("T")
 
 
 def model_identity(model: nn.Module) -> dict[str, str]:
@@ -122,3 +126,20 @@ def guard_identity(guard: Guardrail | None) -> dict[str, Any] | None:
         "clamp": float(guard.clamp),
         "architecture": guard.latents.architecture,
     }
+
+
+def read_jsonl_records(path: str | Path, parse: Callable[[dict], T], what: str) -> list[T]:
+    """Records of a resumable JSONL file; a torn last line (interrupted write) is ignored."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(parse(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, KeyError):
+            if number == len(lines):
+                break
+            raise SaeguardError(f"{path}:{number} is not a {what} record: fix or delete the file") from None
+    return records

@@ -12,7 +12,6 @@ file from a different setup (model, SAE, corpora, questions) is refused.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ from saeguard.evaluation.common import (
     cache_root,
     json_fingerprint,
     model_identity,
+    read_jsonl_records,
     to_jsonable,
     tokenizer_fingerprint,
     write_jsonl,
@@ -148,19 +148,7 @@ class SweepResult:
 
 def read_records(path: str | Path) -> list[SweepRecord]:
     """Records of a sweep file; a torn last line (interrupted write) is ignored."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(SweepRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError):
-            if number == len(lines):
-                break
-            raise SaeguardError(f"{path}:{number} is not a sweep record: fix or delete the file") from None
-    return records
+    return read_jsonl_records(path, SweepRecord.from_dict, "sweep")
 
 
 def sweep_score(records: Sequence[SweepRecord], utility_threshold: float = 0.99) -> UnlearningScore | None:

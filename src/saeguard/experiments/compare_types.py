@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from saeguard.baselines import SMALL_GRIDS
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import require
+from saeguard.evaluation.common import read_jsonl_records
 from saeguard.evaluation.items import Scorer
 from saeguard.evaluation.known import KnownConfig
 from saeguard.evaluation.mcq import McqConfig
@@ -254,19 +255,7 @@ class CompareResult:
 
 def read_compare_records(path: str | Path) -> list[CompareRecord]:
     """Records of a comparison; a torn last line (interrupted write) is ignored."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            records.append(CompareRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError):
-            if number == len(lines):
-                break
-            raise SaeguardError(f"{path}:{number} is not a compare record: fix or delete the file") from None
-    return records
+    return read_jsonl_records(path, CompareRecord.from_dict, "compare")
 
 
 def summarize(
