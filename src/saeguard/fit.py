@@ -57,6 +57,8 @@ class FitConfig:
     seed: int = 0
     # Baselines through the same core: Farrell et al.'s static clamp selects by firing
     # frequency and clamps wherever a latent fires ("always"); DSG gates per input.
+    # Set to size statistics batches automatically to this many GiB of activations.
+    memory_budget_gb: float | None = None
     selection: SelectionMethod = "fisher"
     retain_frequency_threshold: float = 0.01
     gate: GateMode = "dynamic"
@@ -80,6 +82,10 @@ class FitConfig:
         )
         require(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
         require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        require(
+            self.memory_budget_gb is None or self.memory_budget_gb > 0,
+            f"memory_budget_gb must be positive, got {self.memory_budget_gb}",
+        )
         require(
             self.calibration in ("prompts", "chunks"),
             f"calibration must be 'prompts' or 'chunks', got {self.calibration!r}",
@@ -162,7 +168,7 @@ def corpus_statistics(
 
     def compute() -> FeatureStatistics:
         chunks = iter_chunks(docs, inputs.tokenizer, config.seq_len, max_chunks=limit)
-        batches = token_batches(chunks, inputs.tokenizer, config.batch_size)
+        batches = token_batches(chunks, inputs.tokenizer, statistics_batch_size(inputs, config))
         with _eval_mode(inputs.model):
             return collect_statistics(
                 inputs.model,
@@ -192,6 +198,18 @@ def corpus_statistics(
     path.parent.mkdir(parents=True, exist_ok=True)
     stats.save(path)
     return stats
+
+
+def statistics_batch_size(inputs: FitInputs, config: FitConfig) -> int:
+    """``config.batch_size``, or the largest batch fitting ``memory_budget_gb`` of activations."""
+    if config.memory_budget_gb is None:
+        return config.batch_size
+    from saeguard.batching import suggest_batch_size
+
+    budget = int(config.memory_budget_gb * 2**30)
+    return suggest_batch_size(
+        inputs.model, config.seq_len, inputs.layer, budget, d_sae=int(inputs.sae.cfg.d_sae)
+    )
 
 
 def calibration_rho(

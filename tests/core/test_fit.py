@@ -189,3 +189,17 @@ def test_static_and_ungated_clamps_differ_from_dsg_only_by_the_gate(tokenizer, f
     torch.testing.assert_close(dsg_logits[on], ungated_logits[on])
     # the ungated clamp also edits inputs the gate let through
     assert ungated_record.clamped[~on].any()
+
+
+def test_memory_budget_sizes_statistics_batches_automatically(tokenizer, forget_corpus, retain_corpus):
+    from saeguard.fit import FitConfig, prepare_fit, statistics_batch_size
+
+    model, sae = tiny_llama(), random_sae("jumprelu")
+    small = FitConfig(layer=1, seq_len=32, memory_budget_gb=0.04)
+    large = FitConfig(layer=1, seq_len=32, memory_budget_gb=1.0)
+    inputs = prepare_fit(model, tokenizer, sae, forget_corpus, retain_corpus, small)
+    assert 1 <= statistics_batch_size(inputs, small) < statistics_batch_size(inputs, large)
+    guard = Guardrail.fit(
+        model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, memory_budget_gb=0.5, **FIT
+    )
+    assert guard.info["corpora"]["forget"]["tokens"] > 0

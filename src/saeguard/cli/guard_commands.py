@@ -43,6 +43,9 @@ def fit(
     ] = "500",
     seq_len: int = 1024,
     batch_size: int = 8,
+    memory_budget_gb: Annotated[
+        float | None, typer.Option(help="Size statistics batches to this many GiB of activations")
+    ] = None,
     max_chunks: Annotated[int | None, typer.Option(help="Cap on chunks per corpus")] = None,
     calibration: Annotated[
         str, typer.Option(help="prompts (chat-wrapped, prompt-length) or chunks")
@@ -64,6 +67,7 @@ def fit(
         relative_clamp=relative,
         seq_len=seq_len,
         batch_size=batch_size,
+        memory_budget_gb=memory_budget_gb,
         max_forget_chunks=max_chunks,
         max_retain_chunks=max_chunks,
         calibration=calibration,  # type: ignore[arg-type]
