@@ -243,7 +243,7 @@ def run_compare(
         for method, plan in gradient_plan.items():
             for key, params, cfg in plan:
                 if key not in done:
-                    say(f"{key}: training")
+                    say(f"{key}: unlearning (a saved model is reused)")
                     save(_run_gradient(model, tokenizer, setup, key, method, params, cfg, out, context))
                     advance(1)
     ordered = [done[k] for k in keys]

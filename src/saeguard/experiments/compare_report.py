@@ -88,7 +88,9 @@ def plot_compare(result: CompareResult, path: Path) -> Path:
 
 
 def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "-"
+    return f"{value:.2e}" if abs(value) >= 1e5 else f"{value:.{digits}f}"  # collapsed models: huge ppl
 
 
 def _seconds(value: float | None) -> str:
@@ -196,12 +198,9 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _filter(result: CompareResult) -> str:
     if not result.config.known_filter:
         return "no known-item filter (the base is not 100%)"
-    orders = (
-        "4 rotations, a cheaper filter than the protocol's"
-        if result.config.known_permutations == "cyclic"
-        else "all 24"
-    )
-    return f"known items = answered under {orders} option orders"
+    if result.config.known_permutations == "cyclic":
+        return "known items = answered under all 4 rotations of the options (cheaper than the protocol's 24)"
+    return "known items = answered under all 24 option orders"
 
 
 def _preamble(result: CompareResult) -> list[str]:
