@@ -35,7 +35,28 @@ def fake_scorer(items):
 def test_known_only_if_correct_under_all_24_orders():
     known = known_items(None, None, ITEMS[:3], score_fn=fake_scorer)
     assert known.ids == ["knows"]
-    assert known.correct_orders == {"knows": 24, "position": 6, "guess": 6}
+    assert known.correct_orders == {"knows": 24, "position": 1, "guess": 0}
+    full = known_items(
+        None, None, ITEMS[:3], score_fn=fake_scorer, config=KnownConfig(stop_at_first_miss=False)
+    )
+    assert full.ids == ["knows"]
+    assert full.correct_orders == {"knows": 24, "position": 6, "guess": 6}
+
+
+def test_stopping_at_the_first_miss_gives_the_same_known_set_for_fewer_scorings():
+    seen = []
+
+    def counting(items):
+        seen.append(len(items))
+        return fake_scorer(items)
+
+    full = known_items(None, None, ITEMS, score_fn=fake_scorer, config=KnownConfig(stop_at_first_miss=False))
+    early = known_items(None, None, ITEMS, score_fn=counting)
+    assert early.ids == full.ids == ["knows", "prior"]
+    assert early.correct_orders["knows"] == 24
+    assert early.correct_orders["guess"] < full.correct_orders["guess"]
+    assert sum(seen) < 24 * len(ITEMS)
+    assert seen[-1] == 2  # only the known items reach the last order
 
 
 def test_variant_drops_items_answerable_without_the_question():
@@ -99,7 +120,8 @@ def test_cyclic_filter_is_looser_than_all_24_orders():
         return [0 if v.choices[:2] == ("q", "p") else v.answer for v in items]  # "q" there: wrong
 
     cyclic = known_items(None, None, [item], score_fn=fooled, config=KnownConfig(permutations="cyclic"))
-    full = known_items(None, None, [item], score_fn=fooled, config=KnownConfig(permutations="all"))
+    every = KnownConfig(permutations="all", stop_at_first_miss=False)
+    full = known_items(None, None, [item], score_fn=fooled, config=every)
     assert cyclic.ids == ["trap"] and cyclic.correct_orders == {"trap": 4}
     assert full.ids == [] and full.correct_orders == {"trap": 22}
     position = known_items(

@@ -105,6 +105,23 @@ def test_reusing_base_predictions_is_exact(llama, tok, tmp_path):
     assert loaded.config == config and loaded.guard["tau"] == 0.55 and loaded.n_items == 8
 
 
+def test_base_is_not_reused_for_a_guard_without_a_gate(llama, tok):
+    """gate="always" clamps unflagged questions too, so every question is re-scored."""
+    items = make_items(8)
+    config = McqConfig(scorer="cloze", batch_size=4)
+    guard = make_guard(llama, tok, ids=(7,), threshold=0.55, clamp=200.0)
+    guard.config = replace(guard.config, gate="always")
+    base = evaluate_mcq(llama, tok, items, config=config, show_progress=False)
+    full = evaluate_mcq(llama, tok, items, guard=guard, config=config, show_progress=False)
+    fast = evaluate_mcq(llama, tok, items, guard=guard, config=config, base=base, show_progress=False)
+    assert fast.reused_base == 0
+    assert [p.scores for p in fast.predictions] == [p.scores for p in full.predictions]
+    assert any(
+        p.scores != pytest.approx(b.scores, abs=1e-3)
+        for p, b in zip(full.predictions, base.predictions, strict=True)
+    )
+
+
 def test_without_chat_template(llama, tok):
     item = make_items(1)[0]
     pred = score_items(llama, tok, [item], McqConfig(scorer="letter", chat=False))[0]

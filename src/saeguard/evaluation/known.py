@@ -43,6 +43,11 @@ class KnownConfig:
     drop_without_question: bool = False  # also drop items answerable with the question removed
     # "all": the protocol's 24 orders; "cyclic": the 4 rotations, a cheaper filter for CPU demos
     permutations: Orderings = "all"
+    # Score one order at a time and stop scoring an item at its first miss: the same
+    # known set for a fraction of the cost (unknown items usually fail in 1-2 orders);
+    # ``correct_orders`` then counts the orders answered before the first miss.
+    # The known ids are the same either way, so this stays out of the cache key.
+    stop_at_first_miss: bool = True
 
     def validate(self) -> None:
         self.mcq.validate()
@@ -98,15 +103,17 @@ class KnownSet:
             mcq=McqConfig(**data["config"]["mcq"]),
             drop_without_question=data["config"]["drop_without_question"],
             permutations=data["config"].get("permutations", "all"),
+            stop_at_first_miss=data["config"].get("stop_at_first_miss", False),
         )
         return cls(**data)
 
 
 def _key_settings(config: KnownConfig) -> dict[str, Any]:
-    """The settings in the cache key; the protocol's default stays out so older caches still match."""
+    """The settings in the cache key; the protocol's default orders stay out so older caches match."""
     settings = asdict(config)
     if config.permutations == "all":
         del settings["permutations"]
+    del settings["stop_at_first_miss"]
     return settings
 
 
@@ -115,9 +122,15 @@ def permutations_of(item: McqItem, orders: Sequence[tuple[int, ...]] = PERMUTATI
 
 
 def correct_order_counts(
-    items: Sequence[McqItem], score_fn: ScoreFn, orders: Sequence[tuple[int, ...]] = PERMUTATIONS
+    items: Sequence[McqItem],
+    score_fn: ScoreFn,
+    orders: Sequence[tuple[int, ...]] = PERMUTATIONS,
+    *,
+    stop_at_first_miss: bool = False,
 ) -> list[int]:
     """For each item, how many of the option ``orders`` ``score_fn`` answers correctly."""
+    if stop_at_first_miss:
+        return _counts_until_first_miss(items, score_fn, orders)
     expanded = [variant for item in items for variant in permutations_of(item, orders)]
     predictions = list(score_fn(expanded))
     if len(predictions) != len(expanded):
@@ -125,6 +138,30 @@ def correct_order_counts(
     hits = [int(p == v.answer) for p, v in zip(predictions, expanded, strict=True)]
     n = len(orders)
     return [sum(hits[i * n : (i + 1) * n]) for i in range(len(items))]
+
+
+def _counts_until_first_miss(
+    items: Sequence[McqItem], score_fn: ScoreFn, orders: Sequence[tuple[int, ...]]
+) -> list[int]:
+    # The rotations go first: they move the answer through every position, so
+    # position-biased guesses fail within the first four rounds.
+    ordered = [o for o in ROTATIONS if o in orders] + [o for o in orders if o not in ROTATIONS]
+    counts = [0] * len(items)
+    alive = list(range(len(items)))
+    for order in ordered:
+        if not alive:
+            break
+        variants = [items[i].permuted(order) for i in alive]
+        predictions = list(score_fn(variants))
+        if len(predictions) != len(variants):
+            raise SaeguardError("the scorer returned a different number of predictions than items")
+        survivors = []
+        for index, prediction, variant in zip(alive, predictions, variants, strict=True):
+            if prediction == variant.answer:
+                counts[index] += 1
+                survivors.append(index)
+        alive = survivors
+    return counts
 
 
 def _model_scorer(model: nn.Module, tokenizer, config: KnownConfig, show_progress: bool) -> ScoreFn:
@@ -181,11 +218,12 @@ def known_items(
         if model is None:
             raise SaeguardError("known_items needs a model or a score_fn")
         score_fn = _model_scorer(model, tokenizer, config, show_progress)
-    counts = correct_order_counts(items, score_fn, config.orders)
+    early = config.stop_at_first_miss
+    counts = correct_order_counts(items, score_fn, config.orders, stop_at_first_miss=early)
     without = None
     if config.drop_without_question:
         blank = [replace(item, question="") for item in items]
-        without = correct_order_counts(blank, score_fn, config.orders)
+        without = correct_order_counts(blank, score_fn, config.orders, stop_at_first_miss=early)
     n = len(config.orders)
     ids = [
         item.id

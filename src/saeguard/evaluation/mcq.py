@@ -343,9 +343,10 @@ def evaluate_mcq(
 ) -> McqResult:
     """Accuracy of the (guarded) model on ``items``; one self-describing result.
 
-    With ``base`` (the unguarded result on the same items and config) only the
-    questions the gate flags are re-scored: unflagged questions are never
-    clamped, so their prediction is the base one. This makes sweeps cheap.
+    With ``base`` (the unguarded result on the same items and config) and a
+    dynamic gate, only the questions the gate flags are re-scored: unflagged
+    questions are never clamped, so their prediction is the base one. This makes
+    sweeps cheap. A guard with gate="always" ignores ``base``.
     """
     started = time.perf_counter()
     config = config or McqConfig()
@@ -353,7 +354,9 @@ def evaluate_mcq(
     items = as_items(items, source=dataset)
     require(bool(items), f"{dataset}: no items to evaluate (an empty known set?): nothing to measure")
     reused = 0
-    if guard is not None and base is not None:
+    # Only a per-input gate leaves unflagged questions untouched; a guard that
+    # clamps wherever a latent fires (gate="always") must re-score everything.
+    if guard is not None and base is not None and guard.config.gate == "dynamic":
         predictions, reused = _reuse_base(
             model, tokenizer, items, guard, config, base, show_progress, dataset
         )
