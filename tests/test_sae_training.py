@@ -23,7 +23,14 @@ def test_trained_sae_saves_in_saelens_format_and_fits_a_guardrail(tokenizer, tmp
     model = tiny_llama()
     docs = corpus(FORGET_WORDS + RETAIN_WORDS, 60, 40, seed=0)
     config = SAETrainingConfig(
-        layer=1, width=64, k=4, tokens=2048, batch_size=128, seq_len=32, harvest_batch_size=8
+        layer=1,
+        width=64,
+        k=4,
+        tokens=2048,
+        heldout_tokens=256,
+        batch_size=128,
+        seq_len=32,
+        harvest_batch_size=8,
     )
     [result] = train_and_save(
         model, tokenizer, docs, docs[:8], [config], [tmp_path / "sae"], show_progress=False
@@ -31,8 +38,11 @@ def test_trained_sae_saves_in_saelens_format_and_fits_a_guardrail(tokenizer, tmp
     metrics = result["metrics"]
     assert 0.0 <= metrics["fraction_variance_unexplained"] < 1.0
     assert 0.0 <= metrics["dead_fraction"] <= 1.0
+    assert 0 < metrics["dead_window_tokens"] <= 256  # counted on harvested tokens never trained on
+    assert 0.0 <= metrics["heldout_fraction_variance_unexplained"] < 1.0
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu"
+    assert cfg["normalize_activations"] == "none"  # the training scale is folded into the weights
     assert cfg["metadata"]["saeguard"]["layer"] == 1
     sae = load_sae(tmp_path / "sae")
     guard = Guardrail.fit(

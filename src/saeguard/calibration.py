@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from saeguard.corpus import TokenBatch, counted_mask, special_token_ids
-from saeguard.gate import gate_statistic
+from saeguard.gate import GateStatistic, gate_statistic
 from saeguard.layers import model_device, residual_at
 from saeguard.progress import progress_bar
 from saeguard.prompts import encode_prompts
@@ -78,20 +78,22 @@ def gate_rho(
     latents: SelectedLatents,
     batches: Iterable[TokenBatch],
     *,
+    statistic: GateStatistic | None = None,
     description: str = "gate rho",
     show_progress: bool = True,
 ) -> torch.Tensor:
     """rho for every input, computed exactly as the gate computes it."""
     device = model_device(model)
     on_device = latents.to(device)
+    statistic = statistic or GateStatistic()
     values = []
     with progress_bar(description, enabled=show_progress) as advance:
         for batch in batches:
             hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))
-            fired = (on_device.activations(hidden) > 0).any(-1)
+            evidence = statistic.evidence(on_device.activations(hidden))
             counted = batch.counted.to(device)
             keep = counted.sum(-1) > 0
-            values.append(gate_statistic(fired, counted)[keep].cpu())
+            values.append(gate_statistic(evidence, counted)[keep].cpu())
             advance(int(batch.input_ids.shape[0]))
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
@@ -115,6 +117,7 @@ def prompt_rho(
     documents: Iterable[str],
     shape: PromptShape,
     *,
+    statistic: GateStatistic | None = None,
     batch_size: int = 8,
     description: str = "gate rho",
     show_progress: bool = True,
@@ -129,7 +132,15 @@ def prompt_rho(
         seed=shape.seed,
     )
     batches = prompt_batches(texts, tokenizer, batch_size, chat=shape.chat)
-    return gate_rho(model, layer, latents, batches, description=description, show_progress=show_progress)
+    return gate_rho(
+        model,
+        layer,
+        latents,
+        batches,
+        statistic=statistic,
+        description=description,
+        show_progress=show_progress,
+    )
 
 
 def calibrate_threshold(

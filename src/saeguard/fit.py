@@ -21,6 +21,7 @@ from saeguard.calibration import CalibrationShape, PromptShape, calibrate_thresh
 from saeguard.corpus import CorpusSpec, iter_chunks, iter_documents, special_token_ids
 from saeguard.errors import SaeguardError, require
 from saeguard.fingerprint import model_fingerprint, model_name, text_fingerprint
+from saeguard.gate import GateStatistic, StatisticKind, activation_weights
 from saeguard.layers import hidden_size, layer_count, parse_layer
 from saeguard.sae import SelectedLatents, load_sae, sae_fingerprint, sae_hook_name, sae_source
 from saeguard.selection import Importance, check_percentile, select_by_frequency, select_features
@@ -62,6 +63,9 @@ class FitConfig:
     selection: SelectionMethod = "fisher"
     retain_frequency_threshold: float = 0.01
     gate: GateMode = "dynamic"
+    # What rho averages per token: "fraction" (the paper: any selected latent fires) or
+    # "activation" (summed activations, each over its mean on forget text; better separation).
+    gate_statistic: StatisticKind = "fraction"
 
     def validate(self) -> None:
         require(
@@ -69,6 +73,10 @@ class FitConfig:
             f"selection must be 'fisher' or 'frequency', got {self.selection!r}",
         )
         require(self.gate in ("dynamic", "always"), f"gate must be 'dynamic' or 'always', got {self.gate!r}")
+        require(
+            self.gate_statistic in ("fraction", "activation"),
+            f"gate_statistic must be 'fraction' or 'activation', got {self.gate_statistic!r}",
+        )
         require(
             0.0 <= self.retain_frequency_threshold <= 1.0,
             f"retain_frequency_threshold must be in [0, 1], got {self.retain_frequency_threshold}",
@@ -218,6 +226,7 @@ def calibration_rho(
     role: CorpusRole,
     config: FitConfig,
     *,
+    statistic: GateStatistic | None = None,
     show_progress: bool = True,
 ) -> torch.Tensor:
     """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus."""
@@ -238,6 +247,7 @@ def calibration_rho(
                 latents,
                 docs,
                 shape,
+                statistic=statistic,
                 batch_size=config.batch_size,
                 description=f"{role} calibration",
                 show_progress=show_progress,
@@ -251,6 +261,7 @@ def calibration_rho(
             inputs.layer,
             latents,
             batches,
+            statistic=statistic,
             description=f"{role} calibration",
             show_progress=show_progress,
         )
@@ -285,10 +296,15 @@ def fit_from_statistics(
             importance_kind=config.importance,
         )
     latents = SelectedLatents.from_sae(inputs.sae, selection.latent_ids)
-    retain_rho = calibration_rho(inputs, latents, "retain", config, show_progress=show_progress)
-    forget_rho = calibration_rho(inputs, latents, "forget", config, show_progress=show_progress)
-    require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
     mean_active = forget_stats.mean_nonzero[selection.latent_ids]
+    statistic = gate_statistic_for(config.gate_statistic, mean_active.tolist())
+    retain_rho = calibration_rho(
+        inputs, latents, "retain", config, statistic=statistic, show_progress=show_progress
+    )
+    forget_rho = calibration_rho(
+        inputs, latents, "forget", config, statistic=statistic, show_progress=show_progress
+    )
+    require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
     model = inputs.model
     info = {
         "model": {
@@ -326,6 +342,18 @@ def fit_from_statistics(
         distributions={"retain_rho": retain_rho, "forget_rho": forget_rho},
     )
     return retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
+
+
+def gate_statistic_for(kind: StatisticKind, forget_mean_nonzero: list[float] | None) -> GateStatistic:
+    """The gate's statistic; "activation" weighs each latent by its mean forget activation."""
+    if kind == "fraction":
+        return GateStatistic()
+    require(
+        bool(forget_mean_nonzero),
+        "the activation gate statistic needs the selected latents' forget activations: refit the guard",
+    )
+    weights = activation_weights(torch.tensor(forget_mean_nonzero, dtype=torch.float64))
+    return GateStatistic("activation", weights)
 
 
 def retune(

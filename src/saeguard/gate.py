@@ -1,8 +1,11 @@
 """The dynamic gate and the clamp: a batched, padding-aware forward hook.
 
-Per input x with counted tokens C (real, non-special, in scope):
-    rho(x) = #{t in C : some selected latent fires at t} / |C|
-The input is flagged iff rho(x) > tau. On a flagged input every counted token
+Per input x with counted tokens C (real, non-special, in scope), rho is the mean
+over C of a per-token evidence e_t. The paper's statistic ("fraction") is
+    e_t = 1[some selected latent fires at t],  so  rho(x) = #{t in C : fired} / |C|;
+"activation" uses e_t = sum_j f_j(h_t) / mu_j (mu_j: latent j's mean non-zero
+activation on forget text), which separates topics better on small SAEs
+(docs/default-sae.md). The input is flagged iff rho(x) > tau. On a flagged input every counted token
 where a selected latent fires gets
     h' = h + sum_{j in S} (-c - f_j(h)) d_j
 which equals Dec(f') + (h - Dec(f)) with f'_j = -c: the SAE error term is kept.
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -91,14 +95,44 @@ class _CallContext:
     input_ids: torch.Tensor | None
 
 
+StatisticKind = Literal["fraction", "activation"]
+
+
+@dataclass
+class GateStatistic:
+    """Per-token evidence the gate averages into rho."""
+
+    kind: StatisticKind = "fraction"
+    weights: torch.Tensor | None = None  # (N,) 1 / mean non-zero forget activation, for "activation"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("fraction", "activation"):
+            raise ValueError(f"unknown gate statistic {self.kind!r}: use fraction or activation")
+        if self.kind == "activation" and self.weights is None:
+            raise ValueError("the activation gate statistic needs per-latent weights")
+
+    def evidence(self, acts: torch.Tensor) -> torch.Tensor:
+        """(B, T) float64 evidence from (B, T, N) selected-latent activations."""
+        if self.kind == "fraction":
+            return (acts > 0).any(-1).double()
+        weights = self.weights.to(acts.device, acts.dtype)
+        return (acts.clamp(min=0) * weights).sum(-1).double()
+
+
+def activation_weights(mean_nonzero: torch.Tensor) -> torch.Tensor:
+    """1 / mean non-zero activation; latents that never fired on forget text get weight 0."""
+    mean = mean_nonzero.double()
+    return torch.where(mean > 0, 1.0 / mean.clamp(min=1e-12), torch.zeros_like(mean)).float()
+
+
 def _rho(fired: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, fired / total.clamp(min=1), torch.zeros_like(fired))
 
 
-def gate_statistic(fired: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """rho per row: fraction of counted tokens on which a selected latent fires."""
-    fired_counted = (fired & counted).sum(-1).double()
-    return _rho(fired_counted, counted.sum(-1).double())
+def gate_statistic(evidence: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """rho per row: mean evidence over counted tokens (the fraction that fired, by default)."""
+    summed = (evidence.double() * counted).sum(-1)
+    return _rho(summed, counted.sum(-1).double())
 
 
 class GateHook:
@@ -112,8 +146,10 @@ class GateHook:
         threshold: float,
         clamp: float,
         special_ids: Iterable[int] = (),
+        statistic: GateStatistic | None = None,
     ) -> None:
         self.latents = latents
+        self.statistic = statistic or GateStatistic()
         self.layer = layer
         self.threshold = float(threshold)
         self.clamp = float(clamp)
@@ -180,7 +216,9 @@ class GateHook:
         latents = self._latents_on(hidden.device)
         acts = latents.activations(hidden)  # (B, T, N) float32
         fired = (acts > 0).any(-1) & counted
-        clamp_tokens, rho = self._decide(fired, counted)
+        evidence = self.statistic.evidence(acts) * counted
+        token_flag, rho = self._decide(evidence, counted)
+        clamp_tokens = token_flag & fired
         if self.recording:
             self.records.append(
                 GateRecord(
@@ -214,9 +252,10 @@ class GateHook:
     def _past_length(self) -> int:
         return self._call.past_length if self._call is not None else 0
 
-    def _decide(self, fired: torch.Tensor, counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, length = fired.shape
-        device = fired.device
+    def _decide(self, evidence: torch.Tensor, counted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token flags (prompt decision + sticky running decision) and running rho per row."""
+        batch, length = evidence.shape
+        device = evidence.device
         state = self._state
         rows = state.fired.shape[0] if state is not None else 0
         if self._past_length() > 0 and rows and rows != batch and batch % rows == 0:
@@ -241,12 +280,12 @@ class GateHook:
         in_prompt = positions.unsqueeze(0) < end.unsqueeze(1)
 
         # Prompt block: one decision over all its counted tokens.
-        prompt_fired = state.fired + (fired & in_prompt).sum(-1).double()
+        prompt_fired = state.fired + (evidence * in_prompt).sum(-1)
         prompt_total = state.total + (counted & in_prompt).sum(-1).double()
         prompt_flag = state.flagged | (_rho(prompt_fired, prompt_total) > self.threshold)
 
         # Generated tokens: running counts, flag sticky once raised.
-        step_fired = (fired & ~in_prompt).double().cumsum(-1) + prompt_fired.unsqueeze(1)
+        step_fired = (evidence * ~in_prompt).cumsum(-1) + prompt_fired.unsqueeze(1)
         step_total = (counted & ~in_prompt).double().cumsum(-1) + prompt_total.unsqueeze(1)
         step_flag = (_rho(step_fired, step_total) > self.threshold) & ~in_prompt
         scope = _SCOPE.get()
@@ -260,7 +299,7 @@ class GateHook:
         state.fired = step_fired[:, -1] if length else prompt_fired
         state.total = step_total[:, -1] if length else prompt_total
         state.flagged = token_flag[:, -1] if length else prompt_flag
-        return token_flag & fired, _rho(state.fired, state.total)
+        return token_flag, _rho(state.fired, state.total)
 
 
 def _match_rows(tensor: torch.Tensor, batch: int, length: int) -> torch.Tensor:

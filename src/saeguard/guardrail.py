@@ -19,8 +19,15 @@ from torch import nn
 from saeguard.corpus import CorpusSpec
 from saeguard.errors import require
 from saeguard.fingerprint import model_fingerprint
-from saeguard.fit import FitConfig, corpus_statistics, fit_from_statistics, prepare_fit, resolve_config
-from saeguard.gate import GateHook, GateRecord, token_scope
+from saeguard.fit import (
+    FitConfig,
+    corpus_statistics,
+    fit_from_statistics,
+    gate_statistic_for,
+    prepare_fit,
+    resolve_config,
+)
+from saeguard.gate import GateHook, GateRecord, GateStatistic, token_scope
 from saeguard.layers import hidden_size, layer_count
 from saeguard.prompts import encode_prompts
 from saeguard.sae import SelectedLatents
@@ -65,6 +72,12 @@ class Guardrail:
         )
 
     # -- inference ----------------------------------------------------------
+    @property
+    def statistic(self) -> GateStatistic:
+        """How rho is computed: the config's kind, weighted by the recorded forget activations."""
+        weights = self.info.get("selection", {}).get("forget_mean_nonzero")
+        return gate_statistic_for(self.config.gate_statistic, weights)
+
     def hook(self) -> GateHook:
         hook = GateHook(
             self.latents,
@@ -72,6 +85,7 @@ class Guardrail:
             threshold=self.threshold,
             clamp=self.clamp,
             special_ids=self.special_ids,
+            statistic=self.statistic,
         )
         if self.config.gate == "always":  # ungated / static clamp baselines
             hook.forced = True
@@ -173,6 +187,7 @@ class Guardrail:
             "n_features": len(self.latents.ids),
             "latent_ids": [int(i) for i in self.latents.ids],
             "tau": self.threshold,
+            "gate_statistic": self.config.gate_statistic,
             "clamp": self.clamp,
             "architecture": self.latents.architecture,
             **{k: self.info[k] for k in ("model", "sae", "threshold", "calibration") if k in self.info},

@@ -54,6 +54,7 @@ def eval_command(
     config = McqConfig(scorer=scorer)  # type: ignore[arg-type]
     for spec in mcq:
         items = _items(spec, limit)
+        total = len(items)
         if known:
             known_set = known_items(
                 lm, tokenizer, items, dataset=spec, config=KnownConfig(mcq=config, permutations=permutations)
@@ -61,7 +62,8 @@ def eval_command(
             items = known_set.select(items)
         name = spec.replace("/", "_").replace(":", "_")
         base = evaluate_mcq(lm, tokenizer, items, config=config, dataset=spec)
-        line = f"{spec}: {len(items)} items, unguarded {100 * base.accuracy:.1f}%"
+        counted = f"{len(items)} known of {total} items" if known else f"{total} items"
+        line = f"{spec}: {counted}, unguarded {100 * base.accuracy:.1f}%"
         if loaded is not None:
             guarded = evaluate_mcq(
                 lm,

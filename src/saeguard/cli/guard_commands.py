@@ -50,6 +50,10 @@ def fit(
     calibration: Annotated[
         str, typer.Option(help="prompts (chat-wrapped, prompt-length) or chunks")
     ] = "prompts",
+    gate_statistic: Annotated[
+        str,
+        typer.Option(help="fraction (the paper: share of tokens where a latent fires) or activation"),
+    ] = "fraction",
     dtype: str = "float32",
 ) -> None:
     """Select forget features, calibrate the gate, write the artifact."""
@@ -71,6 +75,7 @@ def fit(
         max_forget_chunks=max_chunks,
         max_retain_chunks=max_chunks,
         calibration=calibration,  # type: ignore[arg-type]
+        gate_statistic=gate_statistic,  # type: ignore[arg-type]
     )
     config.validate()  # fail before the model loads
     lm, tokenizer = _load_model(model, dtype)

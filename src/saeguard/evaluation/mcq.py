@@ -324,7 +324,9 @@ def gate_decisions(
             scope, _ = pad_batch([[int(c) for c in p.user_mask] for p in group], 0, left=True)
             yield TokenBatch(ids, mask, counted_mask(ids, mask, special) & scope.bool())
 
-    rho = gate_rho(model, guard.layer, guard.latents, batches(), show_progress=False)
+    rho = gate_rho(
+        model, guard.layer, guard.latents, batches(), statistic=guard.statistic, show_progress=False
+    )
     require(rho.numel() == len(items), "a question has no counted user tokens: check the chat template")
     return rho, rho > guard.threshold
 

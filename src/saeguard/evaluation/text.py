@@ -157,6 +157,7 @@ def firing_rates(
             guard.latents,
             docs,
             shape,
+            statistic=guard.statistic,
             batch_size=config.batch_size,
             description=f"{name} rho",
             show_progress=show_progress,

@@ -69,7 +69,14 @@ def gate_quality(
 
     def rho(docs: list[str]) -> np.ndarray:
         return prompt_rho(
-            model, tokenizer, guard.layer, guard.latents, docs, shape, show_progress=False
+            model,
+            tokenizer,
+            guard.layer,
+            guard.latents,
+            docs,
+            shape,
+            statistic=guard.statistic,
+            show_progress=False,
         ).numpy()
 
     pos, neg = rho(positive_docs), rho(negative_docs)
