@@ -1,8 +1,8 @@
 """The embedded default: SmolLM2-135M-Instruct, its SAE, and the demo's corpora.
 
-The default hook layer is the paper's (block 3). ``saeguard.experiments.default_choice``
-measures other layers/widths (gate AUC, TPR at 5% FPR, demo trade-off); docs/default-sae.md
-records what was measured and what is still open.
+The default hook layer was chosen by measurement (docs/default-sae.md): on SmolLM2 the
+biology latents of a block-6 SAE separate held-out biology from other text far better
+(gate TPR at 5% FPR 0.90 vs 0.60 at block 3, the paper's layer for gemma-2-2b).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from saeguard.models import cache_dir
 from saeguard.sae_training import SAETrainingConfig
 
-DEFAULT_LAYER = 3
+DEFAULT_LAYER = 6
 DEFAULT_WIDTH = 4096
 DEFAULT_K = 32
 DEFAULT_TOKENS = 800_000
@@ -44,7 +44,7 @@ def sae_training_documents(split: str = "train", seed: int = 0) -> list[str]:
 def ensure_default_sae(
     layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, *, show_progress: bool = True
 ) -> Path:
-    """The default SAE folder, trained once (≈10-15 min on 2 cores) and cached."""
+    """The default SAE folder, trained once (about 15 min on 2 cores) and cached."""
     target = default_sae_dir(layer, width)
     if (target / "cfg.json").is_file():
         return target

@@ -50,6 +50,7 @@ class DemoConfig:
     ratio_percentile: float = 95.0
     gate_percentile: float = 95.0
     clamp: str = "10x"
+    gate_statistic: str = "fraction"
     seq_len: int = 256
     max_forget_chunks: int = 400
     max_retain_chunks: int = 800
@@ -114,6 +115,7 @@ def fit_demo_guard(model, tokenizer, sae: str, config: DemoConfig, *, show_progr
         gate_percentile=config.gate_percentile,
         clamp=clamp,
         relative_clamp=relative,
+        gate_statistic=config.gate_statistic,
         seq_len=config.seq_len,
         max_forget_chunks=config.max_forget_chunks,
         max_retain_chunks=config.max_retain_chunks,

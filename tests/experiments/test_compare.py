@@ -114,3 +114,15 @@ def test_cli_registers_compare():
     app.command("noop")(lambda: None)  # typer runs a lone command without its name
     result = CliRunner().invoke(app, ["compare", "--help"])
     assert result.exit_code == 0 and "--quick" in result.output and "--sae" in result.output
+
+
+def test_gate_statistic_is_a_dsg_axis_only_when_swept():
+    from saeguard.experiments.compare_types import GuardGrid
+
+    paper = GuardGrid(n_features=[10], clamp=["5x"], gate_percentile=[95])
+    assert [set(p) for p in paper.points("dsg")] == [
+        {"n_features", "clamp", "ratio_percentile", "gate_percentile"}
+    ]
+    both = replace(paper, gate_statistic=["fraction", "activation"])
+    assert [p["gate_statistic"] for p in both.points("dsg")] == ["fraction", "activation"]
+    assert all("gate_statistic" not in p for p in both.points("ungated"))

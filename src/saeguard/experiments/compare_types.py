@@ -53,6 +53,7 @@ class GuardGrid:
     gate_percentile: list[float] = field(default_factory=lambda: [95.0])  # dsg only
     ratio_percentile: list[float] = field(default_factory=lambda: [95.0])  # fisher selection
     retain_frequency_threshold: list[float] = field(default_factory=lambda: [0.01])  # frequency selection
+    gate_statistic: list[str] = field(default_factory=lambda: ["fraction"])  # dsg only: fraction / activation
 
     def points(self, method: str) -> list[dict[str, Any]]:
         """Parameter dicts, with only the axes that matter for ``method`` (no duplicate points)."""
@@ -63,6 +64,8 @@ class GuardGrid:
             axes["retain_frequency_threshold"] = self.retain_frequency_threshold
         if GUARD_FIT[method]["gate"] == "dynamic":
             axes["gate_percentile"] = self.gate_percentile
+            if self.gate_statistic != ["fraction"]:  # keeps the keys of paper-statistic records
+                axes["gate_statistic"] = self.gate_statistic
         require(all(axes.values()), f"every axis of the {method} grid needs at least one value")
         return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
