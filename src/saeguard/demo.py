@@ -49,8 +49,11 @@ class DemoConfig:
     n_features: int = 20
     ratio_percentile: float = 95.0
     gate_percentile: float = 95.0
-    clamp: str = "10x"
-    gate_statistic: str = "fraction"
+    # Measured on the demo's known items (docs/demo-results.md): the paper's statistic and
+    # clamp scope reach forget 41-44%; the activation statistic + input scope reach chance.
+    clamp: str = "5x"
+    gate_statistic: str = "activation"
+    clamp_scope: str = "input"
     seq_len: int = 256
     max_forget_chunks: int = 400
     max_retain_chunks: int = 800
@@ -116,6 +119,7 @@ def fit_demo_guard(model, tokenizer, sae: str, config: DemoConfig, *, show_progr
         clamp=clamp,
         relative_clamp=relative,
         gate_statistic=config.gate_statistic,
+        clamp_scope=config.clamp_scope,
         seq_len=config.seq_len,
         max_forget_chunks=config.max_forget_chunks,
         max_retain_chunks=config.max_retain_chunks,
@@ -307,8 +311,8 @@ def _demo_html(result: DemoResult) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>saeguard demo</title></head><body>"
         "<h1>saeguard demo: forgetting biology in SmolLM2-135M-Instruct</h1>"
-        f"<p>layer {guard['layer']}, {guard['n_features']} latents, tau={guard['tau']:.3f}, "
-        f"clamp={guard['clamp']:.3g}. Accuracy is on known items (answered correctly by the "
+        f"<p>layer {guard['layer']}, {guard['n_features']} latents, tau={guard['tau']:.3f} "
+        f"({guard['gate_statistic']} statistic), clamp={guard['clamp']:.3g} ({guard['clamp_scope']} scope). Accuracy is on known items (answered correctly by the "
         "unguarded model under every option order checked).</p>"
         "<table border=1 cellpadding=4><tr><th>topic</th><th>items</th><th>known</th>"
         f"<th>unguarded</th><th>guarded</th><th>gate fired</th></tr>{rows}</table>"

@@ -21,7 +21,7 @@ from saeguard.calibration import CalibrationShape, PromptShape, calibrate_thresh
 from saeguard.corpus import CorpusSpec, iter_chunks, iter_documents, special_token_ids
 from saeguard.errors import SaeguardError, require
 from saeguard.fingerprint import model_fingerprint, model_name, text_fingerprint
-from saeguard.gate import GateStatistic, StatisticKind, activation_weights
+from saeguard.gate import ClampScope, GateStatistic, StatisticKind, activation_weights
 from saeguard.layers import hidden_size, layer_count, parse_layer
 from saeguard.sae import SelectedLatents, load_sae, sae_fingerprint, sae_hook_name, sae_source
 from saeguard.selection import Importance, check_percentile, select_by_frequency, select_features
@@ -66,6 +66,9 @@ class FitConfig:
     # What rho averages per token: "fraction" (the paper: any selected latent fires) or
     # "activation" (summed activations, each over its mean on forget text; better separation).
     gate_statistic: StatisticKind = "fraction"
+    # Where a flagged input is clamped: tokens where a selected latent fires (the paper) or
+    # every counted token of the input (stronger forgetting on small models; docs/demo-results.md).
+    clamp_scope: ClampScope = "fired"
 
     def validate(self) -> None:
         require(
@@ -76,6 +79,10 @@ class FitConfig:
         require(
             self.gate_statistic in ("fraction", "activation"),
             f"gate_statistic must be 'fraction' or 'activation', got {self.gate_statistic!r}",
+        )
+        require(
+            self.clamp_scope in ("fired", "input"),
+            f"clamp_scope must be 'fired' or 'input', got {self.clamp_scope!r}",
         )
         require(
             0.0 <= self.retain_frequency_threshold <= 1.0,

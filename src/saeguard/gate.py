@@ -5,7 +5,9 @@ over C of a per-token evidence e_t. The paper's statistic ("fraction") is
     e_t = 1[some selected latent fires at t],  so  rho(x) = #{t in C : fired} / |C|;
 "activation" uses e_t = sum_j f_j(h_t) / mu_j (mu_j: latent j's mean non-zero
 activation on forget text), which separates topics better on small SAEs
-(docs/default-sae.md). The input is flagged iff rho(x) > tau. On a flagged input every counted token
+(docs/default-sae.md). The input is flagged iff rho(x) > tau. The clamp then
+applies where a selected latent fires (the paper, scope "fired") or, with scope
+"input", on every counted token of the flagged input. On a flagged input every counted token
 where a selected latent fires gets
     h' = h + sum_{j in S} (-c - f_j(h)) d_j
 which equals Dec(f') + (h - Dec(f)) with f'_j = -c: the SAE error term is kept.
@@ -96,6 +98,7 @@ class _CallContext:
 
 
 StatisticKind = Literal["fraction", "activation"]
+ClampScope = Literal["fired", "input"]
 
 
 @dataclass
@@ -147,9 +150,13 @@ class GateHook:
         clamp: float,
         special_ids: Iterable[int] = (),
         statistic: GateStatistic | None = None,
+        clamp_scope: ClampScope = "fired",
     ) -> None:
+        if clamp_scope not in ("fired", "input"):
+            raise ValueError(f"unknown clamp scope {clamp_scope!r}: use fired or input")
         self.latents = latents
         self.statistic = statistic or GateStatistic()
+        self.clamp_scope = clamp_scope
         self.layer = layer
         self.threshold = float(threshold)
         self.clamp = float(clamp)
@@ -218,7 +225,7 @@ class GateHook:
         fired = (acts > 0).any(-1) & counted
         evidence = self.statistic.evidence(acts) * counted
         token_flag, rho = self._decide(evidence, counted)
-        clamp_tokens = token_flag & fired
+        clamp_tokens = token_flag & (fired if self.clamp_scope == "fired" else counted)
         if self.recording:
             self.records.append(
                 GateRecord(

@@ -86,6 +86,7 @@ class Guardrail:
             clamp=self.clamp,
             special_ids=self.special_ids,
             statistic=self.statistic,
+            clamp_scope=self.config.clamp_scope,
         )
         if self.config.gate == "always":  # ungated / static clamp baselines
             hook.forced = True
@@ -188,6 +189,7 @@ class Guardrail:
             "latent_ids": [int(i) for i in self.latents.ids],
             "tau": self.threshold,
             "gate_statistic": self.config.gate_statistic,
+            "clamp_scope": self.config.clamp_scope,
             "clamp": self.clamp,
             "architecture": self.latents.architecture,
             **{k: self.info[k] for k in ("model", "sae", "threshold", "calibration") if k in self.info},

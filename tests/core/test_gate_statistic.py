@@ -72,3 +72,23 @@ def test_unknown_gate_statistic_is_a_one_line_error(tokenizer, forget_corpus, re
             model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, gate_statistic="max", **FIT
         )
     assert "\n" not in str(error.value)
+
+
+def test_input_scope_clamps_every_counted_token_of_a_flagged_input(tokenizer, forget_corpus, retain_corpus):
+    from dataclasses import replace
+
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    guard = Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT)
+    guard.threshold = -1.0  # flag everything
+    batch = next(prompt_batches([forget_corpus[0][:60], retain_corpus[0][:60]], tokenizer, 2))
+    clamped = {}
+    for scope in ("fired", "input"):
+        scoped = replace(guard, config=replace(guard.config, clamp_scope=scope))
+        with scoped.attached(model) as hook, token_scope(batch.counted):
+            hook.recording = True
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        clamped[scope] = hook.records[0]
+    counted = batch.counted & batch.attention_mask.bool()
+    assert torch.equal(clamped["input"].clamped, counted)
+    assert torch.equal(clamped["fired"].clamped, clamped["fired"].fired & counted)
+    assert clamped["fired"].clamped.sum() < clamped["input"].clamped.sum()

@@ -54,6 +54,9 @@ def fit(
         str,
         typer.Option(help="fraction (the paper: share of tokens where a latent fires) or activation"),
     ] = "fraction",
+    clamp_scope: Annotated[
+        str, typer.Option(help="fired (the paper: tokens where a latent fires) or input (every token)")
+    ] = "fired",
     dtype: str = "float32",
 ) -> None:
     """Select forget features, calibrate the gate, write the artifact."""
@@ -76,6 +79,7 @@ def fit(
         max_retain_chunks=max_chunks,
         calibration=calibration,  # type: ignore[arg-type]
         gate_statistic=gate_statistic,  # type: ignore[arg-type]
+        clamp_scope=clamp_scope,  # type: ignore[arg-type]
     )
     config.validate()  # fail before the model loads
     lm, tokenizer = _load_model(model, dtype)
