@@ -42,10 +42,23 @@ def test_demo_writes_table_report_and_generations_on_the_default_model(tmp_path)
         n_features=5,
         seq_len=128,
     )
-    result = run_demo(config, tmp_path / "report", show_progress=False)
+    result = run_demo(config, tmp_path / "report", show_progress=False, guard_cache=tmp_path / "guards")
     assert set(result.accuracy) == {"forget", "retain", "near"}
     assert len(result.generations) == 6
     saved = json.loads((tmp_path / "report" / "demo.json").read_text())
     assert saved["kind"] == "saeguard-demo" and saved["config"]["n_features"] == 5
     assert (tmp_path / "report" / "demo.html").is_file() and (tmp_path / "report" / "index.html").is_file()
     assert (tmp_path / "report" / "guardrail" / "guardrail.json").is_file()
+
+    # A rerun reuses the fitted guardrail from the cache: same latents and tau, no new fit.
+    from saeguard.demo import fit_demo_guard
+    from saeguard.models import load_model
+
+    [cached] = list((tmp_path / "guards").iterdir())
+    model, tokenizer = load_model("default")
+    again = fit_demo_guard(
+        model, tokenizer, config.sae, config, show_progress=False, cache=tmp_path / "guards"
+    )
+    assert again.threshold == result.guard["tau"]
+    assert [int(i) for i in again.latents.ids] == result.guard["latent_ids"]
+    assert list((tmp_path / "guards").iterdir()) == [cached]

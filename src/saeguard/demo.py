@@ -98,20 +98,45 @@ def retain_documents(config: DemoConfig, split: str) -> list[str]:
     return docs
 
 
-def fit_demo_guard(model, tokenizer, sae: str, config: DemoConfig, *, show_progress: bool = True):
-    """The demo's guardrail: statistics are cached, so refits with other settings are cheap."""
+def fit_demo_guard(
+    model, tokenizer, sae: str, config: DemoConfig, *, show_progress: bool = True, cache: Path | None = None
+):
+    """The demo's guardrail: statistics are cached, so refits with other settings are cheap.
+
+    With ``cache`` (a folder) the fitted guardrail itself is cached there, keyed by the model,
+    the SAE, the documents and every setting, so a rerun of the demo skips calibration too.
+    """
     from saeguard.data.corpora import load_corpus
+    from saeguard.evaluation.common import json_fingerprint
+    from saeguard.fingerprint import model_fingerprint, text_fingerprint
     from saeguard.fit import parse_clamp
     from saeguard.guardrail import Guardrail
     from saeguard.models import cache_dir
 
+    forget, retain = load_corpus(config.forget, "train"), retain_documents(config, "train")
+    cached = None
+    if cache is not None:
+        sae_cfg = Path(sae) / "cfg.json"
+        key = json_fingerprint(
+            {
+                "model": model_fingerprint(model, config.layer),
+                "sae": sae_cfg.read_text() if sae_cfg.is_file() else str(sae),
+                "sae_weights": _file_stamp(Path(sae) / "sae_weights.safetensors"),
+                "forget": text_fingerprint(forget),
+                "retain": text_fingerprint(retain),
+                "config": asdict(config),
+            }
+        )
+        cached = Path(cache) / f"demo-{key}"
+        if (cached / "guardrail.json").is_file():
+            return Guardrail.load(cached, model)
     clamp, relative = parse_clamp(config.clamp)
-    return Guardrail.fit(
+    guard = Guardrail.fit(
         model,
         tokenizer,
         sae,
-        forget=load_corpus(config.forget, "train"),
-        retain=retain_documents(config, "train"),
+        forget=forget,
+        retain=retain,
         layer=config.layer,
         n_features=config.n_features,
         ratio_percentile=config.ratio_percentile,
@@ -127,11 +152,27 @@ def fit_demo_guard(model, tokenizer, sae: str, config: DemoConfig, *, show_progr
         statistics_cache=cache_dir() / "stats",
         show_progress=show_progress,
     )
+    if cached is not None:
+        guard.save(cached)
+    return guard
 
 
-def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, console: Console | None = None):
+def _file_stamp(path: Path) -> str:
+    stat = path.stat() if path.is_file() else None
+    return f"{stat.st_size}-{stat.st_mtime_ns}" if stat else ""
+
+
+def run_demo(
+    config: DemoConfig,
+    output: Path,
+    *,
+    show_progress: bool = True,
+    console: Console | None = None,
+    guard_cache: Path | None = None,
+):
+    """The demo end to end; ``guard_cache`` defaults to the user cache folder's ``guards``."""
     from saeguard.data.corpora import load_corpus
-    from saeguard.models import load_model
+    from saeguard.models import cache_dir, load_model
 
     console = console or Console()
     seconds: dict[str, float] = {}
@@ -144,7 +185,14 @@ def run_demo(config: DemoConfig, output: Path, *, show_progress: bool = True, co
     seconds["sae"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    guard = fit_demo_guard(model, tokenizer, str(sae_dir), config, show_progress=show_progress)
+    guard = fit_demo_guard(
+        model,
+        tokenizer,
+        str(sae_dir),
+        config,
+        show_progress=show_progress,
+        cache=guard_cache or cache_dir() / "guards",
+    )
     guard.save(output / "guardrail")
     seconds["fit"] = time.perf_counter() - began
 

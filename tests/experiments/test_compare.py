@@ -126,3 +126,5 @@ def test_gate_statistic_is_a_dsg_axis_only_when_swept():
     both = replace(paper, gate_statistic=["fraction", "activation"])
     assert [p["gate_statistic"] for p in both.points("dsg")] == ["fraction", "activation"]
     assert all("gate_statistic" not in p for p in both.points("ungated"))
+    scoped = replace(paper, clamp_scope=["fired", "input"])
+    assert [p["clamp_scope"] for p in scoped.points("dsg")] == ["fired", "input"]

@@ -54,6 +54,7 @@ class GuardGrid:
     ratio_percentile: list[float] = field(default_factory=lambda: [95.0])  # fisher selection
     retain_frequency_threshold: list[float] = field(default_factory=lambda: [0.01])  # frequency selection
     gate_statistic: list[str] = field(default_factory=lambda: ["fraction"])  # dsg only: fraction / activation
+    clamp_scope: list[str] = field(default_factory=lambda: ["fired"])  # dsg only: fired / input
 
     def points(self, method: str) -> list[dict[str, Any]]:
         """Parameter dicts, with only the axes that matter for ``method`` (no duplicate points)."""
@@ -64,8 +65,11 @@ class GuardGrid:
             axes["retain_frequency_threshold"] = self.retain_frequency_threshold
         if GUARD_FIT[method]["gate"] == "dynamic":
             axes["gate_percentile"] = self.gate_percentile
-            if self.gate_statistic != ["fraction"]:  # keeps the keys of paper-statistic records
+            # Non-paper axes only when swept, so the keys of paper-setting records stay stable.
+            if self.gate_statistic != ["fraction"]:
                 axes["gate_statistic"] = self.gate_statistic
+            if self.clamp_scope != ["fired"]:
+                axes["clamp_scope"] = self.clamp_scope
         require(all(axes.values()), f"every axis of the {method} grid needs at least one value")
         return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
