@@ -143,6 +143,32 @@ def prompt_rho(
     )
 
 
+def guard_prompt_rho(
+    model: torch.nn.Module,
+    tokenizer,
+    guard,
+    documents: Iterable[str],
+    shape: PromptShape,
+    *,
+    batch_size: int = 8,
+    description: str = "gate rho",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """rho of prompt-shaped pieces of ``documents`` exactly as ``guard``'s gate computes it."""
+    return prompt_rho(
+        model,
+        tokenizer,
+        guard.layer,
+        guard.latents,
+        documents,
+        shape,
+        statistic=guard.statistic,
+        batch_size=batch_size,
+        description=description,
+        show_progress=show_progress,
+    )
+
+
 def calibrate_threshold(
     retain_rho: torch.Tensor, percentile: float, *, bootstrap: int = 1000, seed: int = 0
 ) -> Threshold:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saeguard.calibration import PromptShape, prompt_rho
+from saeguard.calibration import PromptShape, guard_prompt_rho
 from saeguard.corpus import CorpusSpec, iter_chunks, iter_documents
 from saeguard.errors import require
 from saeguard.evaluation.common import guard_identity, model_identity, write_json
@@ -150,14 +150,12 @@ def firing_rates(
             seed=config.seed,
             chat=config.chat,
         )
-        rho = prompt_rho(
+        rho = guard_prompt_rho(
             model,
             tokenizer,
-            guard.layer,
-            guard.latents,
+            guard,
             docs,
             shape,
-            statistic=guard.statistic,
             batch_size=config.batch_size,
             description=f"{name} rho",
             show_progress=show_progress,

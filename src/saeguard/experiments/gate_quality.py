@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saeguard.calibration import PromptShape, prompt_rho
+from saeguard.calibration import PromptShape, guard_prompt_rho
 
 
 @dataclass
@@ -68,16 +68,7 @@ def gate_quality(
     )
 
     def rho(docs: list[str]) -> np.ndarray:
-        return prompt_rho(
-            model,
-            tokenizer,
-            guard.layer,
-            guard.latents,
-            docs,
-            shape,
-            statistic=guard.statistic,
-            show_progress=False,
-        ).numpy()
+        return guard_prompt_rho(model, tokenizer, guard, docs, shape, show_progress=False).numpy()
 
     pos, neg = rho(positive_docs), rho(negative_docs)
     return GateQuality(
