@@ -87,11 +87,11 @@ class KnownSet:
                 "use more or easier questions, a stronger model, or the cloze scorer"
             )
 
-    def select(self, items: Sequence[McqItem]) -> list[McqItem]:
-        """The known items of ``items``, in order; raises when there are none."""
+    def select(self, items: Sequence[McqItem | dict[str, Any]]) -> list[McqItem]:
+        """The known items of ``items`` (items or schema rows), in order; raises when there are none."""
         self.require_nonempty()
         keep = set(self.ids)
-        return [item for item in items if item.id in keep]
+        return [item for item in as_items(items, source=self.dataset) if item.id in keep]
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self)
