@@ -156,7 +156,8 @@ def test_orderings_are_part_of_the_cache_key(tmp_path, llama, tok):
 
 def test_select_accepts_schema_rows_as_built_sets_return_them():
     rows = [
-        {"question": i.question, "choices": list(i.choices), "answer": i.answer, "id": i.id} for i in ITEMS
+        {"question": i.question, "choices": list(i.choices), "answer": i.answer, "id": i.id}
+        for i in ITEMS[:3]
     ]
     known = known_items(None, None, rows, score_fn=fake_scorer, dataset="built")
     assert [item.id for item in known.select(rows)] == ["knows"]
