@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -70,6 +70,16 @@ class FitConfig:
     # every counted token of the input (stronger forgetting on small models; docs/demo-results.md).
     clamp_scope: ClampScope = "fired"
 
+    def prompt_shape(self, *, limit: int | None = None, seed: int | None = None) -> PromptShape:
+        """The shape of the inputs tau is calibrated on (held-out checks use it with another seed)."""
+        return PromptShape(
+            min_tokens=self.prompt_min_tokens,
+            max_tokens=self.prompt_max_tokens,
+            limit=self.calibration_size if limit is None else limit,
+            seed=self.seed if seed is None else seed,
+            chat=self.chat_template,
+        )
+
     def validate(self) -> None:
         require(
             self.selection in ("fisher", "frequency"),
@@ -77,11 +87,11 @@ class FitConfig:
         )
         require(self.gate in ("dynamic", "always"), f"gate must be 'dynamic' or 'always', got {self.gate!r}")
         require(
-            self.gate_statistic in ("fraction", "activation"),
+            self.gate_statistic in get_args(StatisticKind),
             f"gate_statistic must be 'fraction' or 'activation', got {self.gate_statistic!r}",
         )
         require(
-            self.clamp_scope in ("fired", "input"),
+            self.clamp_scope in get_args(ClampScope),
             f"clamp_scope must be 'fired' or 'input', got {self.clamp_scope!r}",
         )
         require(
@@ -239,13 +249,7 @@ def calibration_rho(
     """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus."""
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
-        shape = PromptShape(
-            min_tokens=config.prompt_min_tokens,
-            max_tokens=config.prompt_max_tokens,
-            limit=config.calibration_size,
-            seed=config.seed,
-            chat=config.chat_template,
-        )
+        shape = config.prompt_shape()
         with _eval_mode(inputs.model):
             return prompt_rho(
                 inputs.model,

@@ -5,10 +5,9 @@ over C of a per-token evidence e_t. The paper's statistic ("fraction") is
     e_t = 1[some selected latent fires at t],  so  rho(x) = #{t in C : fired} / |C|;
 "activation" uses e_t = sum_j f_j(h_t) / mu_j (mu_j: latent j's mean non-zero
 activation on forget text), which separates topics better on small SAEs
-(docs/default-sae.md). The input is flagged iff rho(x) > tau. The clamp then
-applies where a selected latent fires (the paper, scope "fired") or, with scope
-"input", on every counted token of the flagged input. On a flagged input every counted token
-where a selected latent fires gets
+(docs/default-sae.md). The input is flagged iff rho(x) > tau. On a flagged input
+the clamped tokens (scope "fired", the paper: every counted token where a
+selected latent fires; scope "input": every counted token) get
     h' = h + sum_{j in S} (-c - f_j(h)) d_j
 which equals Dec(f') + (h - Dec(f)) with f'_j = -c: the SAE error term is kept.
 
@@ -24,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -109,17 +108,23 @@ class GateStatistic:
     weights: torch.Tensor | None = None  # (N,) 1 / mean non-zero forget activation, for "activation"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fraction", "activation"):
+        if self.kind not in get_args(StatisticKind):
             raise ValueError(f"unknown gate statistic {self.kind!r}: use fraction or activation")
         if self.kind == "activation" and self.weights is None:
             raise ValueError("the activation gate statistic needs per-latent weights")
 
-    def evidence(self, acts: torch.Tensor) -> torch.Tensor:
-        """(B, T) float64 evidence from (B, T, N) selected-latent activations."""
+    def to(self, device: torch.device | str) -> GateStatistic:
+        weights = None if self.weights is None else self.weights.to(device)
+        return GateStatistic(self.kind, weights)
+
+    def evidence(self, acts: torch.Tensor, fired: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) float64 evidence from (B, T, N) selected-latent activations.
+
+        ``fired`` ((acts > 0).any(-1), when the caller has it) spares the fraction recomputing it.
+        """
         if self.kind == "fraction":
-            return (acts > 0).any(-1).double()
-        weights = self.weights.to(acts.device, acts.dtype)
-        return (acts.clamp(min=0) * weights).sum(-1).double()
+            return (fired if fired is not None else (acts > 0).any(-1)).double()
+        return (acts.clamp(min=0) * self.weights.to(acts.device, acts.dtype)).sum(-1).double()
 
 
 def activation_weights(mean_nonzero: torch.Tensor) -> torch.Tensor:
@@ -152,7 +157,7 @@ class GateHook:
         statistic: GateStatistic | None = None,
         clamp_scope: ClampScope = "fired",
     ) -> None:
-        if clamp_scope not in ("fired", "input"):
+        if clamp_scope not in get_args(ClampScope):
             raise ValueError(f"unknown clamp scope {clamp_scope!r}: use fired or input")
         self.latents = latents
         self.statistic = statistic or GateStatistic()
@@ -168,6 +173,7 @@ class GateHook:
         self._call: _CallContext | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._device_latents: dict[torch.device, SelectedLatents] = {}
+        self._device_statistics: dict[torch.device, GateStatistic] = {}
         self._special_tensors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     # -- attachment ---------------------------------------------------------
@@ -216,6 +222,11 @@ class GateHook:
             self._device_latents[device] = self.latents.to(device)
         return self._device_latents[device]
 
+    def _statistic_on(self, device: torch.device) -> GateStatistic:
+        if device not in self._device_statistics:
+            self._device_statistics[device] = self.statistic.to(device)
+        return self._device_statistics[device]
+
     def _intervene(self, _module: nn.Module, _args: object, output: object) -> object:
         hidden = block_output_tensor(output)
         batch, length = hidden.shape[:2]
@@ -223,7 +234,7 @@ class GateHook:
         latents = self._latents_on(hidden.device)
         acts = latents.activations(hidden)  # (B, T, N) float32
         fired = (acts > 0).any(-1) & counted
-        evidence = self.statistic.evidence(acts) * counted
+        evidence = self._statistic_on(hidden.device).evidence(acts, fired) * counted
         token_flag, rho = self._decide(evidence, counted)
         clamp_tokens = token_flag & (fired if self.clamp_scope == "fired" else counted)
         if self.recording:

@@ -132,12 +132,17 @@ def correct_order_counts(
     if stop_at_first_miss:
         return _counts_until_first_miss(items, score_fn, orders)
     expanded = [variant for item in items for variant in permutations_of(item, orders)]
-    predictions = list(score_fn(expanded))
-    if len(predictions) != len(expanded):
-        raise SaeguardError("the scorer returned a different number of predictions than items")
+    predictions = _predict(score_fn, expanded)
     hits = [int(p == v.answer) for p, v in zip(predictions, expanded, strict=True)]
     n = len(orders)
     return [sum(hits[i * n : (i + 1) * n]) for i in range(len(items))]
+
+
+def _predict(score_fn: ScoreFn, variants: Sequence[McqItem]) -> list[int]:
+    predictions = list(score_fn(variants))
+    if len(predictions) != len(variants):
+        raise SaeguardError("the scorer returned a different number of predictions than items")
+    return predictions
 
 
 def _counts_until_first_miss(
@@ -152,11 +157,8 @@ def _counts_until_first_miss(
         if not alive:
             break
         variants = [items[i].permuted(order) for i in alive]
-        predictions = list(score_fn(variants))
-        if len(predictions) != len(variants):
-            raise SaeguardError("the scorer returned a different number of predictions than items")
         survivors = []
-        for index, prediction, variant in zip(alive, predictions, variants, strict=True):
+        for index, prediction, variant in zip(alive, _predict(score_fn, variants), variants, strict=True):
             if prediction == variant.answer:
                 counts[index] += 1
                 survivors.append(index)

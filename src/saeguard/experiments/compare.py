@@ -101,8 +101,6 @@ def _measure(model, tokenizer, setup: CompareSetup, record: CompareRecord, *, gu
     """Fill ``record`` with MCQ accuracies and held-out perplexities: the one harness for all methods."""
     started = time.perf_counter()
     config = setup.config
-    # Unflagged questions keep the base prediction only under a dynamic gate; "always" clamps every input.
-    reuse = base if guard is not None and guard.config.gate == "dynamic" else None
     results = {
         group: {
             name: evaluate_mcq(
@@ -112,7 +110,7 @@ def _measure(model, tokenizer, setup: CompareSetup, record: CompareRecord, *, gu
                 guard=guard,
                 config=config.mcq_config(),
                 dataset=name,
-                base=(reuse or {}).get(group, {}).get(name),
+                base=(base or {}).get(group, {}).get(name),  # evaluate_mcq ignores it for gate="always"
                 show_progress=False,
             )
             for name, items in sets.items()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saeguard.calibration import PromptShape, guard_prompt_rho
+from saeguard.calibration import guard_prompt_rho
 
 
 @dataclass
@@ -58,14 +58,7 @@ def gate_quality(
     seed: int = 1,
 ) -> GateQuality:
     """ROC of rho on held-out prompt-shaped pieces of forget vs other text."""
-    config = guard.config
-    shape = PromptShape(
-        min_tokens=config.prompt_min_tokens,
-        max_tokens=config.prompt_max_tokens,
-        limit=limit,
-        seed=seed,
-        chat=config.chat_template,
-    )
+    shape = guard.config.prompt_shape(limit=limit, seed=seed)
 
     def rho(docs: list[str]) -> np.ndarray:
         return guard_prompt_rho(model, tokenizer, guard, docs, shape, show_progress=False).numpy()
