@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 
-from saeguard.batching import estimate_activation_memory, suggest_batch_size
 from saeguard.bench import SECTIONS, BenchConfig, render_table, run_bench, summary_rows
 from saeguard.bench.fixtures import random_sae, tiny_model
 from saeguard.bench.timing import interleave
 from saeguard.errors import SaeguardError
+from saeguard.hf.batching import estimate_activation_memory, suggest_batch_size
 
 
 def _ratios(value, path=""):

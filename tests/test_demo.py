@@ -52,13 +52,13 @@ def test_demo_writes_table_report_and_generations_on_the_default_model(tmp_path)
 
     # A rerun reuses the fitted guardrail from the cache: same latents and tau, no new fit.
     from saeguard.demo import fit_demo_guard
-    from saeguard.models import load_model
+    from saeguard.hf.models import load_model
 
     [cached] = list((tmp_path / "guards").iterdir())
     model, tokenizer = load_model("default")
     again = fit_demo_guard(
         model, tokenizer, config.sae, config, show_progress=False, cache=tmp_path / "guards"
     )
-    assert again.threshold == result.guard["tau"]
+    assert again.tau == result.guard["tau"]
     assert [int(i) for i in again.latents.ids] == result.guard["latent_ids"]
     assert list((tmp_path / "guards").iterdir()) == [cached]

@@ -10,8 +10,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from saeguard import models as sm
 from saeguard.errors import SaeguardError
+from saeguard.hf import models as sm
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):

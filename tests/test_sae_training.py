@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from conftest import FORGET_WORDS, RETAIN_WORDS, corpus, tiny_llama
-
 from saeguard import Guardrail
-from saeguard.sae import load_sae
+from saeguard.core.sae import load_sae
 from saeguard.sae_training import SAETrainingConfig, harvest_activations, train_and_save
+from saeguard.testing import FORGET_WORDS, RETAIN_WORDS, corpus, tiny_llama
 
 
 def test_harvest_skips_special_tokens_and_stops_at_budget(tokenizer):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from saeguard.models import cache_dir
+from saeguard.io import cache_dir
 from saeguard.sae_training import SAETrainingConfig
 
 DEFAULT_LAYER = 6
@@ -48,7 +48,7 @@ def ensure_default_sae(
     target = default_sae_dir(layer, width)
     if (target / "cfg.json").is_file():
         return target
-    from saeguard.models import load_default_model
+    from saeguard.hf.models import load_default_model
     from saeguard.sae_training import train_and_save
 
     model, tokenizer = load_default_model()

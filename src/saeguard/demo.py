@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from saeguard.defaults import DEFAULT_LAYER, DEFAULT_WIDTH, ensure_default_sae
-from saeguard.evaluation.common import write_json
-from saeguard.evaluation.known import KnownConfig, known_items
-from saeguard.evaluation.mcq import McqConfig, evaluate_mcq
-from saeguard.evaluation.text import TextConfig, text_metrics
+from saeguard.eval.known import KnownConfig, known_items
+from saeguard.eval.mcq import McqConfig, evaluate_mcq
+from saeguard.eval.text import TextConfig, text_metrics
+from saeguard.io import write_json
 
 FORGET_QUESTIONS = (
     "What is the function of mitochondria in a cell?",
@@ -106,12 +106,10 @@ def fit_demo_guard(
     With ``cache`` (a folder) the fitted guardrail itself is cached there, keyed by the model,
     the SAE, the documents and every setting, so a rerun of the demo skips calibration too.
     """
+    from saeguard.core.guardrail import Guardrail
     from saeguard.data.corpora import load_corpus
-    from saeguard.evaluation.common import json_fingerprint
-    from saeguard.fingerprint import model_fingerprint, text_fingerprint
-    from saeguard.fit import parse_clamp
-    from saeguard.guardrail import Guardrail
-    from saeguard.models import cache_dir
+    from saeguard.hf.fingerprint import model_fingerprint
+    from saeguard.io import cache_dir, json_fingerprint, text_fingerprint
 
     forget, retain = load_corpus(config.forget, "train"), retain_documents(config, "train")
     cached = None
@@ -130,7 +128,6 @@ def fit_demo_guard(
         cached = Path(cache) / f"demo-{key}"
         if (cached / "guardrail.json").is_file():
             return Guardrail.load(cached, model)
-    clamp, relative = parse_clamp(config.clamp)
     guard = Guardrail.fit(
         model,
         tokenizer,
@@ -141,8 +138,7 @@ def fit_demo_guard(
         n_features=config.n_features,
         ratio_percentile=config.ratio_percentile,
         gate_percentile=config.gate_percentile,
-        clamp=clamp,
-        relative_clamp=relative,
+        clamp=config.clamp,
         gate_statistic=config.gate_statistic,
         clamp_scope=config.clamp_scope,
         seq_len=config.seq_len,
@@ -172,7 +168,8 @@ def run_demo(
 ):
     """The demo end to end; ``guard_cache`` defaults to the user cache folder's ``guards``."""
     from saeguard.data.corpora import load_corpus
-    from saeguard.models import cache_dir, load_model
+    from saeguard.hf.models import load_model
+    from saeguard.io import cache_dir
 
     console = console or Console()
     seconds: dict[str, float] = {}
@@ -249,7 +246,7 @@ def run_demo(
 def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: bool = True):
     """Known-item accuracy with and without ``guard`` on forget, retain and near-domain sets."""
     from saeguard.data.mcq import build_mcq
-    from saeguard.evaluation.items import as_items
+    from saeguard.eval.items import as_items
 
     mcq = McqConfig(scorer=config.scorer)  # type: ignore[arg-type]
     known_config = KnownConfig(mcq=mcq, permutations=config.permutations)  # type: ignore[arg-type]
@@ -325,14 +322,14 @@ def print_demo(result: DemoResult, console: Console) -> None:
 
 
 def write_demo_report(result: DemoResult, guard, text, output: Path) -> Path:
-    from saeguard.evaluation.common import write_text_atomic
-    from saeguard.evaluation.report import write_report
+    from saeguard.io import write_text_atomic
+    from saeguard.runs.sweep_report import write_report
 
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "demo.json", result)
     write_report(  # plots the guard's calibration rho and the held-out firing rho
         output,
-        tau=guard.threshold,
+        tau=guard.tau,
         text=text,
         guard=guard,
         title="saeguard demo: forgetting biology in SmolLM2-135M-Instruct",

@@ -26,11 +26,11 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
-from saeguard.corpus import counted_mask, iter_chunks, pad_batch, pad_token_id, special_token_ids
+from saeguard.core.sae import encode_all
 from saeguard.errors import require
-from saeguard.layers import _StopForward, block_output_tensor, decoder_blocks, model_device
+from saeguard.hf.corpus import counted_mask, iter_chunks, pad_batch, pad_token_id, special_token_ids
+from saeguard.hf.layers import _StopForward, block_output_tensor, decoder_blocks, model_device
 from saeguard.progress import progress_bar
-from saeguard.sae import encode_all
 
 
 @dataclass

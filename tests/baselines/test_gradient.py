@@ -10,8 +10,8 @@ import torch
 from saeguard.baselines import GAConfig, GradDiffConfig, NPOConfig, TrainConfig, unlearn
 from saeguard.baselines.gradient import mean_nll, retain_kl
 from saeguard.baselines.training import Reference
-from saeguard.corpus import TokenBatch
 from saeguard.errors import SaeguardError
+from saeguard.hf.corpus import TokenBatch
 
 
 def _train(**overrides) -> TrainConfig:

@@ -8,7 +8,7 @@ import torch
 from saeguard.baselines import RMUConfig, TrainConfig, unlearn
 from saeguard.baselines.rmu import mlp_path, residual_with_grad, steering_direction
 from saeguard.errors import SaeguardError
-from saeguard.layers import decoder_blocks, residual_at
+from saeguard.hf.layers import decoder_blocks, residual_at
 
 
 def _config(**overrides) -> RMUConfig:

@@ -23,8 +23,7 @@ from saeguard.baselines import (
 from saeguard.baselines.gradient import mean_nll
 from saeguard.baselines.training import BatchCycler, train_loop
 from saeguard.errors import SaeguardError
-
-from .conftest import tiny_gpt2, tiny_llama
+from saeguard.testing import tiny_gpt2, tiny_llama
 
 
 def _train(**overrides) -> TrainConfig:
@@ -52,7 +51,7 @@ def test_training_is_deterministic_for_a_seed(tokenizer, forget_texts, retain_te
     for seed in (0, 0, 1):
         config = GradDiffConfig(train=_train(seed=seed))
         model, result = unlearn(
-            tiny_llama(len(tokenizer)), tokenizer, "graddiff", forget_texts, retain_texts, config
+            tiny_llama(0, len(tokenizer)), tokenizer, "graddiff", forget_texts, retain_texts, config
         )
         runs.append((result.losses, model.state_dict()))
     assert runs[0][0] == runs[1][0]
@@ -62,7 +61,7 @@ def test_training_is_deterministic_for_a_seed(tokenizer, forget_texts, retain_te
 
 def test_result_records_cost(tokenizer, forget_texts, retain_texts):
     _, result = unlearn(
-        tiny_llama(len(tokenizer)),
+        tiny_llama(0, len(tokenizer)),
         tokenizer,
         "ga",
         forget_texts,
@@ -90,7 +89,7 @@ def test_lora_trains_only_adapters(tiny_model, tokenizer, forget_texts, retain_t
 
 
 def test_exploding_loss_stops_with_a_fix(tokenizer):
-    model = tiny_llama(len(tokenizer))
+    model = tiny_llama(0, len(tokenizer))
     params = list(model.parameters())
     batches = iter(lambda: None, 1)
 
@@ -112,13 +111,13 @@ def test_exploding_loss_stops_with_a_fix(tokenizer):
 )
 def test_user_errors_raise(method, config, match, tokenizer, forget_texts, retain_texts):
     with pytest.raises(SaeguardError, match=match):
-        unlearn(tiny_llama(len(tokenizer)), tokenizer, method, forget_texts, retain_texts, config)
+        unlearn(tiny_llama(0, len(tokenizer)), tokenizer, method, forget_texts, retain_texts, config)
 
 
 def test_empty_corpus_raises(tokenizer, retain_texts):
     with pytest.raises(SaeguardError, match="no token chunks"):
         unlearn(
-            tiny_llama(len(tokenizer)),
+            tiny_llama(0, len(tokenizer)),
             tokenizer,
             "ga",
             ["   "],
@@ -142,7 +141,9 @@ def test_paper_and_small_grids():
 
 def test_save_load_round_trip_full(tmp_path, tokenizer, forget_texts, retain_texts, make_batch):
     config = NPOConfig(train=_train(), retain_loss="kl")
-    model, result = unlearn(tiny_llama(len(tokenizer)), tokenizer, "npo", forget_texts, retain_texts, config)
+    model, result = unlearn(
+        tiny_llama(0, len(tokenizer)), tokenizer, "npo", forget_texts, retain_texts, config
+    )
     out = save_unlearned(model, tmp_path / "npo", result, config, tokenizer=tokenizer)
     assert not list(out.glob("*.bin")) and list(out.glob("*.safetensors"))
     json.loads((out / "unlearning.json").read_text())
@@ -159,12 +160,14 @@ def test_save_load_round_trip_full(tmp_path, tokenizer, forget_texts, retain_tex
 
 def test_save_load_round_trip_lora(tmp_path, tokenizer, forget_texts, retain_texts, make_batch):
     config = RMUConfig(train=_train(use_lora=True), layer=1, steering_coeff=5.0)
-    model, result = unlearn(tiny_gpt2(len(tokenizer)), tokenizer, "rmu", forget_texts, retain_texts, config)
+    model, result = unlearn(
+        tiny_gpt2(0, len(tokenizer)), tokenizer, "rmu", forget_texts, retain_texts, config
+    )
     out = save_unlearned(model, tmp_path / "rmu", result, config)
     assert (out / "adapter_model.safetensors").is_file()
     with pytest.raises(SaeguardError, match="base_model"):
         load_unlearned(out)
-    loaded, record = load_unlearned(out, base_model=tiny_gpt2(len(tokenizer)))
+    loaded, record = load_unlearned(out, base_model=tiny_gpt2(0, len(tokenizer)))
     batch = make_batch(forget_texts)
     with torch.no_grad():
         expected = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -176,4 +179,4 @@ def test_save_load_round_trip_lora(tmp_path, tokenizer, forget_texts, retain_tex
 def test_save_refuses_foreign_folder(tmp_path, tokenizer):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SaeguardError, match="choose a new output path"):
-        save_unlearned(tiny_llama(len(tokenizer)), tmp_path, None, GAConfig())  # type: ignore[arg-type]
+        save_unlearned(tiny_llama(0, len(tokenizer)), tmp_path, None, GAConfig())  # type: ignore[arg-type]

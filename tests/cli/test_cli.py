@@ -6,7 +6,9 @@ import json
 import sys
 
 import pytest
-from conftest import (
+
+from saeguard.cli import main
+from saeguard.testing import (
     FORGET_WORDS,
     RETAIN_WORDS,
     corpus,
@@ -15,8 +17,6 @@ from conftest import (
     random_sae,
     tiny_llama,
 )
-
-from saeguard.cli import main
 
 
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
@@ -97,7 +97,7 @@ def test_fit_inspect_generate_round_trip(workspace, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--clamp", "0"], "clamp must be positive"),
+        (["--clamp", "0"], "clamp must be a positive number"),
         (["--gate-percentile", "101"], "gate_percentile must be a percentile"),
         (["--n-features", "500"], "larger than the"),
     ],

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import PLANTED_LATENT, plant_forget_direction, random_sae, tiny_gpt2, tiny_llama
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from saeguard import Guardrail, SaeguardError
-from saeguard.corpus import pad_batch
+from saeguard.hf.corpus import pad_batch
+from saeguard.testing import PLANTED_LATENT, plant_forget_direction, random_sae, tiny_gpt2, tiny_llama
 
 FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, show_progress=False)
 PROMPTS = ["what is the cell virus gene protein", "the king of the city"]
@@ -33,20 +33,28 @@ def test_save_then_load_gives_identical_outputs(
     assert torch.equal(_logits(model, guard, tokenizer), _logits(model, loaded, tokenizer))
     assert int(loaded.latents.ids[0]) == PLANTED_LATENT
     meta = json.loads((tmp_path / "guard" / "guardrail.json").read_text())
-    assert meta["format_version"] == 1 and meta["info"]["model"]["fingerprint"]
+    assert meta["format_version"] == 2 and meta["provenance"]["model"]["fingerprint"]
     assert set(loaded.distributions) == {"retain_rho", "forget_rho"}
     assert not list(tmp_path.glob(".guard.*"))
 
 
-def test_topk_guardrail_reloads_its_sae_from_disk(tokenizer, forget_corpus, retain_corpus, tmp_path):
+def test_topk_guardrail_loads_only_with_its_sae_given_explicitly(
+    tokenizer, forget_corpus, retain_corpus, tmp_path
+):
     model, sae = plant_forget_direction(tiny_llama(), random_sae("topk"))
     sae.save_model(tmp_path / "sae")
     guard = Guardrail.fit(
         model, tokenizer, str(tmp_path / "sae"), forget=forget_corpus, retain=retain_corpus, **FIT
     )
     guard.save(tmp_path / "guard")
-    loaded = Guardrail.load(tmp_path / "guard", model)
+    with pytest.raises(SaeguardError, match="needs its full SAE"):
+        Guardrail.load(tmp_path / "guard", model)
+    loaded = Guardrail.load(tmp_path / "guard", model, sae=tmp_path / "sae")
     torch.testing.assert_close(_logits(model, guard, tokenizer), _logits(model, loaded, tokenizer))
+    other = random_sae("topk", seed=3)
+    other.save_model(tmp_path / "other")
+    with pytest.raises(SaeguardError, match="differs from the one it was fitted with"):
+        Guardrail.load(tmp_path / "guard", model, sae=tmp_path / "other")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from saeguard import SaeguardError
-from saeguard.corpus import iter_chunks, iter_documents
+from saeguard.hf.corpus import iter_chunks, iter_documents
 
 
 def test_txt_paragraphs_and_jsonl_text_fields_are_documents(tmp_path):

@@ -6,18 +6,18 @@ import math
 
 import pytest
 import torch
-from conftest import (
+
+from saeguard import Guardrail, SaeguardError
+from saeguard.core.selection import select_features
+from saeguard.core.statistics import FeatureStatistics, collect_statistics, token_batches
+from saeguard.hf.corpus import iter_chunks
+from saeguard.testing import (
     PLANTED_LATENT,
     plant_forget_direction,
     random_sae,
     tiny_gpt2,
     tiny_llama,
 )
-
-from saeguard import Guardrail, SaeguardError
-from saeguard.corpus import iter_chunks
-from saeguard.selection import select_features
-from saeguard.statistics import FeatureStatistics, collect_statistics, token_batches
 
 FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, show_progress=False)
 
@@ -29,8 +29,8 @@ def test_fit_selects_planted_forget_latent_first(
     model, sae = plant_forget_direction(make_model(), random_sae(architecture))
     guard = Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT)
     assert int(guard.latents.ids[0]) == PLANTED_LATENT
-    calibration = guard.info["calibration"]
-    assert calibration["forget"]["flagged_fraction"] > calibration["retain"]["flagged_fraction"]
+    calibration = guard.provenance.calibration
+    assert calibration["forget"].flagged_fraction > calibration["retain"].flagged_fraction
 
 
 def test_statistics_exclude_special_tokens_by_id_not_position(tokenizer):
@@ -84,12 +84,11 @@ def test_relative_clamp_scales_with_mean_forget_activation(tokenizer, forget_cor
         sae,
         forget=forget_corpus,
         retain=retain_corpus,
-        clamp=10.0,
-        relative_clamp=True,
+        clamp="10x",
         **FIT,
     )
-    mean_active = sum(guard.info["selection"]["forget_mean_nonzero"]) / 2
-    assert math.isclose(guard.clamp, 10.0 * mean_active, rel_tol=1e-9)
+    mean_active = sum(guard.provenance.selection.forget_mean_nonzero) / 2
+    assert math.isclose(guard.clamp_value, 10.0 * mean_active, rel_tol=1e-9)
 
 
 def test_prompt_calibration_counts_user_tokens_only(tokenizer, forget_corpus, retain_corpus):
@@ -98,8 +97,8 @@ def test_prompt_calibration_counts_user_tokens_only(tokenizer, forget_corpus, re
     chunks = Guardrail.fit(
         model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, calibration="chunks", **FIT
     )
-    assert prompts.info["calibration"]["retain"]["count"] == 24
-    assert chunks.info["calibration"]["retain"]["count"] == chunks.info["corpora"]["retain"]["chunks"]
+    assert prompts.provenance.calibration["retain"].count == 24
+    assert chunks.provenance.calibration["retain"].count == chunks.provenance.corpora["retain"].chunks
 
 
 BAD_INPUTS = [
@@ -148,7 +147,7 @@ def test_nan_activations_are_reported(tokenizer, forget_corpus, retain_corpus):
 
 
 def test_static_and_ungated_clamps_differ_from_dsg_only_by_the_gate(tokenizer, forget_corpus, retain_corpus):
-    from saeguard.corpus import pad_batch
+    from saeguard.hf.corpus import pad_batch
 
     model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
     dsg = Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT)
@@ -192,7 +191,7 @@ def test_static_and_ungated_clamps_differ_from_dsg_only_by_the_gate(tokenizer, f
 
 
 def test_memory_budget_sizes_statistics_batches_automatically(tokenizer, forget_corpus, retain_corpus):
-    from saeguard.fit import FitConfig, prepare_fit, statistics_batch_size
+    from saeguard.core.fit import FitConfig, prepare_fit, statistics_batch_size
 
     model, sae = tiny_llama(), random_sae("jumprelu")
     small = FitConfig(layer=1, seq_len=32, memory_budget_gb=0.04)
@@ -202,4 +201,4 @@ def test_memory_budget_sizes_statistics_batches_automatically(tokenizer, forget_
     guard = Guardrail.fit(
         model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, memory_budget_gb=0.5, **FIT
     )
-    assert guard.info["corpora"]["forget"]["tokens"] > 0
+    assert guard.provenance.corpora["forget"].tokens > 0

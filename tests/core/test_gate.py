@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import (
+
+from saeguard import Guardrail, token_scope
+from saeguard.core.sae import encode_all
+from saeguard.hf.corpus import pad_batch
+from saeguard.hf.layers import decoder_blocks, residual_at
+from saeguard.testing import (
     FORGET_WORDS,
     RETAIN_WORDS,
     corpus,
@@ -13,11 +18,6 @@ from conftest import (
     tiny_gpt2,
     tiny_llama,
 )
-
-from saeguard import Guardrail, token_scope
-from saeguard.corpus import pad_batch
-from saeguard.layers import decoder_blocks, residual_at
-from saeguard.sae import encode_all
 
 FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, gate_percentile=90, show_progress=False)
 PROMPTS = [
@@ -71,7 +71,7 @@ def test_efficient_clamp_equals_dense_sae_edit_in_float64(model_kind, architectu
     chosen = guard.latents.ids
     fires = (f[..., chosen] > 0).any(-1) & mask.bool() & ~torch.isin(ids, torch.tensor(guard.special_ids))
     f_edit = f.clone()
-    f_edit[..., chosen] = -guard.clamp
+    f_edit[..., chosen] = -guard.clamp_value
     dense = sae64.decode(f_edit) + (h - sae64.decode(f))
     expected = torch.where(fires.unsqueeze(-1), dense, h)
     assert fires.any() and not fires.all()
@@ -117,7 +117,7 @@ def test_cached_generation_clamps_exactly_what_full_recomputation_clamps(model_k
     model, _, guard = fitted(model_kind, "jumprelu", tokenizer)
     prompts = PROMPTS[:4]
     texts, _ = guard.generate(model, tokenizer, prompts, max_new_tokens=6)
-    from saeguard.prompts import encode_prompts
+    from saeguard.hf.prompts import encode_prompts
 
     encoded = encode_prompts(tokenizer, prompts)
     with guard.attached(model) as hook, token_scope(encoded.content_mask):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import plant_forget_direction, random_sae, tiny_llama
 
 from saeguard import Guardrail, SaeguardError
-from saeguard.calibration import prompt_batches
-from saeguard.gate import GateStatistic, activation_weights, gate_statistic, token_scope
+from saeguard.core.calibration import prompt_batches
+from saeguard.core.gate import GateStatistic, activation_weights, gate_statistic, token_scope
+from saeguard.testing import plant_forget_direction, random_sae, tiny_llama
 
 FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, show_progress=False)
 
@@ -38,7 +38,7 @@ def test_hook_rho_equals_calibration_rho_for_the_activation_statistic(
     )
     assert guard.statistic.kind == "activation"
     texts = [forget_corpus[0][:40], retain_corpus[0][:40], forget_corpus[1][:30]]
-    from saeguard.calibration import gate_rho
+    from saeguard.core.calibration import gate_rho
 
     batch = next(prompt_batches(texts, tokenizer, len(texts)))
     expected = gate_rho(
@@ -48,7 +48,7 @@ def test_hook_rho_equals_calibration_rho_for_the_activation_statistic(
         hook.recording = True
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     torch.testing.assert_close(hook.records[0].rho, expected)
-    assert hook.records[0].flagged.tolist() == (expected > guard.threshold).tolist()
+    assert hook.records[0].flagged.tolist() == (expected > guard.tau).tolist()
     # A different statistic gives different rho on the same inputs.
     fraction = gate_rho(model, guard.layer, guard.latents, [batch], show_progress=False)
     assert not torch.allclose(fraction, expected)
@@ -67,7 +67,9 @@ def test_activation_statistic_survives_save_and_load(tokenizer, forget_corpus, r
 
 def test_unknown_gate_statistic_is_a_one_line_error(tokenizer, forget_corpus, retain_corpus):
     model, sae = tiny_llama(), random_sae("jumprelu")
-    with pytest.raises(SaeguardError, match="gate_statistic must be 'fraction' or 'activation'") as error:
+    with pytest.raises(
+        SaeguardError, match="gate_statistic must be one of 'fraction', 'activation'"
+    ) as error:
         Guardrail.fit(
             model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, gate_statistic="max", **FIT
         )
@@ -79,7 +81,7 @@ def test_input_scope_clamps_every_counted_token_of_a_flagged_input(tokenizer, fo
 
     model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
     guard = Guardrail.fit(model, tokenizer, sae, forget=forget_corpus, retain=retain_corpus, **FIT)
-    guard.threshold = -1.0  # flag everything
+    guard.tau = -1.0  # flag everything
     batch = next(prompt_batches([forget_corpus[0][:60], retain_corpus[0][:60]], tokenizer, 2))
     clamped = {}
     for scope in ("fired", "input"):

@@ -47,9 +47,9 @@ from saeguard.baselines.training import (
     seed_everything,
     train_loop,
 )
-from saeguard.corpus import CorpusSpec
 from saeguard.errors import SaeguardError, require
-from saeguard.layers import hidden_size
+from saeguard.hf.corpus import CorpusSpec
+from saeguard.hf.layers import hidden_size
 
 __all__ = [
     "METHODS",

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from saeguard.baselines.training import LossFn, Reference, TrainConfig
-from saeguard.corpus import TokenBatch
 from saeguard.errors import require
+from saeguard.hf.corpus import TokenBatch
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from saeguard.baselines.training import LossFn, Reference, TrainConfig
-from saeguard.corpus import TokenBatch
 from saeguard.errors import SaeguardError, require
-from saeguard.layers import (
+from saeguard.hf.corpus import TokenBatch
+from saeguard.hf.layers import (
     block_output_tensor,
     block_path,
     decoder_blocks,

@@ -19,7 +19,8 @@ import psutil
 import torch
 from torch import nn
 
-from saeguard.corpus import (
+from saeguard.errors import SaeguardError, require
+from saeguard.hf.corpus import (
     CorpusSpec,
     TokenBatch,
     counted_mask,
@@ -29,7 +30,6 @@ from saeguard.corpus import (
     pad_token_id,
     special_token_ids,
 )
-from saeguard.errors import SaeguardError, require
 from saeguard.progress import progress_bar
 
 LossFn = Callable[[nn.Module, TokenBatch, TokenBatch], tuple[torch.Tensor, dict[str, float]]]

@@ -18,23 +18,23 @@ from typing import Any
 
 import torch
 
-from saeguard.batching import (
+from saeguard.bench.config import BenchConfig, BenchSizes
+from saeguard.bench.fixtures import Subject, attach_saes, load_subject
+from saeguard.bench.speed import fit_arch
+from saeguard.bench.timing import clock, interleave, median, timer
+from saeguard.core.guardrail import Guardrail
+from saeguard.core.selection import select_features
+from saeguard.core.statistics import collect_statistics, token_batches
+from saeguard.errors import SaeguardError
+from saeguard.hf.batching import (
     current_rss,
     estimate_activation_memory,
     peak_rss,
     reset_peak_rss,
     suggest_batch_size,
 )
-from saeguard.bench.config import BenchConfig, BenchSizes
-from saeguard.bench.fixtures import Subject, attach_saes, load_subject
-from saeguard.bench.speed import fit_arch
-from saeguard.bench.timing import clock, interleave, median, timer
-from saeguard.corpus import iter_chunks
-from saeguard.errors import SaeguardError
-from saeguard.guardrail import Guardrail
-from saeguard.layers import residual_at
-from saeguard.selection import select_features
-from saeguard.statistics import collect_statistics, token_batches
+from saeguard.hf.corpus import iter_chunks
+from saeguard.hf.layers import residual_at
 
 _MiB = 2**20
 
@@ -181,7 +181,7 @@ def setup_cost(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str
     selection: calibration forwards only) and one that only retunes tau/clamp.
     """
     from saeguard.baselines import RMUConfig, TrainConfig, unlearn
-    from saeguard.fit import retune
+    from saeguard.core.fit import retune
 
     chunks = sizes.rmu_steps * sizes.rmu_batch_size
     sae = subject.saes[fit_arch(subject)]

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from saeguard.corpus import iter_chunks, special_token_ids
+from saeguard.config import FitConfig
+from saeguard.core.guardrail import Guardrail
+from saeguard.core.sae import SelectedLatents, load_sae
+from saeguard.core.selection import select_features
+from saeguard.core.statistics import collect_statistics, token_batches
 from saeguard.errors import SaeguardError, require
-from saeguard.fit import FitConfig
-from saeguard.guardrail import Guardrail
-from saeguard.layers import hidden_size, residual_at
-from saeguard.sae import SelectedLatents, load_sae
-from saeguard.selection import select_features
-from saeguard.statistics import collect_statistics, token_batches
+from saeguard.hf.corpus import iter_chunks, special_token_ids
+from saeguard.hf.layers import hidden_size, residual_at
 
 ARCHITECTURES = ("standard", "jumprelu", "topk")
 _TINY_FORGET = ["cell", "virus", "gene", "protein", "enzyme", "bacteria", "dna", "rna", "membrane", "tissue"]
@@ -85,14 +85,14 @@ class Subject:
         ids = torch.tensor(rows, dtype=torch.long, device=self.device)
         return ids, torch.ones_like(ids)
 
-    def guard(self, arch: str, *, threshold: float = 0.0, clamp: float = 500.0) -> Guardrail:
+    def guard(self, arch: str, *, tau: float = 0.0, clamp_value: float = 500.0) -> Guardrail:
         """A guard on the selected latents of ``arch``'s SAE, built without a fit."""
         latents = SelectedLatents.from_sae(self.saes[arch], self.selected[arch])
         return Guardrail(
             latents=latents,
             layer=self.layer,
-            threshold=threshold,
-            clamp=clamp,
+            tau=tau,
+            clamp_value=clamp_value,
             config=FitConfig(layer=self.layer, n_features=len(self.selected[arch])),
             special_ids=sorted(special_token_ids(self.tokenizer)),
         )
@@ -238,7 +238,7 @@ def load_subject(
         k = min(k, 8)
     else:
         from saeguard.data.corpora import load_corpus
-        from saeguard.models import load_model
+        from saeguard.hf.models import load_model
 
         model, tokenizer = load_model(model_name, dtype=dtype)
         forget = load_corpus("wiki:biology", "train")

@@ -110,7 +110,7 @@ def run_bench(config: BenchConfig, *, log=print) -> dict[str, Any]:
 
 
 def _blocks(subject) -> Any:
-    from saeguard.layers import decoder_blocks
+    from saeguard.hf.layers import decoder_blocks
 
     return decoder_blocks(subject.model)
 

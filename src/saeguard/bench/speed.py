@@ -14,10 +14,10 @@ import torch
 from saeguard.bench.config import BenchSizes
 from saeguard.bench.fixtures import Subject, tiny_mcq
 from saeguard.bench.timing import clock, interleave, median, timed_guard, timer
-from saeguard.corpus import pad_token_id
-from saeguard.layers import decoder_blocks, residual_at
-from saeguard.sae import encode_all
-from saeguard.statistics import FeatureStatistics, collect_statistics, token_batches
+from saeguard.core.sae import encode_all
+from saeguard.core.statistics import FeatureStatistics, collect_statistics, token_batches
+from saeguard.hf.corpus import pad_token_id
+from saeguard.hf.layers import decoder_blocks, residual_at
 
 _LABEL = "saeguard.guard"
 
@@ -269,16 +269,16 @@ def generation(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
 def evaluation(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
     """MCQ items per second for the letter and cloze scorers, guarded (gate on every item) vs not."""
     try:
-        from saeguard.evaluation import McqConfig, evaluate_mcq
+        from saeguard.eval import McqConfig, evaluate_mcq
     except ImportError as error:
-        return {"status": "not measured", "note": f"saeguard.evaluation is not importable: {error}"}
+        return {"status": "not measured", "note": f"saeguard.eval is not importable: {error}"}
     if subject.name == "tiny":
         items = tiny_mcq(sizes.eval_items)
     else:
         from saeguard.data.mcq import build_mcq
 
         items = build_mcq("wiki:biology", "heldout", limit=sizes.eval_items)
-    guard = subject.guard("jumprelu", threshold=-1.0)  # rho > -1 always: every item is clamped
+    guard = subject.guard("jumprelu", tau=-1.0)  # rho > -1 always: every item is clamped
     rows = []
     for scorer in ("letter", "cloze"):
         config = McqConfig(scorer=scorer, batch_size=sizes.eval_batch_size)

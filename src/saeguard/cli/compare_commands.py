@@ -54,8 +54,8 @@ def compare(
     import torch
 
     from saeguard.errors import SaeguardError
-    from saeguard.experiments.compare import CompareConfig, run_compare
-    from saeguard.models import load_model
+    from saeguard.hf.models import load_model
+    from saeguard.runs.compare import CompareConfig, run_compare
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -82,7 +82,7 @@ def compare(
     )
     from rich.table import Table
 
-    from saeguard.experiments.compare_report import summary_table
+    from saeguard.runs.compare_report import summary_table
 
     _, rows = summary_table(result)
     table = Table("method", "forget ↓", "utility ↑", "eligible", "fit/train s", "eval s")

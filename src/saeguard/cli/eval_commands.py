@@ -14,7 +14,7 @@ console = Console()
 
 def _items(spec: str, limit: int | None):
     """A .jsonl path, hf:..., or a built-in offline set such as wiki:biology or cwe."""
-    from saeguard.evaluation.items import load_mcq
+    from saeguard.eval.items import load_mcq
 
     if Path(spec).expanduser().exists() or spec.startswith("hf:"):
         items = load_mcq(spec)
@@ -27,7 +27,7 @@ def _items(spec: str, limit: int | None):
 def _model(name: str):
     import torch
 
-    from saeguard.models import load_model
+    from saeguard.hf.models import load_model
 
     return load_model(name, dtype=torch.float32)
 
@@ -45,9 +45,9 @@ def eval_command(
     output: Annotated[Path | None, typer.Option(help="Folder for one JSON result per set")] = None,
 ) -> None:
     """MCQ accuracy (known items) with and without a guardrail."""
-    from saeguard.evaluation.known import KnownConfig, known_items
-    from saeguard.evaluation.mcq import McqConfig, evaluate_mcq
-    from saeguard.guardrail import Guardrail
+    from saeguard.core.guardrail import Guardrail
+    from saeguard.eval.known import KnownConfig, known_items
+    from saeguard.eval.mcq import McqConfig, evaluate_mcq
 
     lm, tokenizer = _model(model)
     loaded = Guardrail.load(guard, lm, strict=False) if guard else None
@@ -100,10 +100,10 @@ def sweep_command(
     limit: Annotated[int | None, typer.Option(help="Items per question set")] = None,
 ) -> None:
     """Sweep (p_ratio, N, c, p_dyn) over one statistics pass; resumable."""
-    from saeguard.corpus import resolve_corpus
-    from saeguard.evaluation.mcq import McqConfig
-    from saeguard.evaluation.sweep import SweepConfig, SweepGrid, run_sweep
-    from saeguard.fit import FitConfig
+    from saeguard.config import FitConfig
+    from saeguard.eval.mcq import McqConfig
+    from saeguard.hf.corpus import resolve_corpus
+    from saeguard.runs.sweep import SweepConfig, SweepGrid, run_sweep
 
     if clamp is None:
         clamp = ["10x", "25x", "50x"]
@@ -138,8 +138,8 @@ def report_command(
     guard: Annotated[Path | None, typer.Option(help="Guardrail whose rho distributions to plot")] = None,
 ) -> None:
     """Pareto plot, rho distributions and a per-configuration table as HTML + markdown."""
-    from saeguard.evaluation.report import write_report
-    from saeguard.guardrail import Guardrail
+    from saeguard.core.guardrail import Guardrail
+    from saeguard.runs.sweep_report import write_report
 
     loaded = Guardrail.load(guard) if guard else None
     distributions = (
@@ -149,7 +149,7 @@ def report_command(
         output,
         sweep=sweep,
         distributions=distributions,
-        tau=loaded.threshold if loaded else None,
+        tau=loaded.tau if loaded else None,
         guard=loaded,
     )
     console.print(f"report: {path}")

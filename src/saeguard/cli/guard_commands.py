@@ -16,7 +16,7 @@ console = Console()
 def _load_model(name: str, dtype: str):
     import torch
 
-    from saeguard.models import load_model
+    from saeguard.hf.models import load_model
 
     return load_model(name, dtype=getattr(torch, dtype))
 
@@ -60,18 +60,16 @@ def fit(
     dtype: str = "float32",
 ) -> None:
     """Select forget features, calibrate the gate, write the artifact."""
-    from saeguard.corpus import resolve_corpus
-    from saeguard.fit import FitConfig, parse_clamp
-    from saeguard.guardrail import Guardrail
+    from saeguard.config import Clamp, FitConfig
+    from saeguard.core.guardrail import Guardrail
+    from saeguard.hf.corpus import resolve_corpus
 
-    clamp_value, relative = parse_clamp(clamp)
     config = FitConfig(
         layer=layer,
         n_features=n_features,
         ratio_percentile=ratio_percentile,
         gate_percentile=gate_percentile,
-        clamp=clamp_value,
-        relative_clamp=relative,
+        clamp=Clamp.parse(clamp),
         seq_len=seq_len,
         batch_size=batch_size,
         memory_budget_gb=memory_budget_gb,
@@ -108,7 +106,7 @@ def generate(
     dtype: str = "float32",
 ) -> None:
     """Generate with the guard (and without, to compare)."""
-    from saeguard.guardrail import Guardrail
+    from saeguard.core.guardrail import Guardrail
 
     lm, tokenizer = _load_model(model, dtype)
     loaded = Guardrail.load(guard, lm, strict=strict)
@@ -123,7 +121,7 @@ def generate(
         flagged = bool(prefill.flagged[row]) if prefill is not None else False
         rho = float(prefill.rho[row]) if prefill is not None else float("nan")
         verdict = "FLAGGED" if flagged else "passed"
-        console.rule(f"prompt {row + 1}: {verdict} (rho={rho:.3f}, tau={loaded.threshold:.3f})")
+        console.rule(f"prompt {row + 1}: {verdict} (rho={rho:.3f}, tau={loaded.tau:.3f})")
         console.print(f"[bold]prompt:[/bold] {prompt[row]}")
         console.print(f"[bold]guarded:[/bold] {text}")
         if plain is not None:
@@ -135,10 +133,12 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Features, scores, tau and the calibration distributions of an artifact."""
-    from saeguard.guardrail import Guardrail
+    from saeguard.core.guardrail import Guardrail
 
     loaded = Guardrail.load(guard)
-    summary = loaded.summary() | {"selection": loaded.info.get("selection")}
+    summary = loaded.summary()
+    if loaded.provenance is not None:
+        summary["selection"] = loaded.provenance.selection.to_dict()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -148,7 +148,7 @@ def inspect(
 def _print_summary(summary: dict) -> None:
     console.print(
         f"layer {summary['layer']}  features {summary['n_features']}  tau {summary['tau']:.4f}  "
-        f"clamp {summary['clamp']:.3g}  SAE {summary['architecture']}"
+        f"clamp {summary['clamp']} (c = {summary['clamp_value']:.3g})  SAE {summary['architecture']}"
     )
     selection = summary.get("selection") or {}
     if selection:

@@ -27,9 +27,9 @@ def train_sae(
     """Train BatchTopK SAEs (saved as JumpReLU) and report FVU, dead latents, LM loss."""
     import torch
 
-    from saeguard.corpus import iter_documents, resolve_corpus
     from saeguard.defaults import SAE_TRAINING_MIX, sae_training_documents
-    from saeguard.models import load_model
+    from saeguard.hf.corpus import iter_documents, resolve_corpus
+    from saeguard.hf.models import load_model
     from saeguard.sae_training import SAETrainingConfig, train_and_save
 
     lm, tokenizer = load_model(model, dtype=torch.float32)

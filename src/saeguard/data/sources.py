@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saeguard.errors import SaeguardError
-from saeguard.models import cache_dir
+from saeguard.io import cache_dir
 
 FETCH_COMMAND = "saeguard data fetch"
 

@@ -1,0 +1,1 @@
+"""The DSG core: SAE, statistics, selection, calibration, gate, fit, guardrail, artifact."""

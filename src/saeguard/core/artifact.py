@@ -1,0 +1,282 @@
+"""Guardrail artifacts: a folder with ``guardrail.safetensors`` and ``guardrail.json``. No pickle.
+
+What an artifact holds, and all it may reference:
+- ``guardrail.json``: format tag and version, the saeguard version, layer,
+  tau, the clamp value, the selected latents' architecture, special token ids,
+  the fit config and the provenance records (docs/method.md, "Artifact").
+- ``guardrail.safetensors``: the N selected latents (``latent_ids`` (N,),
+  ``encoder`` (d_in, N), ``encoder_bias`` (N,), ``decoder`` (N, d_in),
+  ``decoder_bias`` (d_in,), JumpReLU ``threshold`` (N,)), float32, and the
+  calibration rho distributions (``distribution.<role>_rho`` (n,)).
+
+A ReLU/JumpReLU guardrail is self-contained. A TopK guardrail also needs its
+full SAE; the recorded path or release is only a hint shown to the user: the
+SAE is loaded only when the caller passes it explicitly (``sae=``), and it must
+match the recorded fingerprint. Everything read is validated (types, ranges,
+finite numbers, shapes, format tag); a failure is one ``SaeguardError`` line
+naming the field. Writes go through ``io.staged_folder``: never half an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from saeguard._version import __version__
+from saeguard.config import FitConfig
+from saeguard.core.fit import FitResult
+from saeguard.core.provenance import Provenance
+from saeguard.core.sae import SUPPORTED_ARCHITECTURES, SelectedLatents, load_sae, sae_fingerprint
+from saeguard.errors import SaeguardError, require
+from saeguard.io import staged_folder, to_jsonable
+
+FORMAT = "saeguard-guardrail"
+FORMAT_VERSION = 2
+TENSORS_FILE = "guardrail.safetensors"
+META_FILE = "guardrail.json"
+_LATENT_TENSORS = ("latent_ids", "encoder", "encoder_bias", "decoder", "decoder_bias")
+
+
+def is_guardrail_folder(directory: Path) -> bool:
+    """True when ``directory`` holds a guardrail (so it may be replaced by a new one)."""
+    return (directory / META_FILE).is_file()
+
+
+def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
+    """Write ``guard`` to ``directory`` atomically; an existing guardrail folder there is replaced.
+
+    Raises:
+        SaeguardError: ``directory`` exists and is neither empty nor a guardrail folder.
+    """
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "saeguard_version": __version__,
+        "layer": guard.layer,
+        "tau": guard.tau,
+        "clamp_value": guard.clamp_value,
+        "architecture": guard.latents.architecture,
+        "subtract_decoder_bias": guard.latents.subtract_decoder_bias,
+        "special_ids": [int(i) for i in guard.special_ids],
+        "config": guard.config.to_dict(),
+        "provenance": None if guard.provenance is None else guard.provenance.to_dict(),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in guard.latents.tensors().items()}
+    tensors.update(
+        {f"distribution.{k}": v.detach().cpu().contiguous() for k, v in guard.distributions.items()}
+    )
+    with staged_folder(directory, replace=is_guardrail_folder) as staging:
+        save_file(tensors, str(staging / TENSORS_FILE), metadata={"format": FORMAT})
+        (staging / META_FILE).write_text(json.dumps(to_jsonable(meta), indent=2), encoding="utf-8")
+    return Path(directory).expanduser()
+
+
+def load_guardrail(directory: str | Path, *, sae: Any = None) -> FitResult:
+    """Read and validate a guardrail folder (this format or saeguard 0.1.0's).
+
+    Args:
+        directory: the folder ``save_guardrail`` wrote.
+        sae: the full SAE (folder, ``release:sae_id`` or SAELens object); needed for
+            TopK guardrails only, ignored otherwise.
+
+    Raises:
+        SaeguardError: a missing, unreadable or invalid file or field (named in the message),
+            or a TopK guardrail without ``sae``.
+    """
+    directory = Path(directory).expanduser()
+    meta_path, tensor_path = directory / META_FILE, directory / TENSORS_FILE
+    require(
+        meta_path.is_file() and tensor_path.is_file(),
+        f"{directory} is not a saeguard guardrail (needs {META_FILE} and {TENSORS_FILE}): "
+        "create one with `saeguard fit`",
+    )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"), parse_constant=_no_constants)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise SaeguardError(
+            f"{meta_path} is not valid JSON ({_one_line(error)}): fit the guardrail again"
+        ) from None
+    tensors = _read_tensors(tensor_path)
+    return _from_parts(meta, tensors, directory, sae)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _one_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError, or OSError/ValueError
+        raise SaeguardError(
+            f"{path} is not a readable safetensors file ({_one_line(error)}): fit the guardrail again"
+        ) from None
+
+
+def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sae: Any) -> FitResult:
+    where = str(directory / META_FILE)
+    require(isinstance(meta, dict), f"{where} must hold a JSON object, got {type(meta).__name__}")
+    require(meta.get("format") == FORMAT, f"{where}: format must be {FORMAT!r}, got {meta.get('format')!r}")
+    version = meta.get("format_version")
+    require(
+        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+        f"{where}: format_version must be a positive integer, got {version!r}",
+    )
+    require(
+        version <= FORMAT_VERSION,
+        f"{where}: format_version {version} is newer than this saeguard ({__version__}): upgrade saeguard",
+    )
+    legacy = version == 1
+    layer = _integer(meta, "layer", where, minimum=0)
+    tau = _finite(meta, "threshold" if legacy else "tau", where)
+    clamp_value = _finite(meta, "clamp" if legacy else "clamp_value", where)
+    require(clamp_value > 0, f"{where}: the clamp value must be positive, got {clamp_value}")
+    architecture = meta.get("architecture")
+    require(
+        architecture in SUPPORTED_ARCHITECTURES,
+        f"{where}: architecture must be one of {', '.join(SUPPORTED_ARCHITECTURES)}, got {architecture!r}",
+    )
+    subtract = meta.get("subtract_decoder_bias")
+    require(isinstance(subtract, bool), f"{where}: subtract_decoder_bias must be true or false")
+    special = meta.get("special_ids")
+    require(
+        isinstance(special, list)
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in special),
+        f"{where}: special_ids must be a list of non-negative integers",
+    )
+    require("config" in meta, f"{where}: config is missing: fit the guardrail again")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = FitConfig.from_dict(meta["config"], where=f"{where}: config")
+    for warning in caught:
+        warnings.warn(str(warning.message), stacklevel=3)
+    raw_provenance = meta.get("info") if legacy else meta.get("provenance")
+    provenance = None
+    if raw_provenance is not None:
+        provenance = (
+            Provenance.from_legacy_info(raw_provenance) if legacy else Provenance.from_dict(raw_provenance)
+        )
+    latent_tensors = {k: v for k, v in tensors.items() if not k.startswith("distribution.")}
+    _check_latent_tensors(latent_tensors, architecture, where)
+    width = int(latent_tensors["encoder"].shape[0])
+    if provenance is not None:
+        require(
+            provenance.model.hidden_size == width,
+            f"{where}: tensors read {width}-dim activations but the model record says "
+            f"{provenance.model.hidden_size}: the artifact is inconsistent, fit it again",
+        )
+        require(
+            layer < provenance.model.layer_count,
+            f"{where}: layer {layer} is outside the recorded model's {provenance.model.layer_count} layers",
+        )
+        ids = latent_tensors["latent_ids"]
+        require(
+            bool((ids < provenance.sae.d_sae).all()),
+            f"{where}: latent ids exceed the recorded SAE width {provenance.sae.d_sae}",
+        )
+    distributions = {}
+    for key, value in tensors.items():
+        if key.startswith("distribution."):
+            require(
+                value.dim() == 1, f"{where}: {key} must be one-dimensional, got shape {tuple(value.shape)}"
+            )
+            distributions[key.removeprefix("distribution.")] = value
+    full_sae = None
+    if architecture not in ("standard", "jumprelu"):
+        full_sae = _explicit_sae(sae, provenance, where)
+    latents = SelectedLatents.from_tensors(
+        latent_tensors, architecture=architecture, subtract_decoder_bias=subtract, full_sae=full_sae
+    )
+    return FitResult(
+        latents=latents,
+        layer=layer,
+        tau=tau,
+        clamp_value=clamp_value,
+        config=config,
+        special_ids=[int(i) for i in special],
+        provenance=provenance,
+        distributions=distributions,
+    )
+
+
+def _integer(meta: dict, key: str, where: str, *, minimum: int) -> int:
+    value = meta.get(key)
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{where}: {key} must be an integer >= {minimum}, got {value!r}",
+    )
+    return int(value)
+
+
+def _finite(meta: dict, key: str, where: str) -> float:
+    value = meta.get(key)
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        f"{where}: {key} must be a finite number, got {value!r}",
+    )
+    return float(value)
+
+
+def _check_latent_tensors(tensors: dict[str, torch.Tensor], architecture: str, where: str) -> None:
+    expected = (*_LATENT_TENSORS, "threshold") if architecture == "jumprelu" else _LATENT_TENSORS
+    missing = [k for k in expected if k not in tensors]
+    require(
+        not missing, f"{where}: tensors {', '.join(missing)} are missing from {TENSORS_FILE}: fit it again"
+    )
+    ids, encoder = tensors["latent_ids"], tensors["encoder"]
+    require(ids.dim() == 1 and ids.numel() >= 1, f"{where}: latent_ids must be a non-empty vector")
+    require(
+        not ids.is_floating_point() and bool((ids >= 0).all()),
+        f"{where}: latent_ids must be non-negative integers",
+    )
+    n = int(ids.numel())
+    require(
+        encoder.dim() == 2 and encoder.shape[1] == n,
+        f"{where}: encoder must have shape (d_in, {n}), got {tuple(encoder.shape)}",
+    )
+    d = int(encoder.shape[0])
+    shapes = {"encoder_bias": (n,), "decoder": (n, d), "decoder_bias": (d,), "threshold": (n,)}
+    for key, shape in shapes.items():
+        if key in expected:
+            got = tuple(tensors[key].shape)
+            require(
+                got == shape, f"{where}: {key} must have shape {shape} to match encoder {(d, n)}, got {got}"
+            )
+    for key in expected[1:]:
+        value = tensors[key]
+        require(value.is_floating_point(), f"{where}: {key} must be floating point, got {value.dtype}")
+        require(
+            bool(torch.isfinite(value).all()), f"{where}: {key} holds NaN or infinite values: fit it again"
+        )
+
+
+def _explicit_sae(sae: Any, provenance: Provenance | None, where: str) -> Any:
+    if sae is None:
+        hint = ""
+        if provenance is not None:
+            record = provenance.sae
+            pretrained = f"{record.release}:{record.sae_id}" if record.release else None
+            hint = f" (it was fitted with {record.path or pretrained or 'an SAE object'})"
+        raise SaeguardError(
+            f"{where}: a TopK guardrail needs its full SAE{hint}: pass it explicitly "
+            "(Guardrail.load(..., sae=PATH) or --sae PATH)"
+        )
+    loaded = load_sae(sae)
+    if provenance is not None:
+        found = sae_fingerprint(loaded)
+        require(
+            found == provenance.sae.fingerprint,
+            f"the SAE given for this TopK guardrail differs from the one it was fitted with "
+            f"(fingerprint {found} != {provenance.sae.fingerprint}): pass the same SAE",
+        )
+    return loaded

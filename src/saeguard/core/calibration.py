@@ -1,0 +1,169 @@
+"""Calibrating the gate threshold tau on retain inputs shaped like real queries.
+
+tau is the ``gate_percentile``-th percentile of rho over retain calibration
+inputs. Inputs are either the fitting chunks (the paper) or ``prompts``:
+retain text cut to prompt-like lengths and wrapped in the chat template, with
+only the user's tokens counted, because tau calibrated on long articles misses
+short questions and a system prompt dilutes rho (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from saeguard.config import PromptShape
+from saeguard.core.gate import GateStatistic, gate_statistic
+from saeguard.core.provenance import TauEstimate
+from saeguard.core.sae import SelectedLatents
+from saeguard.hf.corpus import TokenBatch, counted_mask, special_token_ids
+from saeguard.hf.layers import model_device, residual_at
+from saeguard.hf.prompts import encode_prompts
+from saeguard.progress import progress_bar
+
+
+def prompt_texts(
+    documents: Iterable[str],
+    tokenizer,
+    *,
+    min_tokens: int = 8,
+    max_tokens: int = 64,
+    limit: int = 512,
+    seed: int = 0,
+) -> list[str]:
+    """Leading pieces of documents, 8-64 tokens long, as stand-ins for user prompts."""
+    rng = random.Random(seed)
+    texts = []
+    for doc in documents:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if len(ids) < 2:
+            continue
+        length = min(len(ids), rng.randint(min_tokens, max_tokens))
+        text = tokenizer.decode(ids[:length]).strip()
+        if text:
+            texts.append(text)
+        if len(texts) >= limit:
+            break
+    return texts
+
+
+def prompt_batches(
+    texts: Sequence[str], tokenizer, batch_size: int, *, chat: bool = True
+) -> Iterator[TokenBatch]:
+    special = special_token_ids(tokenizer)
+    for start in range(0, len(texts), batch_size):
+        enc = encode_prompts(tokenizer, texts[start : start + batch_size], chat=chat, left_pad=False)
+        counted = counted_mask(enc.input_ids, enc.attention_mask, special) & enc.content_mask
+        yield TokenBatch(enc.input_ids, enc.attention_mask, counted)
+
+
+@torch.no_grad()
+def gate_rho(
+    model: torch.nn.Module,
+    layer: int,
+    latents: SelectedLatents,
+    batches: Iterable[TokenBatch],
+    *,
+    statistic: GateStatistic | None = None,
+    description: str = "gate rho",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """rho for every input, computed exactly as the gate computes it."""
+    device = model_device(model)
+    on_device = latents.to(device)
+    statistic = statistic or GateStatistic()
+    values = []
+    with progress_bar(description, enabled=show_progress) as advance:
+        for batch in batches:
+            hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))
+            evidence = statistic.evidence(on_device.activations(hidden))
+            counted = batch.counted.to(device)
+            keep = counted.sum(-1) > 0
+            values.append(gate_statistic(evidence, counted)[keep].cpu())
+            advance(int(batch.input_ids.shape[0]))
+    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+def prompt_rho(
+    model: torch.nn.Module,
+    tokenizer,
+    layer: int,
+    latents: SelectedLatents,
+    documents: Iterable[str],
+    shape: PromptShape,
+    *,
+    statistic: GateStatistic | None = None,
+    batch_size: int = 8,
+    description: str = "gate rho",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this."""
+    texts = prompt_texts(
+        documents,
+        tokenizer,
+        min_tokens=shape.min_tokens,
+        max_tokens=shape.max_tokens,
+        limit=shape.limit,
+        seed=shape.seed,
+    )
+    batches = prompt_batches(texts, tokenizer, batch_size, chat=shape.chat)
+    return gate_rho(
+        model,
+        layer,
+        latents,
+        batches,
+        statistic=statistic,
+        description=description,
+        show_progress=show_progress,
+    )
+
+
+def guard_prompt_rho(
+    model: torch.nn.Module,
+    tokenizer,
+    guard,
+    documents: Iterable[str],
+    shape: PromptShape,
+    *,
+    batch_size: int = 8,
+    description: str = "gate rho",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """rho of prompt-shaped pieces of ``documents`` exactly as ``guard``'s gate computes it."""
+    return prompt_rho(
+        model,
+        tokenizer,
+        guard.layer,
+        guard.latents,
+        documents,
+        shape,
+        statistic=guard.statistic,
+        batch_size=batch_size,
+        description=description,
+        show_progress=show_progress,
+    )
+
+
+def calibrate_tau(
+    retain_rho: torch.Tensor, percentile: float, *, bootstrap: int = 1000, seed: int = 0
+) -> TauEstimate:
+    """tau = the ``percentile``-th percentile of (n,) retain rho (paper §3.3), plus a bootstrap interval.
+
+    The plain percentile is used (as the reference code does); the bootstrap
+    (``bootstrap`` resamples, ``seed``) only reports its uncertainty.
+    """
+    values = retain_rho.double().numpy()
+    tau = float(np.percentile(values, percentile))
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(values, size=(bootstrap, values.size), replace=True)
+    boot = np.percentile(draws, percentile, axis=1)
+    return TauEstimate(
+        tau=tau,
+        percentile=float(percentile),
+        bootstrap_low=float(np.percentile(boot, 2.5)),
+        bootstrap_high=float(np.percentile(boot, 97.5)),
+        bootstrap_mean=float(boot.mean()),
+    )

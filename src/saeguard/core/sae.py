@@ -1,0 +1,240 @@
+"""Loading SAEs through SAELens, and the cheap encoder for selected latents.
+
+For ReLU and JumpReLU SAEs latent j depends only on encoder column j, so the
+guard keeps just the N selected columns and decoder rows (``SelectedLatents``)
+and never touches the full SAE at inference. TopK SAEs need every
+pre-activation to know which latents survive, so they keep the full SAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from saeguard.errors import SaeguardError, require
+from saeguard.hf.fingerprint import tensors_fingerprint
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+CHEAP_ARCHITECTURES = ("standard", "jumprelu")
+SUPPORTED_ARCHITECTURES = ("standard", "jumprelu", "topk")
+_IDENTITY_NORMALISATIONS = ("none", "expected_average_only_in")
+
+
+def _sae_class() -> type[SAE]:
+    """SAELens's SAE base class, imported on first use (the import takes seconds)."""
+    from sae_lens import SAE
+
+    return SAE
+
+
+def load_sae(
+    spec: str | Path | SAE | tuple[str, str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+) -> SAE:
+    """An SAE from a SAELens folder, a ``release:sae_id`` pair, or an SAE object."""
+    if isinstance(spec, _sae_class()):
+        sae = spec
+    elif isinstance(spec, tuple):
+        sae = _from_release(*spec, device=str(device), dtype=dtype)
+    else:
+        text = str(spec)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            require(
+                (path / "cfg.json").is_file(),
+                f"SAE folder {path} has no cfg.json: expected the SAELens on-disk format "
+                "(cfg.json + sae_weights.safetensors)",
+            )
+            try:
+                sae = _sae_class().load_from_disk(str(path), device=str(device), dtype=dtype)
+            except (OSError, KeyError, ValueError, RuntimeError) as error:
+                raise SaeguardError(f"cannot load the SAE in {path}: {error}") from None
+        elif ":" in text and not path.exists():
+            release, sae_id = text.split(":", 1)
+            sae = _from_release(release, sae_id, device=str(device), dtype=dtype)
+        else:
+            raise SaeguardError(
+                f"SAE {text!r} not found: pass a SAELens folder or 'release:sae_id' "
+                "(e.g. gemma-scope-2b-pt-res:layer_3/width_16k/average_l0_142)"
+            )
+    check_supported(sae)
+    return sae
+
+
+def _from_release(release: str, sae_id: str, *, device: str, dtype: str) -> SAE:
+    try:
+        return _sae_class().from_pretrained(release, sae_id, device=device, dtype=dtype)
+    except Exception as error:  # noqa: BLE001 - hub and registry errors vary widely
+        raise SaeguardError(
+            f"cannot load SAELens release {release!r} id {sae_id!r}: {error}. "
+            "Check the names with sae_lens's pretrained_saes.yaml and that the hub is reachable"
+        ) from None
+
+
+def sae_architecture(sae: SAE) -> str:
+    return str(sae.cfg.architecture())
+
+
+def check_supported(sae: SAE) -> None:
+    arch = sae_architecture(sae)
+    require(
+        arch in SUPPORTED_ARCHITECTURES,
+        f"SAE architecture {arch!r} is not supported: use one of {', '.join(SUPPORTED_ARCHITECTURES)}",
+    )
+    norm = getattr(sae.cfg, "normalize_activations", "none")
+    require(
+        norm in _IDENTITY_NORMALISATIONS,
+        f"SAE uses run-time input normalisation {norm!r}: fold it into the weights first "
+        "(sae.fold_activation_norm_scaling_factor) or use an SAE without it",
+    )
+    require(
+        getattr(sae.cfg, "reshape_activations", "none") == "none",
+        "SAE reads attention head outputs (hook_z): saeguard needs a residual-stream SAE",
+    )
+
+
+def sae_hook_name(sae: SAE) -> str | None:
+    metadata = getattr(sae.cfg, "metadata", None)
+    name = getattr(metadata, "hook_name", None) if metadata is not None else None
+    return str(name) if name else None
+
+
+def sae_fingerprint(sae: SAE) -> str:
+    return tensors_fingerprint({k: v for k, v in sae.state_dict().items()})
+
+
+def sae_source(spec: Any, sae: SAE) -> dict[str, Any]:
+    """A JSON description of where the SAE came from, for the artifact."""
+    source: dict[str, Any] = {
+        "architecture": sae_architecture(sae),
+        "d_in": int(sae.cfg.d_in),
+        "d_sae": int(sae.cfg.d_sae),
+        "hook_name": sae_hook_name(sae),
+        "fingerprint": sae_fingerprint(sae),
+    }
+    if isinstance(spec, tuple):
+        source.update(kind="pretrained", release=spec[0], sae_id=spec[1])
+    elif isinstance(spec, (str, Path)):
+        text = str(spec)
+        if Path(text).expanduser().is_dir():
+            source.update(kind="disk", path=str(Path(text).expanduser().resolve()))
+        else:
+            release, sae_id = text.split(":", 1)
+            source.update(kind="pretrained", release=release, sae_id=sae_id)
+    else:
+        source.update(kind="object")
+    return source
+
+
+@torch.no_grad()
+def encode_all(sae: SAE, hidden: torch.Tensor) -> torch.Tensor:
+    """All latent activations for ``hidden`` (..., d_in) through SAELens's own encode."""
+    dtype = sae.W_enc.dtype
+    return sae.encode(hidden.to(dtype))
+
+
+@dataclass
+class SelectedLatents:
+    """The N selected latents: enough to read and clamp them without the full SAE.
+
+    ``full_sae`` is set only for TopK SAEs, whose latents depend on all others.
+    """
+
+    ids: torch.Tensor  # (N,) int64 latent indices
+    encoder: torch.Tensor  # (d, N)
+    encoder_bias: torch.Tensor  # (N,)
+    decoder: torch.Tensor  # (N, d)
+    decoder_bias: torch.Tensor  # (d,)
+    threshold: torch.Tensor | None  # (N,) for JumpReLU
+    subtract_decoder_bias: bool
+    architecture: str
+    full_sae: SAE | None = None
+
+    @classmethod
+    def from_sae(cls, sae: SAE, ids: torch.Tensor | list[int]) -> SelectedLatents:
+        index = torch.as_tensor(ids, dtype=torch.long)
+        arch = sae_architecture(sae)
+        threshold = getattr(sae, "threshold", None)
+        return cls(
+            ids=index.clone(),
+            encoder=sae.W_enc.detach()[:, index].float().clone(),
+            encoder_bias=sae.b_enc.detach()[index].float().clone(),
+            decoder=sae.W_dec.detach()[index].float().clone(),
+            decoder_bias=sae.b_dec.detach().float().clone(),
+            threshold=threshold.detach()[index].float().clone() if arch == "jumprelu" else None,
+            subtract_decoder_bias=bool(getattr(sae.cfg, "apply_b_dec_to_input", True)),
+            architecture=arch,
+            full_sae=None if arch in CHEAP_ARCHITECTURES else sae,
+        )
+
+    @property
+    def needs_full_sae(self) -> bool:
+        return self.architecture not in CHEAP_ARCHITECTURES
+
+    def to(self, device: torch.device | str) -> SelectedLatents:
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("ids", "encoder", "encoder_bias", "decoder", "decoder_bias")
+        }
+        threshold = self.threshold.to(device) if self.threshold is not None else None
+        full = self.full_sae.to(device) if self.full_sae is not None else None
+        return SelectedLatents(
+            **moved,
+            threshold=threshold,
+            subtract_decoder_bias=self.subtract_decoder_bias,
+            architecture=self.architecture,
+            full_sae=full,
+        )
+
+    def activations(self, hidden: torch.Tensor) -> torch.Tensor:
+        """f_j(h) for the selected j, shape (..., N), in float32."""
+        if self.full_sae is not None:
+            return encode_all(self.full_sae, hidden)[..., self.ids].float()
+        x = hidden.float()
+        if self.subtract_decoder_bias:
+            x = x - self.decoder_bias
+        pre = x @ self.encoder + self.encoder_bias
+        acts = torch.relu(pre)
+        if self.threshold is not None:
+            acts = acts * (pre > self.threshold)
+        return acts
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {
+            "latent_ids": self.ids,
+            "encoder": self.encoder,
+            "encoder_bias": self.encoder_bias,
+            "decoder": self.decoder,
+            "decoder_bias": self.decoder_bias,
+        }
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls,
+        tensors: dict[str, torch.Tensor],
+        *,
+        architecture: str,
+        subtract_decoder_bias: bool,
+        full_sae: SAE | None = None,
+    ) -> SelectedLatents:
+        return cls(
+            ids=tensors["latent_ids"].long(),
+            encoder=tensors["encoder"],
+            encoder_bias=tensors["encoder_bias"],
+            decoder=tensors["decoder"],
+            decoder_bias=tensors["decoder_bias"],
+            threshold=tensors.get("threshold"),
+            subtract_decoder_bias=subtract_decoder_bias,
+            architecture=architecture,
+            full_sae=full_sae,
+        )

@@ -1,0 +1,108 @@
+"""Feature selection by the Fisher-information ratio (DESIGN §1.2).
+
+importance I_j = mean_t f_j^2 proxy: the reference squares the mean
+(``squared_mean``); the mean of squares (``mean_square``) is the textbook
+diagonal Fisher and is offered as an option. Latents whose forget/retain ratio
+reaches the ``ratio_percentile``-th percentile are candidates; the top
+``n_features`` by forget importance are selected, ties broken by latent index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from saeguard.config import Importance
+from saeguard.core.statistics import FeatureStatistics
+from saeguard.errors import require
+
+RATIO_EPSILON = 1e-21
+
+
+@dataclass
+class Selection:
+    latent_ids: list[int]
+    forget_importance: list[float]
+    retain_importance: list[float]
+    ratio: list[float]
+    ratio_cutoff: float
+    candidate_count: int
+
+
+def importance(stats: FeatureStatistics, kind: Importance = "squared_mean") -> torch.Tensor:
+    if kind == "squared_mean":
+        return stats.mean.square()
+    require(kind == "mean_square", f"unknown importance {kind!r}: use squared_mean or mean_square")
+    return stats.mean_square
+
+
+def check_percentile(name: str, value: float) -> None:
+    require(
+        0.0 <= float(value) <= 100.0 and not np.isnan(value),
+        f"{name} must be a percentile in [0, 100], got {value}",
+    )
+
+
+def select_features(
+    forget: FeatureStatistics,
+    retain: FeatureStatistics,
+    *,
+    n_features: int,
+    ratio_percentile: float,
+    importance_kind: Importance = "squared_mean",
+    epsilon: float = RATIO_EPSILON,
+) -> Selection:
+    check_percentile("ratio_percentile", ratio_percentile)
+    require(n_features >= 1, f"n_features must be at least 1, got {n_features}")
+    require(
+        forget.activation_sum.shape == retain.activation_sum.shape,
+        "forget and retain statistics come from SAEs of different widths: recompute both",
+    )
+    forget_imp = importance(forget, importance_kind)
+    retain_imp = importance(retain, importance_kind)
+    ratio = forget_imp / (retain_imp + epsilon)
+    cutoff = float(np.percentile(ratio.numpy(), ratio_percentile))
+    candidates = torch.nonzero((ratio >= cutoff) & (forget_imp > 0)).flatten()
+    require(
+        n_features <= candidates.numel(),
+        f"n_features={n_features} is larger than the {candidates.numel()} candidate latents "
+        f"above the {ratio_percentile}th ratio percentile: lower n_features or ratio_percentile",
+    )
+    # Stable sort on descending importance keeps the lower latent index first among ties.
+    order = torch.sort(-forget_imp[candidates], stable=True).indices
+    chosen = candidates[order[:n_features]]
+    return Selection(
+        latent_ids=[int(i) for i in chosen],
+        forget_importance=[float(forget_imp[i]) for i in chosen],
+        retain_importance=[float(retain_imp[i]) for i in chosen],
+        ratio=[float(ratio[i]) for i in chosen],
+        ratio_cutoff=cutoff,
+        candidate_count=int(candidates.numel()),
+    )
+
+
+def select_by_frequency(
+    forget: FeatureStatistics, retain: FeatureStatistics, *, n_features: int, retain_threshold: float
+) -> Selection:
+    """Static-clamp selection (Farrell et al.): latents rare on retain text, most frequent on forget text."""
+    require(n_features >= 1, f"n_features must be at least 1, got {n_features}")
+    forget_freq, retain_freq = forget.frequency, retain.frequency
+    candidates = torch.nonzero((retain_freq <= retain_threshold) & (forget_freq > 0)).flatten()
+    require(
+        n_features <= candidates.numel(),
+        f"n_features={n_features} is larger than the {candidates.numel()} latents firing on at most "
+        f"{retain_threshold:g} of retain tokens: lower n_features or raise the retain-frequency threshold",
+    )
+    order = torch.sort(-forget_freq[candidates], stable=True).indices
+    chosen = candidates[order[:n_features]]
+    ratio = forget_freq / (retain_freq + RATIO_EPSILON)
+    return Selection(
+        latent_ids=[int(i) for i in chosen],
+        forget_importance=[float(forget_freq[i]) for i in chosen],
+        retain_importance=[float(retain_freq[i]) for i in chosen],
+        ratio=[float(ratio[i]) for i in chosen],
+        ratio_cutoff=float(retain_threshold),
+        candidate_count=int(candidates.numel()),
+    )

@@ -1,0 +1,228 @@
+"""MCQ items: loading WMDP/MMLU-style rows, validating them, building the shared prompt.
+
+Rows come from a .jsonl file (``question``, ``choices`` (4), ``answer`` (0-3 or
+A-D), optional ``subject`` and ``id``), a list of dicts (``data.mcq.build_mcq``)
+or a Hugging Face dataset ``hf:cais/wmdp/wmdp-bio:test``. A malformed row is
+reported with its line number rather than scored as a silent wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from saeguard.errors import SaeguardError, require
+from saeguard.hf.prompts import encode_with_span, has_chat_template, render_chat
+from saeguard.io import text_fingerprint
+
+N_CHOICES = 4
+LETTERS = "ABCD"
+Scorer = Literal["letter", "cloze"]
+#: What the assistant turn starts with: the letter scorer reads the next token after "(".
+ANSWER_PREFIX: dict[str, str] = {"letter": "Answer: (", "cloze": "Answer:"}
+#: Subjects for HF configs that carry no subject column (WMDP).
+_CONFIG_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "computer security", "wmdp-chem": "chemistry"}
+
+
+@dataclass(frozen=True)
+class McqItem:
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str = ""
+    id: str = ""
+
+    def permuted(self, order: Sequence[int]) -> McqItem:
+        """The same question with options reordered: new option k is old option order[k]."""
+        choices = tuple(self.choices[i] for i in order)
+        return McqItem(self.question, choices, list(order).index(self.answer), self.subject, self.id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"choices": list(self.choices)}
+
+
+def _answer_index(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.upper() in tuple(LETTERS) and len(text) == 1:
+            return LETTERS.index(text.upper())
+        if text.lstrip("-").isdigit():
+            return int(text)
+    return None
+
+
+def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = "") -> McqItem:
+    """Validate one row; ``where`` (e.g. ``items.jsonl:12``) names it in the error."""
+    require(isinstance(row, Mapping), f"{where}: expected a JSON object with question/choices/answer")
+    question = row.get("question")
+    require(
+        isinstance(question, str) and bool(question.strip()),
+        f"{where}: empty or missing question: give every row a non-empty 'question'",
+    )
+    choices = row.get("choices")
+    require(
+        isinstance(choices, (list, tuple)) and all(isinstance(c, str) for c in choices),
+        f"{where}: 'choices' must be a list of {N_CHOICES} strings",
+    )
+    require(
+        len(choices) == N_CHOICES,
+        f"{where}: has {len(choices)} choices, expected {N_CHOICES}: fix the row or drop it",
+    )
+    answer = _answer_index(row.get("answer"))
+    require(
+        answer is not None and 0 <= answer < N_CHOICES,
+        f"{where}: answer {row.get('answer')!r} is out of range: use 0-{N_CHOICES - 1} or A-D",
+    )
+    item_subject = str(row.get("subject") or subject or "")
+    return McqItem(
+        question=question,
+        choices=tuple(choices),
+        answer=int(answer),
+        subject=item_subject.replace("_", " "),
+        id=str(row.get("id", default_id) or default_id),
+    )
+
+
+def as_items(rows: Iterable[McqItem | Mapping[str, Any]], *, source: str = "items") -> list[McqItem]:
+    """Items from McqItem objects or dicts (as ``data.mcq.build_mcq`` returns)."""
+    items = []
+    for index, row in enumerate(rows):
+        if isinstance(row, McqItem):
+            items.append(row)
+        else:
+            items.append(item_from_row(row, f"{source}[{index}]", default_id=f"{source}:{index}"))
+    return items
+
+
+def load_mcq(
+    spec: str | Path | Sequence[McqItem | Mapping[str, Any]],
+    *,
+    subject: str = "",
+    limit: int | None = None,
+) -> list[McqItem]:
+    """Items from a .jsonl file, an ``hf:name/config:split`` spec or a list of rows."""
+    if isinstance(spec, (list, tuple)):
+        items = as_items(spec)
+    elif str(spec).startswith("hf:"):
+        items = _load_hf(str(spec), subject)
+    else:
+        items = _load_jsonl(Path(spec).expanduser(), subject)
+    items = items[:limit] if limit is not None else items
+    require(bool(items), f"MCQ set {spec if isinstance(spec, (str, Path)) else 'list'} is empty")
+    ids = [item.id for item in items]
+    require(len(set(ids)) == len(ids), f"MCQ set {spec!s:.80} has duplicate ids: make ids unique")
+    return items
+
+
+def _load_jsonl(path: Path, subject: str) -> list[McqItem]:
+    require(path.is_file(), f"MCQ file {path} not found: pass a .jsonl file or hf:name/config:split")
+    items = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SaeguardError(f"{path}:{number} is not valid JSON: fix that line") from None
+            items.append(
+                item_from_row(row, f"{path}:{number}", subject=subject, default_id=f"{path.stem}:{number}")
+            )
+    return items
+
+
+def _load_hf(spec: str, subject: str) -> list[McqItem]:
+    """``hf:cais/wmdp/wmdp-bio:test`` or ``hf:cais/mmlu/college_biology:test`` (needs the hub)."""
+    parts = spec[3:].split(":")
+    name, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else "test")
+    config = None
+    if name.count("/") >= 2:
+        name, config = name.rsplit("/", 1)
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, config, split=split)
+    except Exception as error:  # noqa: BLE001 - hub errors vary
+        raise SaeguardError(f"cannot load HF dataset {spec!r}: {error}") from None
+    default_subject = subject or _CONFIG_SUBJECTS.get(config or "", (config or "").replace("_", " "))
+    return [
+        item_from_row(dict(row), f"{spec}[{i}]", subject=default_subject, default_id=f"{config}:{split}:{i}")
+        for i, row in enumerate(dataset)
+    ]
+
+
+def items_fingerprint(items: Sequence[McqItem]) -> str:
+    return text_fingerprint(json.dumps(item.to_dict(), sort_keys=True) for item in items)
+
+
+# -- prompts ------------------------------------------------------------------
+def question_text(item: McqItem) -> str:
+    """The user's message: the SAEBench header, the question and all four options."""
+    about = f" about {item.subject}" if item.subject else ""
+    header = f"The following are multiple choice questions (with answers){about}."
+    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices, strict=True))
+    return f"{header}\n{item.question}\n{options}"
+
+
+@dataclass
+class SharedPrompt:
+    """Token ids of the prompt every option shares, and which of them are the user's text."""
+
+    text: str
+    ids: list[int]
+    user_mask: list[bool]
+    add_special_tokens: bool = False  # how ``text`` was encoded (chat text carries its own)
+
+
+def shared_prompt(
+    tokenizer, item: McqItem, scorer: Scorer, *, chat: bool = True, system: str | None = None
+) -> SharedPrompt:
+    user_text = question_text(item)
+    prefix = ANSWER_PREFIX[scorer]
+    if chat and has_chat_template(tokenizer):
+        rendered = render_chat(tokenizer, user_text, system)
+        start = rendered.rfind(user_text)
+        text = rendered + prefix
+        if start < 0:  # a template that rewrites the message: count every token
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return SharedPrompt(text, ids, [True] * len(ids))
+        ids, mask = encode_with_span(tokenizer, text, (start, start + len(user_text)))
+        return SharedPrompt(text, ids, mask)
+    text = f"{user_text}\n{prefix}"
+    encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    mask = [a < len(user_text) and b > a for a, b in encoded["offset_mapping"]]
+    return SharedPrompt(text, list(encoded["input_ids"]), mask, add_special_tokens=True)
+
+
+def option_ids(tokenizer, prompt: SharedPrompt, choice: str) -> list[int]:
+    """Tokens of `` choice`` after the prompt; split from the joint encoding when it agrees."""
+    joint = prompt.text + " " + choice
+    whole = tokenizer(joint, add_special_tokens=prompt.add_special_tokens)["input_ids"]
+    if list(whole[: len(prompt.ids)]) == prompt.ids and len(whole) > len(prompt.ids):
+        return list(whole[len(prompt.ids) :])
+    return list(tokenizer(" " + choice, add_special_tokens=False)["input_ids"])
+
+
+def letter_token_ids(tokenizer) -> list[list[int]]:
+    """Per letter, the single-token ids of "A" and " A" (the scorer takes the max)."""
+    ids = []
+    for letter in LETTERS:
+        variants = []
+        for text in (letter, " " + letter):
+            encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1 and encoded[0] not in variants:
+                variants.append(int(encoded[0]))
+        require(
+            bool(variants),
+            f"the tokenizer splits the answer letter {letter!r} into several tokens: "
+            "use the cloze scorer (scorer='cloze')",
+        )
+        ids.append(variants)
+    return ids

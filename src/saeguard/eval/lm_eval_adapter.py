@@ -1,0 +1,172 @@
+"""Run any lm-evaluation-harness task through a guarded model (needs ``pip install lm-eval``).
+
+The model object itself is handed to lm-eval's ``HFLM`` (``pretrained=model``), and
+the guard is attached for the duration of every request batch, so loglikelihood,
+rolling-loglikelihood and generation tasks all see the guarded model. Plain
+lm-eval requests carry no chat structure: the gate reads every non-special token
+of each request (context + continuation) and decides per request, which differs
+from ``evaluate_mcq`` (user tokens of the shared prompt, one decision per question).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from saeguard.errors import SaeguardError
+from saeguard.eval.common import guard_identity
+from saeguard.hf.fingerprint import model_identity
+from saeguard.io import to_jsonable, write_json
+
+if TYPE_CHECKING:
+    from saeguard.core.guardrail import Guardrail
+
+_INSTALL = "install lm-eval (pip install 'saeguard[eval]' or pip install lm-eval) to run lm-eval tasks"
+
+
+def _hflm_class():
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise SaeguardError(f"lm-eval is not installed: {_INSTALL}") from None
+    return HFLM
+
+
+def guarded_lm(
+    model: nn.Module,
+    tokenizer,
+    guard: Guardrail | None = None,
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    **hflm_kwargs: Any,
+):
+    """An lm-eval ``HFLM`` over ``model`` whose requests run with ``guard`` attached."""
+    hflm = _hflm_class()
+
+    class GuardedHFLM(hflm):  # type: ignore[misc, valid-type]
+        """HFLM that attaches a saeguard guard around each request batch."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=batch_size,
+                max_length=max_length,
+                **hflm_kwargs,
+            )
+            self.guard = guard
+
+        @contextmanager
+        def guarded(self) -> Iterator[None]:
+            with self.guard.attached(self.model) if self.guard is not None else nullcontext():
+                yield
+
+        def loglikelihood(self, requests, *args, **kwargs):
+            with self.guarded():
+                return super().loglikelihood(requests, *args, **kwargs)
+
+        def loglikelihood_rolling(self, requests, *args, **kwargs):
+            with self.guarded():
+                return super().loglikelihood_rolling(requests, *args, **kwargs)
+
+        def generate_until(self, requests, *args, **kwargs):
+            with self.guarded():
+                return super().generate_until(requests, *args, **kwargs)
+
+    return GuardedHFLM()
+
+
+@dataclass
+class LmEvalResult:
+    tasks: list[str]
+    model: dict[str, str]
+    guard: dict[str, Any] | None
+    settings: dict[str, Any]
+    results: dict[str, dict[str, Any]]  # lm-eval's per-task metrics
+    seconds: float = 0.0
+    kind: str = "saeguard-lm-eval"
+    version: int = 1
+
+    def metric(self, task: str, name: str = "acc") -> float:
+        """A metric of a task, whatever lm-eval's filter suffix (``acc,none``)."""
+        values = self.results.get(task, {})
+        for key, value in values.items():
+            if key == name or key.startswith(name + ","):
+                return float(value)
+        raise SaeguardError(f"task {task!r} has no metric {name!r}: it has {sorted(values)}")
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self)
+
+
+def run_lm_eval(
+    model: nn.Module,
+    tokenizer,
+    tasks: Sequence[str],
+    *,
+    guard: Guardrail | None = None,
+    include_path: str | Path | Sequence[str | Path] | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    apply_chat_template: bool = False,
+    output: str | Path | None = None,
+    **evaluate_kwargs: Any,
+) -> LmEvalResult:
+    """Run lm-eval ``tasks`` (names, or local task YAMLs found under ``include_path``)."""
+    started = time.perf_counter()
+    lm = guarded_lm(model, tokenizer, guard, batch_size=batch_size)
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    paths = None
+    if include_path is not None:
+        items = [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
+        paths = [str(Path(p).expanduser()) for p in items]
+    manager = None
+    if paths:  # indexing lm-eval's thousands of built-in tasks takes ~10 s: skip it when we can
+        local = TaskManager(include_path=paths, include_defaults=False)
+        manager = local if all(t in local.all_tasks for t in tasks) else None
+    manager = manager or TaskManager(include_path=paths)
+    try:
+        raw = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            apply_chat_template=apply_chat_template,
+            log_samples=False,
+            **evaluate_kwargs,
+        )
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        raise SaeguardError(f"lm-eval could not run {list(tasks)}: {error}") from None
+    if raw is None:
+        raise SaeguardError("lm-eval returned no results (non-zero rank?): run in a single process")
+    result = LmEvalResult(
+        tasks=list(tasks),
+        model=model_identity(model),
+        guard=guard_identity(guard),
+        settings={
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+            "batch_size": batch_size,
+            "apply_chat_template": apply_chat_template,
+            "include_path": paths,
+        },
+        results=to_jsonable({k: dict(v) for k, v in raw["results"].items()}),
+        seconds=time.perf_counter() - started,
+    )
+    if output is not None:
+        result.save(output)
+    return result
+
+
+__all__ = ["LmEvalResult", "guarded_lm", "run_lm_eval"]

@@ -1,1 +1,0 @@
-"""Experiments built on the core: choosing the default SAE, gate quality, attacks."""

@@ -1,0 +1,1 @@
+"""Hugging Face glue: layers, models, prompts, corpora, batching, fingerprints."""

@@ -1,0 +1,70 @@
+"""Cheap, stable fingerprints of weights and corpora.
+
+Artifacts record which model weights and SAE they were fitted on; a strided
+sample of every tensor (plus shapes and dtypes) identifies a checkpoint without
+hashing gigabytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from saeguard.hf.layers import decoder_blocks
+from saeguard.io import text_fingerprint
+
+_SAMPLE = 65_536
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> str:
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    digest = hashlib.sha256()
+    for name, tensor in sorted(items, key=lambda kv: kv[0]):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // _SAMPLE)
+        sample = flat[::step].to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module, layer: int) -> str:
+    """Fingerprint of the weights the guard reads: embeddings and blocks 0..layer."""
+    tensors: dict[str, torch.Tensor] = {}
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        tensors.update({f"embed.{k}": v for k, v in embeddings.state_dict().items()})
+    for index, block in enumerate(_blocks(model)[: layer + 1]):
+        tensors.update({f"block{index}.{k}": v for k, v in block.state_dict().items()})
+    return tensors_fingerprint(tensors)
+
+
+def model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "unknown"))
+
+
+def model_identity(model: nn.Module) -> dict[str, str]:
+    """Name and a fingerprint of every weight (not only those up to the hook layer)."""
+    return {"name": model_name(model), "fingerprint": tensors_fingerprint(model.state_dict())}
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Vocabulary size, special tokens, BOS handling and chat template: what changes a prompt's ids."""
+    parts = [
+        str(len(tokenizer)),
+        str(getattr(tokenizer, "name_or_path", "")),
+        str(getattr(tokenizer, "chat_template", "") or ""),
+        str(sorted(getattr(tokenizer, "all_special_ids", []) or [])),
+        json.dumps(tokenizer("The quick brown fox. A B C D")["input_ids"]),
+    ]
+    return text_fingerprint(parts)
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    return decoder_blocks(model)

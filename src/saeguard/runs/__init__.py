@@ -1,0 +1,1 @@
+"""Resumable runs over grids of configurations: sweeps and comparisons."""

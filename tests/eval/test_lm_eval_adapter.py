@@ -1,0 +1,96 @@
+"""lm-eval through the guarded model, offline: a local task YAML over a local jsonl."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from saeguard.eval.items import question_text
+from saeguard.eval.mcq import McqConfig, evaluate_mcq
+from saeguard.testing import make_guard, make_items
+
+pytest.importorskip("lm_eval")
+
+TASK = """task: saeguard_local_mcq
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "The following are multiple choice questions (with answers) about {{{{subject}}}}.\\n\\
+{{{{question}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\n\\
+C. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture
+def local_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    items = make_items(8)
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(item.to_dict()) + "\n" for item in items))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "local.yaml").write_text(TASK.format(data=data))
+    return items, tmp_path / "tasks"
+
+
+@torch.no_grad()
+def _direct_accuracy(model, tok, items):
+    """lm-eval's semantics by hand: sum log-likelihood of ' choice', input = (ctx + cont)[:-1]."""
+    correct = 0
+    for item in items:
+        context = question_text(item) + "\nAnswer:"
+        n_ctx = len(tok(context)["input_ids"])
+        scores = []
+        for choice in item.choices:
+            ids = tok(context + " " + choice)["input_ids"]
+            log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]])).logits[0].float(), -1)
+            scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(n_ctx, len(ids))))
+        correct += int(max(range(4), key=lambda k: scores[k]) == item.answer)
+    return correct / len(items)
+
+
+def test_adapter_matches_our_harness_and_runs_the_guard(llama, tok, local_task, tmp_path):
+    from saeguard.eval.lm_eval_adapter import run_lm_eval
+
+    items, task_dir = local_task
+    plain = run_lm_eval(
+        llama,
+        tok,
+        ["saeguard_local_mcq"],
+        include_path=task_dir,
+        batch_size=4,
+        output=tmp_path / "lm_eval.json",
+    )
+    ours = evaluate_mcq(
+        llama,
+        tok,
+        items,
+        show_progress=False,
+        config=McqConfig(scorer="cloze", chat=False, normalization="none"),
+    )
+    assert plain.metric("saeguard_local_mcq", "acc") == pytest.approx(ours.accuracy)
+    assert json.loads((tmp_path / "lm_eval.json").read_text())["kind"] == "saeguard-lm-eval"
+
+    guard = make_guard(llama, tok, ids=(7,), tau=0.5, clamp_value=300.0)
+    attached = []
+    original = guard.attached
+    guard.attached = lambda model, **kw: attached.append(1) or original(model, **kw)
+    guarded = run_lm_eval(
+        llama, tok, ["saeguard_local_mcq"], include_path=task_dir, guard=guard, batch_size=4
+    )
+    assert attached and guarded.guard["tau"] == 0.5
+    with original(llama):
+        expected = _direct_accuracy(llama, tok, items)
+    assert guarded.metric("saeguard_local_mcq", "acc") == pytest.approx(expected)
+    assert _direct_accuracy(llama, tok, items) == pytest.approx(ours.accuracy)  # guard detached again
