@@ -1,6 +1,6 @@
 """How well the gate separates forget-topic inputs from everything else.
 
-The gate decides everything (DESIGN §5): when it fires answers are destroyed,
+The gate decides everything (docs/method.md §9): when it fires answers are destroyed,
 when it does not they are untouched. So the first number to look at for a
 layer/SAE choice is rho's held-out ROC: AUC and TPR at a fixed FPR.
 """

@@ -38,7 +38,7 @@ class Clamp:
 
     A relative clamp is ``value`` times the selected latents' mean non-zero
     activation on forget text, which transfers across models whose residual
-    norms differ (DESIGN §1.5); the paper uses an absolute c = 500.
+    norms differ (docs/method.md §7); the paper uses an absolute c = 500.
     """
 
     value: float
@@ -341,3 +341,41 @@ def with_overrides(config: FitConfig | None, overrides: dict[str, Any]) -> FitCo
     unknown = sorted(set(overrides) - known)
     require(not unknown, f"unknown fit setting {', '.join(unknown)}: see FitConfig for the settings")
     return replace(config or FitConfig(), **overrides).validate()
+
+
+# -- presets (issue 12 §2) ------------------------------------------------------------------
+
+DEFAULT_LAYER = 6
+"""Hook layer of the embedded default SAE on SmolLM2-135M-Instruct, chosen by measurement
+(docs/default-sae.md): its biology latents separate held-out biology from other text best."""
+
+Preset = Literal["paper", "demo"]
+"""Named starting points for a fit, shared by the API (:func:`preset`) and ``--preset``."""
+
+PRESETS: dict[Preset, dict[str, Any]] = {
+    # The paper's WMDP-Bio setting (arXiv 2504.08192 §4): FitConfig's own defaults.
+    "paper": {},
+    # The README's table and `saeguard demo` on the default model (docs/demo-results.md): the
+    # activation statistic with the input clamp scope reaches chance on forget where the paper's
+    # statistic and scope stop at 41-44%; a relative clamp transfers across residual norms.
+    "demo": {
+        "layer": DEFAULT_LAYER,
+        "clamp": Clamp(5.0, relative=True),
+        "gate_statistic": "activation",
+        "clamp_scope": "input",
+        "seq_len": 256,
+        "max_forget_chunks": 400,
+        "max_retain_chunks": 800,
+    },
+}
+"""What each preset changes from ``FitConfig()``; every other field keeps its default."""
+
+
+def preset(name: str) -> FitConfig:
+    """A fresh, validated ``FitConfig`` for preset ``name`` (``"paper"`` is ``FitConfig()``).
+
+    Raises:
+        SaeguardError: ``name`` is not a preset.
+    """
+    require(name in PRESETS, f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return with_overrides(None, PRESETS[name])  # type: ignore[index]

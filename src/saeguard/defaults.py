@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from saeguard.config import DEFAULT_LAYER
 from saeguard.io import cache_dir
-from saeguard.sae_training import SAETrainingConfig
 
-DEFAULT_LAYER = 6
+if TYPE_CHECKING:  # sae_training imports SAELens (seconds); the CLI reads this module at start-up
+    from saeguard.sae_training import SAETrainingConfig
+
 DEFAULT_WIDTH = 4096
 DEFAULT_K = 32
 DEFAULT_TOKENS = 800_000
@@ -21,17 +24,21 @@ SAE_TRAINING_MIX = ("wiki", "wordnet", "austen", "cwe")
 
 
 def default_sae_config(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH) -> SAETrainingConfig:
+    """How the default SAE is trained: BatchTopK, k 32, 800k tokens of the general mix."""
+    from saeguard.sae_training import SAETrainingConfig
+
     return SAETrainingConfig(layer=layer, width=width, k=DEFAULT_K, tokens=DEFAULT_TOKENS)
 
 
 def default_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path:
+    """Folder of the default SAE (SAELens layout) in the user cache; it may not exist yet."""
     return cache_dir() / "saes" / "smollm2-135m-instruct" / f"layer{layer}-w{width}-k{k}"
 
 
 def sae_training_documents(split: str = "train", seed: int = 0) -> list[str]:
     """General text covering the domains: every Wikipedia topic, WordNet, Austen, CWE.
 
-    An SAE trained on one domain only selects generic-word latents (DESIGN §5),
+    An SAE trained on one domain only selects generic-word latents (docs/method.md §9),
     so the mix is broad; documents are interleaved so any prefix is mixed.
     """
     from saeguard.data.corpora import load_corpus
@@ -44,7 +51,10 @@ def sae_training_documents(split: str = "train", seed: int = 0) -> list[str]:
 def ensure_default_sae(
     layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, *, show_progress: bool = True
 ) -> Path:
-    """The default SAE folder, trained once (about 15 min on 2 cores) and cached."""
+    """The default SAE folder, trained once (about 15 min on 2 cores) and cached.
+
+    ``--sae default`` (or no ``--sae`` on the default model) means this folder.
+    """
     target = default_sae_dir(layer, width)
     if (target / "cfg.json").is_file():
         return target

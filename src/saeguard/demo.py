@@ -8,21 +8,24 @@ gate firing rates and a few generations. Everything lands in one report folder.
 
 from __future__ import annotations
 
-import html
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from saeguard.defaults import DEFAULT_LAYER, DEFAULT_WIDTH, ensure_default_sae
-from saeguard.eval.known import KnownConfig, known_items
+from saeguard.config import FitConfig, preset
+from saeguard.defaults import DEFAULT_WIDTH, ensure_default_sae
+from saeguard.errors import require
+from saeguard.eval.items import Scorer
+from saeguard.eval.known import KnownConfig, Orderings, known_items
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
 from saeguard.eval.text import TextConfig, text_metrics
-from saeguard.io import write_json
+from saeguard.io import to_jsonable, write_json
 
 FORGET_QUESTIONS = (
     "What is the function of mitochondria in a cell?",
@@ -38,36 +41,33 @@ RETAIN_QUESTIONS = (
 
 @dataclass
 class DemoConfig:
-    """The demo's defaults: biology is forgotten, everything else is kept."""
+    """The demo: biology is forgotten, everything else is kept.
 
-    layer: int = DEFAULT_LAYER
-    width: int = DEFAULT_WIDTH
+    ``fit`` holds every fit setting (default: ``preset("demo")``, the README's table);
+    the other fields choose the data and the evaluation, and ``fit.seed`` also seeds
+    the sampling of retain documents.
+    """
+
+    fit: FitConfig = field(default_factory=lambda: preset("demo"))
+    width: int = DEFAULT_WIDTH  # latents of the default SAE (used when ``sae`` is None)
     sae: str | None = None  # an SAELens folder; default: the cached default SAE (trained once)
     forget: str = "wiki:biology"
     retain: tuple[str, ...] = ("wiki:not-biology", "austen", "wordnet")
     retain_documents_per_source: int = 1500
-    n_features: int = 20
-    ratio_percentile: float = 95.0
-    gate_percentile: float = 95.0
-    # Measured on the demo's known items (docs/demo-results.md): the paper's statistic and
-    # clamp scope reach forget 41-44%; the activation statistic + input scope reach chance.
-    clamp: str = "5x"
-    gate_statistic: str = "activation"
-    clamp_scope: str = "input"
-    seq_len: int = 256
-    max_forget_chunks: int = 400
-    max_retain_chunks: int = 800
     forget_mcq: str = "wiki:biology"
     retain_mcq: tuple[str, ...] = ("wiki:geography", "wiki:history", "wiki:arts")
     near_mcq: tuple[str, ...] = ("wiki:physical-sciences", "wiki:technology")
-    forget_items: int = 150
-    items_per_other_set: int = 60
-    permutations: str = "cyclic"
-    scorer: str = "cloze"
+    forget_items: int = 150  # biology questions drawn before the known filter
+    items_per_other_set: int = 60  # questions per retain / near-domain set before the known filter
+    permutations: Orderings = "cyclic"  # known filter: the 4 rotations of the options (or all 24 orders)
+    scorer: Scorer = "cloze"
     max_new_tokens: int = 40
     text_chunks: int = 16
     text_prompts: int = 200
-    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; ``fit`` as :meth:`FitConfig.to_dict` (the clamp as ``"5x"``)."""
+        return {**to_jsonable(self), "fit": self.fit.to_dict()}
 
 
 @dataclass
@@ -79,14 +79,18 @@ class DemoResult:
     generations: list[dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
     kind: str = "saeguard-demo"
-    version: int = 1
+    version: int = 2  # 2: the fit settings sit under config.fit
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, the config as :meth:`DemoConfig.to_dict`."""
+        return {**to_jsonable(self), "config": self.config.to_dict()}
 
 
 def retain_documents(config: DemoConfig, split: str) -> list[str]:
     """General text: other Wikipedia topics plus a sample of Austen and WordNet, shuffled."""
     from saeguard.data.corpora import load_corpus
 
-    rng = random.Random(config.seed)
+    rng = random.Random(config.fit.seed)
     docs: list[str] = []
     for name in config.retain:
         source = load_corpus(name, split)
@@ -117,12 +121,12 @@ def fit_demo_guard(
         sae_cfg = Path(sae) / "cfg.json"
         key = json_fingerprint(
             {
-                "model": model_fingerprint(model, config.layer),
+                "model": model_fingerprint(model, config.fit.layer),
                 "sae": sae_cfg.read_text() if sae_cfg.is_file() else str(sae),
                 "sae_weights": _file_stamp(Path(sae) / "sae_weights.safetensors"),
                 "forget": text_fingerprint(forget),
                 "retain": text_fingerprint(retain),
-                "config": asdict(config),
+                "config": config.to_dict(),
             }
         )
         cached = Path(cache) / f"demo-{key}"
@@ -134,17 +138,7 @@ def fit_demo_guard(
         sae,
         forget=forget,
         retain=retain,
-        layer=config.layer,
-        n_features=config.n_features,
-        ratio_percentile=config.ratio_percentile,
-        gate_percentile=config.gate_percentile,
-        clamp=config.clamp,
-        gate_statistic=config.gate_statistic,
-        clamp_scope=config.clamp_scope,
-        seq_len=config.seq_len,
-        max_forget_chunks=config.max_forget_chunks,
-        max_retain_chunks=config.max_retain_chunks,
-        seed=config.seed,
+        config=config.fit,
         statistics_cache=cache_dir() / "stats",
         show_progress=show_progress,
     )
@@ -165,8 +159,17 @@ def run_demo(
     show_progress: bool = True,
     console: Console | None = None,
     guard_cache: Path | None = None,
-):
-    """The demo end to end; ``guard_cache`` defaults to the user cache folder's ``guards``."""
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> DemoResult:
+    """The demo end to end on the default model (on ``device``, weights in ``dtype``, default fp32).
+
+    ``guard_cache`` defaults to the user cache folder's ``guards``.
+
+    Raises:
+        SaeguardError: no ``sae`` given and ``fit.layer`` is not a block index (the default
+            SAE is trained for one), or a failure of the fit or the evaluation.
+    """
     from saeguard.data.corpora import load_corpus
     from saeguard.hf.models import load_model
     from saeguard.io import cache_dir
@@ -174,11 +177,13 @@ def run_demo(
     console = console or Console()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    model, tokenizer = load_model("default")
+    model, tokenizer = load_model("default", dtype=dtype, device=device)
     seconds["load_model"] = time.perf_counter() - started
 
     began = time.perf_counter()
-    sae_dir = config.sae or ensure_default_sae(config.layer, config.width, show_progress=show_progress)
+    sae_dir = config.sae or ensure_default_sae(
+        _default_sae_layer(config.fit), config.width, show_progress=show_progress
+    )
     seconds["sae"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -241,6 +246,16 @@ def run_demo(
     write_demo_report(result, guard, text, output)
     print_demo(result, console)
     return result
+
+
+def _default_sae_layer(fit: FitConfig) -> int:
+    """The block index the default SAE is trained for: ``fit.layer`` as an int (``6`` or ``"6"``)."""
+    layer = fit.layer
+    require(
+        isinstance(layer, int) or (isinstance(layer, str) and layer.strip().isdigit()),
+        f"the demo's default SAE needs a block index as layer, got {layer!r}: pass --layer N or --sae DIR",
+    )
+    return int(layer)  # type: ignore[arg-type]
 
 
 def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: bool = True):
@@ -322,47 +337,26 @@ def print_demo(result: DemoResult, console: Console) -> None:
 
 
 def write_demo_report(result: DemoResult, guard, text, output: Path) -> Path:
-    from saeguard.io import write_text_atomic
+    from saeguard.report.demo_page import demo_nav
     from saeguard.runs.sweep_report import write_report
 
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "demo.json", result)
+    write_json(output / "demo.json", result.to_dict())
     write_report(  # plots the guard's calibration rho and the held-out firing rho
         output,
         tau=guard.tau,
         text=text,
         guard=guard,
         title="saeguard demo: forgetting biology in SmolLM2-135M-Instruct",
+        nav=demo_nav(),
     )
-    write_text_atomic(output / "demo.html", _demo_html(result))
+    _demo_html(result, output)
     return output
 
 
-def _demo_html(result: DemoResult) -> str:
-    esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(group)}</td><td>{row['items']}</td><td>{row['known']}</td>"
-        f"<td>{100 * row['base_accuracy']:.1f}%</td><td>{100 * row['guarded_accuracy']:.1f}%</td>"
-        f"<td>{100 * row['flagged_fraction']:.1f}%</td></tr>"
-        for group, row in result.accuracy.items()
-    )
-    gens = "".join(
-        f"<h3>[{esc(g['topic'])}] {esc(g['prompt'])} "
-        f"({'flagged' if g['flagged'] else 'passed'}, rho={g['rho']:.2f})</h3>"
-        f"<p><b>unguarded:</b> {esc(g['unguarded'])}</p><p><b>guarded:</b> {esc(g['guarded'])}</p>"
-        for g in result.generations
-    )
-    guard = result.guard
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>saeguard demo</title></head><body>"
-        "<h1>saeguard demo: forgetting biology in SmolLM2-135M-Instruct</h1>"
-        f"<p>layer {guard['layer']}, {guard['n_features']} latents, tau={guard['tau']:.3f} "
-        f"({guard['gate_statistic']} statistic), clamp={guard['clamp']:.3g} ({guard['clamp_scope']} scope). "
-        "Accuracy is on known items (answered correctly by the "
-        "unguarded model under every option order checked).</p>"
-        "<table border=1 cellpadding=4><tr><th>topic</th><th>items</th><th>known</th>"
-        f"<th>unguarded</th><th>guarded</th><th>gate fired</th></tr>{rows}</table>"
-        "<p><img src='rho.png' width=640></p>"
-        "<p>Full evaluation report: <a href='index.html'>index.html</a></p>"
-        f"<h2>Generations</h2>{gens}</body></html>"
-    )
+def _demo_html(result: DemoResult, output: Path) -> Path:
+    """Write ``demo.html`` (``saeguard.report.demo_page``) beside ``index.html`` and ``rho.png``."""
+    from saeguard.io import to_jsonable
+    from saeguard.report.demo_page import write_demo_page
+
+    return write_demo_page(to_jsonable(result), output)

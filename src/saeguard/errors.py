@@ -15,3 +15,15 @@ def require(condition: bool, message: str) -> None:
     """Raise ``SaeguardError(message)`` unless ``condition`` holds."""
     if not condition:
         raise SaeguardError(message)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """A library exception's message as one line, to quote inside a ``SaeguardError``.
+
+    Lines are joined with spaces and the result is cut to ``limit`` characters
+    (with "…"); a trailing period is dropped so the caller can append "; fix".
+    An empty message gives the exception's class name.
+    """
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip()).rstrip(".")
+    text = text or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -123,6 +123,53 @@ def tiny_gpt2(
     return GPT2LMHeadModel(config).eval()
 
 
+def tiny_qwen2(seed: int = 0, vocab_size: int = len(VOCAB)) -> torch.nn.Module:
+    """A random Qwen2 (d_model 32, 2 blocks; biased q/k/v projections)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def tiny_gemma2(seed: int = 0, vocab_size: int = len(VOCAB)) -> torch.nn.Module:
+    """A random Gemma 2 (d_model 32, 2 blocks: sliding-window and global attention, soft-capping)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Gemma2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        sliding_window=16,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return Gemma2ForCausalLM(config).eval()
+
+
+TINY_MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen2": tiny_qwen2, "gemma2": tiny_gemma2}
+"""Builders of the four tiny architectures the gate is tested on, by family name."""
+
+
 def random_sae(architecture: str, d_in: int = 32, d_sae: int = 64, seed: int = 0):
     """A random SAE whose latents fire on a fair share of tokens."""
     generator = torch.Generator().manual_seed(seed)
@@ -267,3 +314,117 @@ def text_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
     )
+
+
+# -- chat templates of the common families (tests of hf/chat.py and the gate) ----------------------
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+#: Llama-3 style: BOS, header tokens, trimmed content.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+#: Gemma-2 style: trims the content, refuses a system turn, roles must alternate.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}"
+    "{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+#: Zephyr style: role tokens, EOS closes every turn.
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+#: Llama-2 style: the system prompt goes inside the first user turn; no role tokens.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+CHAT_TEMPLATES = {
+    "test": CHAT_TEMPLATE,
+    "chatml": CHATML_TEMPLATE,
+    "llama3": LLAMA3_TEMPLATE,
+    "gemma": GEMMA_TEMPLATE,
+    "zephyr": ZEPHYR_TEMPLATE,
+    "llama2": LLAMA2_TEMPLATE,
+}
+CHAT_MARKERS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+]
+CHAT_WORDS = ["user", "assistant", "system", "model", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
+
+
+def chat_tokenizer(template: str, kind: str = "word") -> PreTrainedTokenizerFast:
+    """A tokenizer with every :data:`CHAT_MARKERS` token (special) and ``template`` as its chat template.
+
+    ``kind``: ``"word"`` (word level, whitespace split), ``"bytelevel"`` (GPT-2 style byte-level
+    BPE) or ``"metaspace"`` (SentencePiece-style BPE with no pre-splitting, so merges cross
+    the template/content boundary as in Gemma's tokenizer). The BPE kinds are trained in code
+    on the test words and template text (deterministic, a few ms).
+    """
+    from tokenizers import decoders, trainers
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>", *CHAT_MARKERS]
+    words = CHAT_WORDS + FORGET_WORDS + RETAIN_WORDS + COMMON_WORDS
+    if kind == "word":
+        backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    elif kind in ("bytelevel", "metaspace"):
+        backend = Tokenizer(models.BPE(unk_token="<unk>" if kind == "metaspace" else None))
+        if kind == "bytelevel":
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+            alphabet = pre_tokenizers.ByteLevel.alphabet()
+        else:
+            backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=False)
+            backend.decoder = decoders.Metaspace(prepend_scheme="never", split=False)
+            alphabet = list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n.,:?!<>|[]/_-0123456789")
+        lines = [" ".join(words), "\n".join(words), *corpus(FORGET_WORDS + RETAIN_WORDS, 40, 12, seed=3)]
+        lines += [f"{role}\n{text}\n" for role in CHAT_WORDS for text in corpus(RETAIN_WORDS, 3, 6, seed=4)]
+        trainer = trainers.BpeTrainer(
+            vocab_size=600, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+        )
+        backend.train_from_iterator(lines, trainer=trainer)
+    else:
+        raise ValueError(kind)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=CHAT_MARKERS,
+    )
+    tokenizer.chat_template = template
+    return tokenizer

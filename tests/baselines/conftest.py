@@ -58,3 +58,23 @@ def make_batch(tokenizer):
         return TokenBatch(ids, mask, counted_mask(ids, mask, special_token_ids(tokenizer)))
 
     return build
+
+
+@pytest.fixture
+def unlearn_forget_nll(tiny_model, tokenizer, forget_texts, retain_texts, make_batch):
+    """``run(method, config) -> (forget NLL before, forget NLL after, TrainResult)`` on ``tiny_model``."""
+    import torch
+
+    from saeguard.baselines import unlearn
+    from saeguard.baselines.likelihood import mean_nll
+
+    def run(method: str, config):
+        forget = make_batch(forget_texts)
+        with torch.no_grad():
+            before = float(mean_nll(tiny_model, forget))
+        model, result = unlearn(tiny_model, tokenizer, method, forget_texts, retain_texts, config)
+        with torch.no_grad():
+            after = float(mean_nll(model, forget))
+        return before, after, result
+
+    return run

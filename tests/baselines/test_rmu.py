@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saeguard.baselines import RMUConfig, TrainConfig, unlearn
-from saeguard.baselines.rmu import mlp_path, residual_with_grad, steering_direction
+from saeguard.baselines.rmu import masked_mse, mean_cosine, mlp_path, residual_with_grad, steering_direction
 from saeguard.errors import SaeguardError
 from saeguard.hf.layers import decoder_blocks, residual_at
 
@@ -104,3 +104,16 @@ def test_block_without_mlp_raises(tiny_model):
     block._modules["feed_forward"] = block._modules.pop("mlp")
     with pytest.raises(SaeguardError, match="MLP"):
         mlp_path(tiny_model, 0)
+
+
+def test_masked_mse_and_cosine_skip_uncounted_tokens():
+    u = torch.tensor([0.6, 0.8])
+    hidden = torch.stack([3 * u, torch.tensor([-5.0, 0.0])]).view(1, 2, 2)
+    mask = torch.tensor([[True, False]])
+    assert float(masked_mse(hidden, 3 * u.view(1, 1, -1), mask)) == pytest.approx(0.0, abs=1e-6)
+    assert mean_cosine(hidden, u, mask) == pytest.approx(1.0, rel=1e-6)
+    assert mean_cosine(hidden, u, torch.tensor([[True, True]])) == pytest.approx((1.0 - 0.6) / 2, rel=1e-5)
+
+
+def test_update_layers_from_json_become_a_tuple():
+    assert RMUConfig(update_layers=[1, 2]).update_layers == (1, 2)

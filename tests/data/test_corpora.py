@@ -1,14 +1,18 @@
-"""Corpus parsing, the train/heldout split and the R-data reader (fixtures + real data)."""
+"""Corpus parsing, the train/heldout split and the R lazy-load reader (fixtures + real data)."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
-import struct
+import lzma
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from rdata.conversion import convert_python_to_r_data
+from rdata.unparser import unparse_data
 
 from saeguard.data import corpora
 from saeguard.data.corpora import (
@@ -20,91 +24,90 @@ from saeguard.data.corpora import (
     parse_wordnet_file,
     split_of,
 )
-from saeguard.data.rdata import read_lazyload, read_rds, unserialize
+from saeguard.data.rdata import decompress_record, read_lazyload, unserialize
 from saeguard.errors import SaeguardError
 
-# --- a tiny R serializer (XDR, version 3) to build fixtures without R ---
+# What R 4.2.1 writes for serialize(c("a", NA, "é"), NULL, version = 3) (XDR): header,
+# STRSXP of length 3, an ASCII-flagged CHARSXP, NA_STRING (length -1), a UTF-8-flagged CHARSXP.
+R_STRINGS = (
+    b"X\n"
+    + bytes.fromhex("00000003 00040201 00030500 00000005")
+    + b"UTF-8"
+    + bytes.fromhex("00000010 00000003 00040009 00000001")
+    + b"a"
+    + bytes.fromhex("00000009 ffffffff 00008009 00000002")
+    + "é".encode()
+)
 
 
-def _i(value: int) -> bytes:
-    return struct.pack(">i", value)
+def _serialize(obj: object) -> bytes:
+    """R's XDR serialization of a Python value, written by rdata (no R needed)."""
+    return unparse_data(convert_python_to_r_data(obj))
 
 
-class RWriter:
-    """Writes the subset of R serialization our reader handles, with symbol back-references."""
-
-    def __init__(self) -> None:
-        self.symbols: list[str] = []
-
-    def header(self) -> bytes:
-        return b"X\n" + _i(3) + _i(0x040201) + _i(0x030500) + _i(5) + b"UTF-8"
-
-    def char(self, text: str | None) -> bytes:
-        if text is None:
-            return _i(9) + _i(-1)
-        raw = text.encode()
-        return _i(9 | (8 << 12)) + _i(len(raw)) + raw
-
-    def sym(self, name: str) -> bytes:
-        if name in self.symbols:
-            return _i(((self.symbols.index(name) + 1) << 8) | 255)
-        self.symbols.append(name)
-        return _i(1) + self.char(name)
-
-    def names_attr(self, names: list[str]) -> bytes:
-        return _i(2 | (1 << 10)) + self.sym("names") + self.strs(names) + _i(254)
-
-    def strs(self, values: list[str | None], names: list[str] | None = None) -> bytes:
-        flags = 16 | ((1 << 9) if names else 0)
-        body = _i(flags) + _i(len(values)) + b"".join(self.char(v) for v in values)
-        return body + (self.names_attr(names) if names else b"")
-
-    def ints(self, values: list[int]) -> bytes:
-        return _i(13) + _i(len(values)) + b"".join(_i(v) for v in values)
-
-    def vec(self, items: list[bytes], names: list[str] | None = None) -> bytes:
-        flags = 19 | ((1 << 9) if names else 0)
-        body = _i(flags) + _i(len(items)) + b"".join(items)
-        return body + (self.names_attr(names) if names else b"")
+def _record(raw: bytes, method: int, kind: bytes = b"Z") -> bytes:
+    """One lazy-load record as R frames it: 4-byte length, then zlib (method 1) or a typed stream."""
+    if method == 1:
+        return len(raw).to_bytes(4, "big") + zlib.compress(raw)
+    body = {b"Z": lzma.compress, b"2": bz2.compress, b"1": zlib.compress, b"0": bytes}[kind](raw)
+    return len(raw).to_bytes(4, "big") + kind + body
 
 
-def test_rdata_reader_roundtrip():
-    w = RWriter()
-    obj = w.vec([w.strs(["a", None, "é"], names=["x", "y", "z"]), w.ints([1, -(2**31)])], ["s", "i"])
-    out = unserialize(w.header() + obj)
-    assert out.names() == ["s", "i"]
-    assert out.value[0].value == ["a", None, "é"]
-    assert out.value[0].names() == ["x", "y", "z"]  # second "names" symbol is a back-reference
-    assert out.value[1].value == [1, None]
-
-
-def test_rdata_compact_intseq():
-    w = RWriter()
-    info = _i(2) + w.sym("compact_intseq") + _i(2) + w.sym("base") + _i(2) + w.ints([13]) + _i(254)
-    state = _i(14) + _i(3) + struct.pack(">3d", 4, 10, 1)
-    out = unserialize(w.header() + _i(238) + info + state + _i(254))
-    assert out.value == [10, 11, 12, 13]
-
-
-def _lazyload_db(tmp_path: Path, objects: dict[str, bytes]) -> tuple[Path, Path]:
-    """Build an R lazy-load database (.rdx index + .rdb blobs) like R packages ship."""
-    blob, where = b"", []
-    for raw in objects.values():
-        record = struct.pack(">I", len(raw)) + zlib.compress(raw)
-        where.append((len(blob), len(record)))
+def _lazyload_db(
+    tmp_path: Path, objects: dict[str, object], method: int = 1, kind: bytes = b"Z"
+) -> tuple[Path, Path]:
+    """Build an R lazy-load database (.rdx index + .rdb records) like R packages ship."""
+    blob, variables = b"", {}
+    for name, obj in objects.items():
+        record = _record(_serialize(obj), method, kind)
+        variables[name] = np.array([len(blob), len(record)], dtype=np.int32)
         blob += record
-    w = RWriter()
-    variables = w.vec([w.ints(list(pair)) for pair in where], names=list(objects))
-    index = w.vec([variables, w.vec([]), _i(10) + _i(1) + _i(1)], ["variables", "references", "compressed"])
+    compressed = np.array([True]) if method == 1 else np.array([method], dtype=np.int32)
+    index = {"variables": variables, "references": {}, "compressed": compressed}
     rdx, rdb = tmp_path / "Rdata.rdx", tmp_path / "Rdata.rdb"
-    rdx.write_bytes(gzip.compress(w.header() + index))
+    rdx.write_bytes(gzip.compress(_serialize(index)))
     rdb.write_bytes(blob)
     return rdx, rdb
 
 
+def test_unserialize_decodes_r_written_strings_with_na_and_utf8():
+    out = unserialize(R_STRINGS)
+    assert out.tolist() == ["a", None, "é"]
+    assert unserialize(gzip.compress(R_STRINGS)).tolist() == ["a", None, "é"]
+
+
+@pytest.mark.parametrize(("method", "kind"), [(1, b""), (2, b"2"), (3, b"Z"), (3, b"1"), (3, b"0")])
+def test_lazyload_reads_every_record_compression(tmp_path, method, kind):
+    objects = {"a": np.array(["x", "é"]), "b": np.array([3, 1, 2], dtype=np.int32)}
+    rdx, rdb = _lazyload_db(tmp_path, objects, method, kind)
+    out = read_lazyload(rdx, rdb)
+    assert list(out) == ["a", "b"]
+    assert out["a"].tolist() == ["x", "é"]
+    assert out["b"].tolist() == [3, 1, 2]
+
+
+def test_decompress_record_rejects_wrong_length_and_unknown_type():
+    raw = _serialize(np.array(["x"]))
+    record = _record(raw, 1)
+    assert decompress_record(record, 1) == raw
+    with pytest.raises(ValueError, match="header says"):
+        decompress_record((len(raw) + 1).to_bytes(4, "big") + record[4:], 1)
+    with pytest.raises(ValueError, match="unknown lazy-load record type"):
+        decompress_record(len(raw).to_bytes(4, "big") + b"Q" + raw, 3)
+
+
+def test_corrupt_lazyload_database_is_one_line_error(tmp_path):
+    rdx, rdb = _lazyload_db(tmp_path, {"emma": np.array(["EMMA", "", "Emma Woodhouse"])})
+    rdb.write_bytes(rdb.read_bytes()[:-5])
+    with pytest.raises(SaeguardError, match="saeguard data fetch"):
+        read_lazyload(rdx, rdb)
+    rdx.write_bytes(b"not an R file")
+    with pytest.raises(SaeguardError, match="cannot read the R lazy-load database"):
+        corpora.parse_austen(rdx, rdb)
+
+
 def test_lazyload_and_austen_paragraphs(tmp_path):
-    w1, w2 = RWriter(), RWriter()
-    emma = w1.header() + w1.strs(
+    emma = np.array(
         [
             "EMMA",
             "",
@@ -118,16 +121,32 @@ def test_lazyload_and_austen_paragraphs(tmp_path):
             "",
         ]
     )
-    pers = w2.header() + w2.strs(["Sir Walter Elliot, of Kellynch Hall, in Somersetshire"])
+    pers = np.array(["Sir Walter Elliot, of Kellynch Hall, in Somersetshire"])
     rdx, rdb = _lazyload_db(tmp_path, {"emma": emma, "persuasion": pers})
-    assert read_rds(rdx).names() == ["variables", "references", "compressed"]
-    assert read_lazyload(rdx, rdb)["emma"].value[0] == "EMMA"
+    assert read_lazyload(rdx, rdb)["emma"].tolist()[:3] == ["EMMA", "", "CHAPTER I"]
     docs = corpora.parse_austen(rdx, rdb)
     assert [d.text for d in docs] == [
         "Emma Woodhouse, handsome, clever, and rich.",
         "Sir Walter Elliot, of Kellynch Hall, in Somersetshire",
     ]
     assert [d.key for d in docs] == ["emma:0", "persuasion:0"]
+
+
+@pytest.mark.integration
+def test_real_austen_lazyload_has_every_line_of_the_six_novels():
+    from saeguard.data.sources import source_file
+
+    books = read_lazyload(source_file("austen", "Rdata.rdx"), source_file("austen", "Rdata.rdb"))
+    assert {name: len(lines) for name, lines in books.items()} == {
+        "emma": 16235,
+        "mansfieldpark": 15349,
+        "northangerabbey": 7856,
+        "persuasion": 8328,
+        "prideprejudice": 13030,
+        "sensesensibility": 12624,
+    }
+    assert books["prideprejudice"].tolist()[:2] == ["PRIDE AND PREJUDICE", ""]
+    assert all(isinstance(line, str) for line in books["emma"].tolist())
 
 
 WIKI = {

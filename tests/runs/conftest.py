@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from saeguard.runs.compare import CompareConfig, GuardGrid
+from saeguard.runs.compare_types import compare_fit
 from saeguard.testing import FORGET_WORDS, RETAIN_WORDS, corpus, eval_llama, eval_tokenizer, make_items
 
 TINY_TRAIN = {"steps": [2], "batch_size": [2], "seq_len": [16], "learning_rate": [1e-3]}
@@ -52,12 +53,10 @@ def compare_config(tmp_path) -> CompareConfig:
             "npo": TINY_TRAIN | {"retain_loss": ["nll"]},
             "rmu": TINY_TRAIN | {"layer": [1], "steering_coeff": [10.0]},
         },
-        layer=0,
-        seq_len=32,
-        max_chunks=8,
+        fit=compare_fit(
+            layer=0, seq_len=32, max_forget_chunks=8, max_retain_chunks=8, batch_size=4, calibration_size=16
+        ),
         eval_chunks=2,
-        batch_size=4,
-        calibration_size=16,
         known_filter=False,
         train_device="cpu",
     )

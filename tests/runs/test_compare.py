@@ -15,6 +15,7 @@ from saeguard.hf.fingerprint import model_identity
 from saeguard.io import to_jsonable
 from saeguard.runs import compare
 from saeguard.runs.compare import METHODS, CompareConfig, CompareResult, read_compare_records
+from saeguard.runs.compare_types import compare_fit
 from saeguard.testing import random_sae
 
 
@@ -91,7 +92,7 @@ def test_compare_runs_every_method_and_resumes(llama, tok, tmp_path, compare_con
 
     # a different setup is refused rather than mixed in
     with pytest.raises(SaeguardError, match="another setup"):
-        _run(llama, tok, tmp_path, replace(compare_config, seq_len=24))
+        _run(llama, tok, tmp_path, replace(compare_config, fit=replace(compare_config.fit, seq_len=24)))
     with pytest.raises(SaeguardError, match="another SAE"):
         _run(llama, tok, tmp_path, compare_config, sae=1)
 
@@ -129,3 +130,55 @@ def test_gate_statistic_is_a_dsg_axis_only_when_swept():
     assert all("gate_statistic" not in p for p in both.points("ungated"))
     scoped = replace(paper, clamp_scope=["fired", "input"])
     assert [p["clamp_scope"] for p in scoped.points("dsg")] == ["fired", "input"]
+
+
+def test_config_contains_a_fit_and_reads_the_flat_settings_of_earlier_versions():
+    flat = {"layer": 3, "seq_len": 128, "max_chunks": 32, "batch_size": 4, "calibration_size": 64, "seed": 7}
+    config = CompareConfig.from_dict({"mcq_limit": 25} | flat)
+    assert config.fit == compare_fit(
+        layer=3,
+        seq_len=128,
+        max_forget_chunks=32,
+        max_retain_chunks=32,
+        batch_size=4,
+        calibration_size=64,
+        seed=7,
+    )
+    assert (
+        config.mcq_limit == 25 and config.text_config().seq_len == 128 and config.mcq_config().batch_size == 4
+    )
+    # compare.json now: the fit nested, its clamp an object; a partial fit keeps the compare defaults
+    assert CompareConfig.from_dict(json.loads(json.dumps(to_jsonable(config)))) == config
+    partial = CompareConfig.from_dict({"fit": {"seq_len": 128}})
+    assert partial.fit == compare_fit(seq_len=128) and partial.fit.max_forget_chunks == 64
+    with pytest.raises(SaeguardError, match="belong inside 'fit'"):
+        CompareConfig.from_dict({"fit": {}, "seq_len": 128})
+    with pytest.raises(SaeguardError, match="unknown fit settings"):
+        CompareConfig.from_dict({"fit": {"seq_length": 128}})
+
+
+def test_context_settings_keep_the_flat_form_so_earlier_run_folders_resume():
+    # what saeguard 0.1 fingerprinted for the default settings (asdict of the flat CompareConfig)
+    assert CompareConfig().context_settings() == {
+        "forget": ["wiki:biology"],
+        "retain": ["wiki:not-biology", "austen"],
+        "forget_mcq": ["wiki:biology"],
+        "utility_mcq": ["wiki:geography", "wiki:history", "wiki:arts"],
+        "mcq_limit": 80,
+        "mcq_limits": {},
+        "layer": None,
+        "seq_len": 256,
+        "max_chunks": 64,
+        "eval_chunks": 16,
+        "batch_size": 8,
+        "calibration_size": 256,
+        "scorer": "cloze",
+        "known_filter": True,
+        "known_permutations": "all",
+        "seed": 0,
+    }
+    # fit settings the flat form could not hold still change the fingerprint; those a point sets do not
+    changed = CompareConfig(fit=compare_fit(importance="mean_square", max_retain_chunks=8, n_features=5))
+    settings = changed.context_settings()
+    assert "max_chunks" not in settings
+    assert settings["fit"] == {"importance": "mean_square", "max_forget_chunks": 64, "max_retain_chunks": 8}

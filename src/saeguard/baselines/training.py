@@ -9,16 +9,19 @@ a comparison between GA, NPO and RMU is never confounded by loop details.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal, TypeVar, get_args
 
 import psutil
 import torch
 from torch import nn
 
+from saeguard.config import check_field, type_hints
 from saeguard.errors import SaeguardError, require
 from saeguard.hf.corpus import (
     CorpusSpec,
@@ -33,44 +36,76 @@ from saeguard.hf.corpus import (
 from saeguard.progress import progress_bar
 
 LossFn = Callable[[nn.Module, TokenBatch, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
+"""``loss_fn(model, forget_batch, retain_batch) -> (scalar loss to minimise, {name: value} logs)``."""
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TrainDtype = Literal["float32", "bfloat16", "float16"]
+"""Dtype the weights are trained in; bfloat16 loses tiny AdamW updates, so float32 is the default."""
+_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in get_args(TrainDtype)}
+
+SettingsT = TypeVar("SettingsT", bound="CheckedSettings")
+
+
+class CheckedSettings:
+    """Mixin for settings dataclasses: :meth:`validate` checks every field from its declaration.
+
+    Types and ``Literal`` choices come from the type hints, ranges from the
+    ``min``/``max``/``min_exclusive`` field metadata, all through
+    :func:`saeguard.config.check_field` (the checker ``FitConfig`` uses), so no
+    config repeats its choices in hand-written code. Nested settings validate too.
+    """
+
+    def validate(self: SettingsT) -> SettingsT:
+        """Check every field (and nested settings); return ``self``.
+
+        Raises:
+            SaeguardError: ``<field> must be ..., got <value>`` for the first bad field.
+        """
+        hints = type_hints(type(self))
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            check_field(spec, value, hints[spec.name])
+            if isinstance(value, CheckedSettings):
+                value.validate()
+        return self
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedSettings):
     """Method-independent optimisation settings (the paper grids vary lr, batch and steps)."""
 
-    learning_rate: float = 1e-5
-    steps: int = 400
-    batch_size: int = 8
-    seq_len: int = 256
-    seed: int = 0
-    use_lora: bool = False
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    max_grad_norm: float | None = 1.0
-    weight_decay: float = 0.0
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    dtype: str = "float32"  # weights are trained in this dtype; bf16 loses tiny AdamW updates
-    progress: bool = False
-
-    def validate(self) -> None:
-        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}")
-        require(self.lora_rank >= 1, f"lora_rank must be >= 1, got {self.lora_rank}")
-        require(
-            self.dtype in _DTYPES,
-            f"dtype {self.dtype!r} is not supported: use one of {', '.join(_DTYPES)}",
-        )
-        require(
-            self.max_grad_norm is None or self.max_grad_norm > 0,
-            "max_grad_norm must be > 0 or None (no clipping)",
-        )
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW step size", "min_exclusive": 0})
+    steps: int = field(
+        default=400, metadata={"help": "Optimiser steps (one forget + one retain batch each)", "min": 1}
+    )
+    batch_size: int = field(
+        default=8, metadata={"help": "Sequences per forget batch and per retain batch", "min": 1}
+    )
+    seq_len: int = field(default=256, metadata={"help": "Tokens per training chunk", "min": 2})
+    seed: int = field(
+        default=0, metadata={"help": "Seeds batch order, torch RNGs and RMU's steering direction"}
+    )
+    use_lora: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (peft) instead of the weights"}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r", "min": 1})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA scaling alpha (update scaled by alpha / r)"}
+    )
+    max_grad_norm: float | None = field(
+        default=1.0,
+        metadata={"help": "Clip the gradient norm to this; None = no clipping", "min_exclusive": 0},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay", "min": 0})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
+    dtype: TrainDtype = field(default="float32", metadata={"help": "Dtype the weights are trained in"})
+    progress: bool = field(default=False, metadata={"help": "Show a progress bar"})
 
     def torch_device(self) -> torch.device:
+        """The device to train on (``auto`` = cuda when available, else cpu).
+
+        Raises:
+            SaeguardError: ``device`` is not a torch device name.
+        """
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -79,6 +114,7 @@ class TrainConfig:
             raise SaeguardError(f"unknown device {self.device!r}: use cpu, cuda, cuda:N or auto") from None
 
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype."""
         return _DTYPES[self.dtype]
 
 
@@ -152,6 +188,11 @@ def load_chunks(corpus: CorpusSpec, tokenizer, config: TrainConfig) -> list[list
 def make_cyclers(
     tokenizer, forget: CorpusSpec, retain: CorpusSpec, config: TrainConfig
 ) -> tuple[BatchCycler, BatchCycler]:
+    """Forget and retain batch cyclers on ``config``'s device, seeded ``seed`` and ``seed + 1``.
+
+    Raises:
+        SaeguardError: a corpus yields no token chunks, or ``config.device`` is unknown.
+    """
     device = config.torch_device()
     specials = special_token_ids(tokenizer)
     pad = pad_token_id(tokenizer)
@@ -176,7 +217,7 @@ def _linear_modules(model: nn.Module, under: Sequence[str] | None) -> dict[str, 
     from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    found = {}
+    found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, Conv1D)) or module is head:
             continue
@@ -222,6 +263,7 @@ def prepare_trainable(
 
 
 def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model (False when peft is not installed)."""
     try:
         from peft import PeftModel
     except ImportError:
@@ -245,6 +287,7 @@ class Reference:
 
     @contextmanager
     def active(self) -> Iterator[nn.Module]:
+        """The reference model for the ``with`` block, with gradients off."""
         if self._toggle:
             with self._live.disable_adapter(), torch.no_grad():
                 yield self._live

@@ -168,7 +168,7 @@ def fit_memory(config: BenchConfig, subject: Subject, sizes: BenchSizes) -> dict
 
 
 # -- DSG vs RMU ---------------------------------------------------------------------------
-#: The paper's DSG grid (DESIGN §1.7): p_ratio x N need a new selection and calibration,
+#: The paper's DSG grid (docs/method.md §6.2): p_ratio x N need a new selection and calibration,
 #: c (8 values) and p_dyn only a retune; one statistics pass serves all of them.
 DSG_GRID_SELECTIONS = 2 * 3
 DSG_GRID_CONFIGS = DSG_GRID_SELECTIONS * 8

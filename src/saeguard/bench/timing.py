@@ -98,7 +98,7 @@ def timer(fn: Callable[[], object], device: torch.device | str = "cpu") -> Calla
 
 
 class HookClock:
-    """Accumulates the wall time spent inside the guard's hooks (CPU timing)."""
+    """Accumulates the wall time spent inside the guard's gate work (CPU timing)."""
 
     def __init__(self, label: str | None = None) -> None:
         self.seconds = 0.0
@@ -109,32 +109,25 @@ class HookClock:
         self.seconds = 0.0
         self.calls = 0
 
-    def wrap(self, fn: Callable[..., object]) -> Callable[..., object]:
-        def timed(*args: object, **kwargs: object) -> object:
-            scope = torch.profiler.record_function(self.label) if self.label else nullcontext()
-            start = time.perf_counter()
-            with scope:
-                out = fn(*args, **kwargs)
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-            return out
-
-        return timed
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        """One timed span (optionally a named ``torch.profiler`` range)."""
+        scope = torch.profiler.record_function(self.label) if self.label else nullcontext()
+        start = time.perf_counter()
+        with scope:
+            yield
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
 
 
 @contextmanager
 def timed_guard(
     guard, model: nn.Module, *, forced: bool | None, label: str | None = None
 ) -> Iterator[tuple[object, HookClock]]:
-    """Attach ``guard`` with its two hooks wrapped by one clock; yields (hook, clock).
-
-    The wrappers are set on the hook instance before ``attach`` registers its
-    bound methods, so the guard's own code runs unchanged.
-    """
+    """Attach ``guard`` with a clock on its public instrumentation point; yields (hook, clock)."""
     hook = guard.hook()
     timer = HookClock(label)
-    hook._read_call = timer.wrap(hook._read_call)  # noqa: SLF001 - instrumenting, not changing
-    hook._intervene = timer.wrap(hook._intervene)  # noqa: SLF001
+    hook.instrument = timer.measure
     hook.forced = forced
     hook.attach(model)
     try:

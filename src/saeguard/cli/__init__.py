@@ -30,13 +30,46 @@ def _register() -> None:
         module.register(app)
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """The command-line parser's own error classes: typer's vendored click (typer >= 0.22) and click."""
+    found: list[type[BaseException]] = []
+    typer_error = getattr(typer, "TyperException", None)
+    if isinstance(typer_error, type):
+        found.append(typer_error)
+    try:
+        import click
+    except ImportError:  # typer >= 0.22 does not need click
+        pass
+    else:
+        found.append(click.ClickException)
+    return tuple(found)
+
+
+def report_usage_error(error: BaseException) -> int:
+    """Print a parser error (bad value, unknown option or command, missing option) as one line.
+
+    Returns:
+        The exit status: the parser's own (2 for usage errors).
+    """
+    if type(error).__name__ == "NoArgsIsHelpError":  # `saeguard` or `saeguard data` alone: the help
+        error.show()  # type: ignore[attr-defined]
+        return int(getattr(error, "exit_code", 2))
+    message = error.format_message() if hasattr(error, "format_message") else str(error)
+    message = " ".join(message.split())
+    ctx = getattr(error, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
+    return int(getattr(error, "exit_code", 2))
+
+
 def main() -> None:
+    """Entry point of the `saeguard` command: one-line errors, exit 2 for bad input, 130 on Ctrl-C."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars only; errors stay one line
     _register()
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="saeguard")
     except SaeguardError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -45,10 +78,5 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except _usage_error_types() as error:
+        sys.exit(report_usage_error(error))

@@ -9,27 +9,26 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from saeguard.cli.options import (
+    AUTO_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_MODEL,
+    Device,
+    Dtype,
+    Model,
+    Sae,
+    check_output,
+    load_cli_model,
+    resolve_device,
+    resolve_sae,
+)
+
 console = Console()
 
 
-def _default_sae(model: str) -> Path:
-    from saeguard.errors import require
-
-    require(model == "default", f"no default SAE for model {model!r}: pass --sae DIR (a SAELens folder)")
-    from saeguard.defaults import default_sae_dir, ensure_default_sae
-
-    if not (default_sae_dir() / "cfg.json").is_file():
-        console.print("[dim]training the default SAE first (~10-15 min on 2 cores, cached)[/dim]")
-    return ensure_default_sae()
-
-
 def compare(
-    model: Annotated[str, typer.Option(help="HF model name or folder; 'default' = embedded SmolLM2")] = (
-        "default"
-    ),
-    sae: Annotated[
-        str | None, typer.Option(help="SAELens folder or release:sae_id; default: the default model's SAE")
-    ] = None,
+    model: Model = DEFAULT_MODEL,
+    sae: Sae = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for compare.json, records, models, plot, table")
     ] = Path("runs/compare"),
@@ -47,14 +46,16 @@ def compare(
         list[str] | None, typer.Option("--method", "-m", help="Only these methods (repeatable)")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; default: torch's")] = None,
+    device: Device = AUTO_DEVICE,
+    dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:
     """Run every method over its grid with one harness; resumes from OUTPUT/records.jsonl."""
     from dataclasses import replace
 
     import torch
 
-    from saeguard.errors import SaeguardError
-    from saeguard.hf.models import load_model
+    from saeguard.errors import SaeguardError, require
+    from saeguard.hf.layers import max_positions
     from saeguard.runs.compare import CompareConfig, run_compare
 
     if threads is not None:
@@ -69,9 +70,17 @@ def compare(
     overrides = {"mcq_limit": limit, "known_permutations": known, "methods": method or None}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     settings.validate()
+    output = check_output(output, folder=True)
+    device = resolve_device(device)  # a bad device fails before the default SAE trains
     needs_sae = any(m in ("dsg", "static", "ungated") for m in settings.methods)
-    sae_spec = sae if sae is not None else (str(_default_sae(model)) if needs_sae else None)
-    lm, tokenizer = load_model(model, dtype=torch.float32)
+    sae_spec = resolve_sae(sae, model) if needs_sae or sae is not None else None
+    lm, tokenizer = load_cli_model(model, device, dtype)
+    limit_positions = max_positions(lm)
+    require(
+        limit_positions is None or settings.fit.seq_len <= limit_positions,
+        f"seq_len {settings.fit.seq_len} is longer than the model's {limit_positions} positions: "
+        f"set seq_len to {limit_positions} or less in --config",
+    )
     result = run_compare(
         lm,
         tokenizer,

@@ -23,11 +23,19 @@ def fetch(force: Annotated[bool, typer.Option(help="Download again even if verif
 
 @data_app.command()
 def status() -> None:
-    """Which sources are present and verified (fetches nothing)."""
+    """Which sources are present and verified, and where the default SAE is (fetches nothing)."""
     from saeguard.data.sources import source_status
+    from saeguard.defaults import default_sae_dir
 
     for name, state in source_status().items():
         typer.echo(f"{name}: {state}")
+    sae = default_sae_dir()
+    state = (
+        "ok"
+        if (sae / "cfg.json").is_file()
+        else "not trained yet (the first command that needs it trains it)"
+    )
+    typer.echo(f"default SAE (--sae default): {sae}: {state}")
 
 
 @data_app.command(name="list")

@@ -2,45 +2,75 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+
+from saeguard.cli.fit_options import FitSettings, fit_options
+from saeguard.cli.options import (
+    AUTO_DEVICE,
+    DEFAULT_DTYPE,
+    Device,
+    Dtype,
+    Sae,
+    check_output,
+    is_default_sae,
+    resolve_device,
+)
+from saeguard.eval.known import Orderings
 
 
+def _demo_default(name: str) -> str:
+    """``[default: X]`` for a ``DemoConfig`` field, read from the dataclass (not written twice)."""
+    from saeguard.demo import DemoConfig
+
+    spec = next(spec for spec in fields(DemoConfig) if spec.name == name)
+    return escape(f"[default: {spec.default}]")
+
+
+@fit_options(default_preset="demo")
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder")] = Path("reports/demo"),
-    n_features: int = 20,
-    clamp: Annotated[str, typer.Option(help="Absolute (500) or relative to mean activation (10x)")] = "5x",
-    gate_percentile: float = 95.0,
-    gate_statistic: Annotated[
-        str, typer.Option(help="activation (default) or fraction (the paper's rho)")
-    ] = "activation",
-    clamp_scope: Annotated[
-        str, typer.Option(help="input (every token of a flagged input) or fired (the paper)")
-    ] = "input",
+    sae: Sae = None,
     forget_items: Annotated[
-        int, typer.Option(help="Biology questions to draw (before the known filter)")
-    ] = 150,
-    other_items: Annotated[int, typer.Option(help="Questions per retain / near-domain topic")] = 60,
+        int | None,
+        typer.Option(
+            help=f"Biology questions to draw (before the known filter) {_demo_default('forget_items')}"
+        ),
+    ] = None,
+    other_items: Annotated[
+        int | None,
+        typer.Option(help=f"Questions per retain / near-domain topic {_demo_default('items_per_other_set')}"),
+    ] = None,
     permutations: Annotated[
-        str, typer.Option(help="Known-set filter: cyclic (4 orders) or all (24)")
-    ] = "cyclic",
+        Orderings | None,
+        typer.Option(help=f"Known-set filter: cyclic (4 orders) or all (24) {_demo_default('permutations')}"),
+    ] = None,
+    device: Device = AUTO_DEVICE,
+    dtype: Dtype = DEFAULT_DTYPE,
+    *,
+    settings: FitSettings,
 ) -> None:
-    """Fit a biology guardrail on SmolLM2-135M-Instruct and show before/after (offline, CPU)."""
+    """Fit a biology guardrail on SmolLM2-135M-Instruct and show before/after (offline, CPU or GPU)."""
+    import torch
+
     from saeguard.demo import DemoConfig, run_demo
 
-    config = DemoConfig(
-        n_features=n_features,
-        clamp=clamp,
-        gate_percentile=gate_percentile,
-        gate_statistic=gate_statistic,
-        clamp_scope=clamp_scope,
-        forget_items=forget_items,
-        items_per_other_set=other_items,
-        permutations=permutations,
+    output = check_output(output, folder=True)
+    chosen: dict[str, Any] = {
+        "sae": None if is_default_sae(sae) else sae,
+        "forget_items": forget_items,
+        "items_per_other_set": other_items,
+        "permutations": permutations,
+    }
+    config = replace(
+        DemoConfig(fit=settings.config),
+        **{name: value for name, value in chosen.items() if value is not None},
     )
-    run_demo(config, output)
+    run_demo(config, output, device=resolve_device(device), dtype=getattr(torch, dtype))
     typer.echo(f"report: {output / 'demo.html'}")
 
 

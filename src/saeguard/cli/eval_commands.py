@@ -8,8 +8,41 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from saeguard.cli.fit_options import FitSettings, fit_options
+from saeguard.cli.options import (
+    AUTO_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_MODEL,
+    Device,
+    Dtype,
+    Model,
+    Sae,
+    check_output,
+    fit_length,
+    load_cli_model,
+    resolve_device,
+    resolve_sae,
+)
+from saeguard.eval.items import Scorer
+from saeguard.io import to_jsonable
 
 console = Console()
+GRID_PANEL = "Sweep grid (SweepGrid; repeat an option for several values)"
+GRID_AXES = ("ratio_percentile", "n_features", "clamp", "gate_percentile")
+DEFAULT_SCORER: Scorer = "cloze"
+
+
+def _grid_option(name: str, what: str) -> typer.Option:  # type: ignore[valid-type]
+    """An option for one grid axis; its shown default is SweepGrid's, read from the dataclass."""
+    from dataclasses import fields
+
+    from saeguard.runs.sweep import SweepGrid
+
+    spec = next(spec for spec in fields(SweepGrid) if spec.name == name)
+    default = ", ".join(str(v) for v in spec.default_factory())  # type: ignore[misc]
+    return typer.Option(help=f"{what} {escape(f'[default: {default}]')}", rich_help_panel=GRID_PANEL)
 
 
 def _items(spec: str, limit: int | None):
@@ -24,32 +57,28 @@ def _items(spec: str, limit: int | None):
     return build_mcq(spec, "heldout", limit=limit)
 
 
-def _model(name: str):
-    import torch
-
-    from saeguard.hf.models import load_model
-
-    return load_model(name, dtype=torch.float32)
-
-
 def eval_command(
     mcq: Annotated[
         list[str], typer.Option(help="Question set: .jsonl, hf:cais/wmdp/wmdp-bio:test, or wiki:biology")
     ],
     guard: Annotated[Path | None, typer.Option(help="Guardrail folder; omit for the plain model")] = None,
-    model: str = "default",
-    scorer: Annotated[str, typer.Option(help="letter or cloze")] = "cloze",
+    model: Model = DEFAULT_MODEL,
+    scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = DEFAULT_SCORER,
     known: Annotated[bool, typer.Option(help="Restrict to items the base model knows")] = True,
     permutations: Annotated[str, typer.Option(help="Known filter orders: all (24) or cyclic (4)")] = "all",
     limit: Annotated[int | None, typer.Option(help="Items per set before filtering")] = None,
     output: Annotated[Path | None, typer.Option(help="Folder for one JSON result per set")] = None,
+    device: Device = AUTO_DEVICE,
+    dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:
     """MCQ accuracy (known items) with and without a guardrail."""
     from saeguard.core.guardrail import Guardrail
     from saeguard.eval.known import KnownConfig, known_items
     from saeguard.eval.mcq import McqConfig, evaluate_mcq
 
-    lm, tokenizer = _model(model)
+    if output is not None:
+        output = check_output(output, folder=True)
+    lm, tokenizer = load_cli_model(model, device, dtype)
     loaded = Guardrail.load(guard, lm, strict=False) if guard else None
     config = McqConfig(scorer=scorer)  # type: ignore[arg-type]
     for spec in mcq:
@@ -82,46 +111,56 @@ def eval_command(
         console.print(line)
 
 
+@fit_options(skip=GRID_AXES)
 def sweep_command(
-    sae: Annotated[str, typer.Option(help="SAELens folder or release:sae_id")],
     forget: Annotated[str, typer.Option(help="Forget corpus (file, hf:..., or wiki:biology)")],
     retain: Annotated[str, typer.Option(help="Retain corpus")],
     forget_mcq: Annotated[list[str], typer.Option(help="Forget question set(s)")],
     utility_mcq: Annotated[list[str], typer.Option(help="Utility question set(s)")],
     output: Annotated[Path, typer.Option(help="JSONL of results; a rerun resumes it")],
-    model: str = "default",
-    layer: str | None = None,
-    ratio_percentile: Annotated[list[float], typer.Option()] = [90.0, 95.0],  # noqa: B006
-    n_features: Annotated[list[int], typer.Option()] = [10, 20, 30],  # noqa: B006
-    clamp: Annotated[list[str], typer.Option(help="Absolute or relative (10x)")] = ["10x", "25x", "50x"],  # noqa: B006
-    gate_percentile: Annotated[list[float], typer.Option()] = [95.0],  # noqa: B006
-    scorer: str = "cloze",
-    seq_len: int = 1024,
+    sae: Sae = None,
+    model: Model = DEFAULT_MODEL,
+    ratio_percentile: Annotated[
+        list[float] | None, _grid_option("ratio_percentile", "p_ratio values")
+    ] = None,
+    n_features: Annotated[list[int] | None, _grid_option("n_features", "N values")] = None,
+    clamp: Annotated[
+        list[str] | None, _grid_option("clamp", "Clamps: absolute (500) or relative (10x)")
+    ] = None,
+    gate_percentile: Annotated[list[float] | None, _grid_option("gate_percentile", "p_dyn values")] = None,
+    scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = DEFAULT_SCORER,
     limit: Annotated[int | None, typer.Option(help="Items per question set")] = None,
+    device: Device = AUTO_DEVICE,
+    dtype: Dtype = DEFAULT_DTYPE,
+    *,
+    settings: FitSettings,
 ) -> None:
     """Sweep (p_ratio, N, c, p_dyn) over one statistics pass; resumable."""
-    from saeguard.config import FitConfig
     from saeguard.eval.mcq import McqConfig
     from saeguard.hf.corpus import resolve_corpus
     from saeguard.runs.sweep import SweepConfig, SweepGrid, run_sweep
 
-    if clamp is None:
-        clamp = ["10x", "25x", "50x"]
-    lm, tokenizer = _model(model)
+    axes = {
+        "ratio_percentile": ratio_percentile,
+        "n_features": n_features,
+        "clamp": clamp,
+        "gate_percentile": gate_percentile,
+    }
+    grid = SweepGrid(**{name: list(values) for name, values in axes.items() if values})
+    grid.points()  # check every clamp and axis before the model loads
+    output = check_output(output, folder=False)
+    device = resolve_device(device)  # a bad device fails before the default SAE trains
+    sae_spec = resolve_sae(sae, model)
+    lm, tokenizer = load_cli_model(model, device, dtype)
     config = SweepConfig(
-        grid=SweepGrid(
-            ratio_percentile=ratio_percentile,
-            n_features=n_features,
-            clamp=list(clamp),
-            gate_percentile=gate_percentile,
-        ),
-        fit=FitConfig(layer=layer, seq_len=seq_len),
-        mcq=McqConfig(scorer=scorer),  # type: ignore[arg-type]
+        grid=grid,
+        fit=fit_length(settings.config, lm, given="seq_len" in settings.given),
+        mcq=McqConfig(scorer=scorer),
     )
     result = run_sweep(
         lm,
         tokenizer,
-        sae,
+        sae_spec,
         forget=resolve_corpus(forget, "train"),
         retain=resolve_corpus(retain, "train"),
         forget_mcq={s: _items(s, limit) for s in forget_mcq},
@@ -129,7 +168,7 @@ def sweep_command(
         output=output,
         config=config,
     )
-    console.print(json.dumps(getattr(result, "score", None) and result.score.__dict__, default=str, indent=2))
+    console.print(json.dumps(to_jsonable(result.score), indent=2))  # no Python repr of the best Outcome
 
 
 def report_command(

@@ -10,81 +10,57 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from saeguard.cli.fit_options import FitSettings, fit_options
+from saeguard.cli.options import (
+    AUTO_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_MODEL,
+    Device,
+    Dtype,
+    Model,
+    Sae,
+    check_output,
+    check_replace,
+    fit_length,
+    load_cli_model,
+    resolve_device,
+    resolve_sae,
+)
+
 console = Console()
 
 
-def _load_model(name: str, dtype: str):
-    import torch
-
-    from saeguard.hf.models import load_model
-
-    return load_model(name, dtype=getattr(torch, dtype))
-
-
+@fit_options()
 def fit(
     forget: Annotated[
         str,
         typer.Option(help="Forget corpus: .txt, .jsonl, hf:name:split, or a built-in name (wiki:biology)"),
     ],
     retain: Annotated[str, typer.Option(help="Retain corpus, same forms as --forget")],
-    sae: Annotated[str, typer.Option(help="SAELens folder or release:sae_id")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the guardrail artifact")],
-    model: Annotated[
-        str, typer.Option(help="HF model name or folder; 'default' = embedded SmolLM2")
-    ] = "default",
-    layer: Annotated[
-        str | None, typer.Option(help="Hook layer index or hook name; default: the SAE's")
-    ] = None,
-    n_features: Annotated[int, typer.Option("--n-features", "-n")] = 20,
-    ratio_percentile: float = 95.0,
-    gate_percentile: float = 95.0,
-    clamp: Annotated[
-        str, typer.Option(help="Absolute value (500) or multiple of the mean activation (10x)")
-    ] = "500",
-    seq_len: int = 1024,
-    batch_size: int = 8,
-    memory_budget_gb: Annotated[
-        float | None, typer.Option(help="Size statistics batches to this many GiB of activations")
-    ] = None,
-    max_chunks: Annotated[int | None, typer.Option(help="Cap on chunks per corpus")] = None,
-    calibration: Annotated[
-        str, typer.Option(help="prompts (chat-wrapped, prompt-length) or chunks")
-    ] = "prompts",
-    gate_statistic: Annotated[
-        str,
-        typer.Option(help="fraction (the paper: share of tokens where a latent fires) or activation"),
-    ] = "fraction",
-    clamp_scope: Annotated[
-        str, typer.Option(help="fired (the paper: tokens where a latent fires) or input (every token)")
-    ] = "fired",
-    dtype: str = "float32",
+    sae: Sae = None,
+    model: Model = DEFAULT_MODEL,
+    force: Annotated[bool, typer.Option("--force", help="Replace a guardrail already in --output")] = False,
+    device: Device = AUTO_DEVICE,
+    dtype: Dtype = DEFAULT_DTYPE,
+    *,
+    settings: FitSettings,
 ) -> None:
-    """Select forget features, calibrate the gate, write the artifact."""
-    from saeguard.config import Clamp, FitConfig
+    """Select forget latents, calibrate the gate, write the artifact."""
+    from saeguard.core.artifact import is_guardrail_folder
     from saeguard.core.guardrail import Guardrail
     from saeguard.hf.corpus import resolve_corpus
 
-    config = FitConfig(
-        layer=layer,
-        n_features=n_features,
-        ratio_percentile=ratio_percentile,
-        gate_percentile=gate_percentile,
-        clamp=Clamp.parse(clamp),
-        seq_len=seq_len,
-        batch_size=batch_size,
-        memory_budget_gb=memory_budget_gb,
-        max_forget_chunks=max_chunks,
-        max_retain_chunks=max_chunks,
-        calibration=calibration,  # type: ignore[arg-type]
-        gate_statistic=gate_statistic,  # type: ignore[arg-type]
-        clamp_scope=clamp_scope,  # type: ignore[arg-type]
-    )
-    config.validate()  # fail before the model loads
-    lm, tokenizer = _load_model(model, dtype)
+    output = check_output(output, folder=True)  # before the model loads and the fit runs
+    device = resolve_device(device)  # a bad device fails before the default SAE trains
+    check_replace(output, force=force, is_ours=is_guardrail_folder, what="guardrail")
+    sae_spec = resolve_sae(sae, model)
+    lm, tokenizer = load_cli_model(model, device, dtype)
+    config = fit_length(settings.config, lm, given="seq_len" in settings.given)
     guard = Guardrail.fit(
         lm,
         tokenizer,
-        sae,
+        sae_spec,
         forget=resolve_corpus(forget, "train"),
         retain=resolve_corpus(retain, "train"),
         config=config,
@@ -97,18 +73,19 @@ def fit(
 def generate(
     guard: Annotated[Path, typer.Option(help="Guardrail folder from `saeguard fit`")],
     prompt: Annotated[list[str], typer.Option(help="Prompt (repeat for a batch)")],
-    model: str = "default",
+    model: Model = DEFAULT_MODEL,
     max_new_tokens: int = 64,
     compare: Annotated[bool, typer.Option(help="Also show the unguarded answer")] = True,
     strict: Annotated[
         bool, typer.Option(help="Refuse a model whose weights differ from the fitted one")
     ] = True,
-    dtype: str = "float32",
+    device: Device = AUTO_DEVICE,
+    dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:
     """Generate with the guard (and without, to compare)."""
     from saeguard.core.guardrail import Guardrail
 
-    lm, tokenizer = _load_model(model, dtype)
+    lm, tokenizer = load_cli_model(model, device, dtype)
     loaded = Guardrail.load(guard, lm, strict=strict)
     texts, records = loaded.generate(lm, tokenizer, prompt, max_new_tokens=max_new_tokens)
     plain = (

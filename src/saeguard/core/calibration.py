@@ -4,7 +4,7 @@ tau is the ``gate_percentile``-th percentile of rho over retain calibration
 inputs. Inputs are either the fitting chunks (the paper) or ``prompts``:
 retain text cut to prompt-like lengths and wrapped in the chat template, with
 only the user's tokens counted, because tau calibrated on long articles misses
-short questions and a system prompt dilutes rho (DESIGN §5).
+short questions and a system prompt dilutes rho (docs/method.md §3, §9).
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ def prompt_texts(
     limit: int = 512,
     seed: int = 0,
 ) -> list[str]:
-    """Leading pieces of documents, 8-64 tokens long, as stand-ins for user prompts."""
+    """Leading pieces of documents, 8-64 tokens long, as stand-ins for user prompts.
+
+    Each piece is the first ``randint(min_tokens, max_tokens)`` tokens of a
+    document (fewer if it is shorter), decoded back to text; documents under 2
+    tokens are skipped; at most ``limit`` pieces; ``seed`` makes it repeatable.
+    """
     rng = random.Random(seed)
     texts = []
     for doc in documents:
@@ -53,6 +58,7 @@ def prompt_texts(
 def prompt_batches(
     texts: Sequence[str], tokenizer, batch_size: int, *, chat: bool = True
 ) -> Iterator[TokenBatch]:
+    """Right-padded batches of prompts (chat-wrapped when ``chat``); only the user's tokens are counted."""
     special = special_token_ids(tokenizer)
     for start in range(0, len(texts), batch_size):
         enc = encode_prompts(tokenizer, texts[start : start + batch_size], chat=chat, left_pad=False)
@@ -71,7 +77,12 @@ def gate_rho(
     description: str = "gate rho",
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """rho for every input, computed exactly as the gate computes it."""
+    """rho for every input, computed exactly as the gate computes it (docs/method.md §3).
+
+    Returns:
+        (n,) float64, one value per input with at least one counted token (inputs
+        without any are dropped).
+    """
     device = model_device(model)
     on_device = latents.to(device)
     statistic = statistic or GateStatistic()

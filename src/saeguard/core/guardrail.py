@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ from torch import nn
 from saeguard.config import FitConfig, with_overrides
 from saeguard.core.artifact import load_guardrail, save_guardrail
 from saeguard.core.fit import FitResult, corpus_statistics, fit_from_statistics, prepare_fit
-from saeguard.core.gate import GateHook, GateRecord, token_scope
+from saeguard.core.gate import GateRecord, token_scope
+from saeguard.core.hooks import GateHook
 from saeguard.errors import require
 from saeguard.hf.corpus import CorpusSpec
 from saeguard.hf.fingerprint import model_fingerprint
-from saeguard.hf.layers import hidden_size, layer_count
+from saeguard.hf.layers import hidden_size, layer_count, max_positions
 from saeguard.hf.prompts import encode_prompts
 
 
@@ -83,9 +84,11 @@ class Guardrail(FitResult):
         return cls(**{name: getattr(result, name) for name in result.__dataclass_fields__})
 
     # -- inference ----------------------------------------------------------
-    def hook(self) -> GateHook:
+    def hook(self, *, tokenizer: Any = None) -> GateHook:
+        """A new :class:`GateHook` carrying this guard (not attached)."""
         hook = GateHook(
             self.latents,
+            tokenizer=tokenizer,
             layer=self.layer,
             tau=self.tau,
             clamp_value=self.clamp_value,
@@ -121,15 +124,26 @@ class Guardrail(FitResult):
                 "or pass strict=False / --no-strict to accept it",
             )
 
-    def attach(self, model: nn.Module, *, strict: bool = False) -> GateHook:
+    def attach(self, model: nn.Module, *, strict: bool = False, tokenizer: Any = None) -> GateHook:
+        """Guard every forward of ``model`` (any thread) until the returned hook is detached.
+
+        With ``tokenizer`` (one with a chat template), raw chat-formatted ids count only
+        the user's turns, as :meth:`generate` does; without it every non-special token counts.
+
+        Raises:
+            SaeguardError: ``model`` is not the model the guard was fitted on (see :meth:`check_model`).
+        """
         self.check_model(model, strict=strict)
-        hook = self.hook()
+        hook = self.hook(tokenizer=tokenizer)
         hook.attach(model)
         return hook
 
     @contextmanager
-    def attached(self, model: nn.Module, *, strict: bool = False) -> Iterator[GateHook]:
-        hook = self.attach(model, strict=strict)
+    def attached(
+        self, model: nn.Module, *, strict: bool = False, tokenizer: Any = None
+    ) -> Iterator[GateHook]:
+        """:meth:`attach` for the duration of a ``with`` block."""
+        hook = self.attach(model, strict=strict, tokenizer=tokenizer)
         try:
             yield hook
         finally:
@@ -139,29 +153,66 @@ class Guardrail(FitResult):
     def generate(
         self,
         model: nn.Module,
-        tokenizer,
-        prompts: Sequence[str],
+        tokenizer: Any,
+        prompts: Sequence[str | Sequence[dict[str, str]]],
         *,
         max_new_tokens: int = 64,
         chat: bool = True,
         guarded: bool = True,
         **generate_kwargs: Any,
     ) -> tuple[list[str], list[GateRecord]]:
-        """Batched generation with the guard; returns texts and the prefill gate records."""
-        encoded = encode_prompts(tokenizer, prompts, chat=chat and self.config.chat_template)
+        """Batched generation with the guard applied to this call only (thread-safe).
+
+        Args:
+            prompts: user messages, or whole conversations (lists of ``{"role", "content"}``);
+                the gate counts every user turn's tokens.
+            max_new_tokens: tokens to generate per prompt.
+            chat: wrap prompts in the tokenizer's chat template (when it has one).
+            guarded: False generates without the guard (same encoding), for comparisons.
+            generate_kwargs: passed to ``model.generate`` (greedy by default).
+
+        Returns:
+            (texts, records): the generated texts and one :class:`GateRecord` per forward
+            (``records[0]`` is the prompt's decision; see :func:`row_decisions`).
+
+        Raises:
+            SaeguardError: no prompts, no tokenizer, or a prompt plus ``max_new_tokens``
+                longer than the model's positions.
+        """
+        require(tokenizer is not None, "generate needs the model's tokenizer: pass tokenizer=...")
+        require(
+            isinstance(prompts, (list, tuple)) and len(prompts) > 0,
+            "generate needs a non-empty list of prompts, e.g. ['What does a ribosome do?']",
+        )
+        require(
+            isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1,
+            f"max_new_tokens must be a positive integer, got {max_new_tokens!r}",
+        )
+        encoded = encode_prompts(tokenizer, list(prompts), chat=chat and self.config.chat_template)
+        limit = max_positions(model)
+        total = encoded.prompt_length + max_new_tokens
+        require(
+            limit is None or total <= limit,
+            f"prompt ({encoded.prompt_length} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's {limit} positions: shorten the prompt or generate fewer tokens",
+        )
         device = next(model.parameters()).device
         kwargs = {
             "max_new_tokens": max_new_tokens,
             "do_sample": False,
-            "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id,
         }
         kwargs.update(generate_kwargs)
         records: list[GateRecord] = []
+        hook = self.hook() if guarded else None
         with (
-            self.attached(model) if guarded else _nothing() as hook,
+            hook.session(model) if hook is not None else nullcontext(),
             token_scope(encoded.content_mask.to(device)),
         ):
             if hook is not None:
+                hook.reset()
                 hook.recording = True
             output = model.generate(
                 input_ids=encoded.input_ids.to(device),
@@ -170,6 +221,7 @@ class Guardrail(FitResult):
             )
             if hook is not None:
                 records = list(hook.records)
+                hook.reset()
         new_tokens = output[:, encoded.prompt_length :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), records
 
@@ -215,6 +267,39 @@ class Guardrail(FitResult):
         return summary
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
+@dataclass
+class RowDecision:
+    """What the gate did to one generated row (from :meth:`Guardrail.generate`'s records)."""
+
+    prompt_flagged: bool
+    prompt_rho: float
+    flipped_at: int | None  # index of the first generated token clamped after a passed prompt
+    final_rho: float
+
+
+def row_decisions(records: Sequence[GateRecord]) -> list[RowDecision]:
+    """Per row: the prompt's decision and, if the gate flipped while generating, the token where.
+
+    Valid for strategies that keep rows in order (greedy, sampling); beam search reorders rows.
+    """
+    if not records:
+        return []
+    prompt = records[0]
+    assert prompt.prompt_flagged is not None
+    out = []
+    for row in range(int(prompt.rho.shape[0])):
+        flipped = None
+        if not bool(prompt.prompt_flagged[row]):
+            for step, record in enumerate(records[1:]):
+                if bool(record.flagged[row]):
+                    flipped = step
+                    break
+        out.append(
+            RowDecision(
+                prompt_flagged=bool(prompt.prompt_flagged[row]),
+                prompt_rho=float(prompt.rho[row]),
+                flipped_at=flipped,
+                final_rho=float(records[-1].rho[row]),
+            )
+        )
+    return out

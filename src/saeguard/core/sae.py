@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import SaeguardError, one_line, require
 from saeguard.hf.fingerprint import tensors_fingerprint
 
 if TYPE_CHECKING:
@@ -38,7 +38,18 @@ def load_sae(
     device: str | torch.device = "cpu",
     dtype: str = "float32",
 ) -> SAE:
-    """An SAE from a SAELens folder, a ``release:sae_id`` pair, or an SAE object."""
+    """An SAE from a SAELens folder, a ``release:sae_id`` pair, or an SAE object.
+
+    Args:
+        spec: a folder with ``cfg.json`` + ``sae_weights.safetensors``, a
+            ``"release:sae_id"`` string or ``(release, sae_id)`` tuple resolved by
+            SAELens, or an already loaded SAELens ``SAE`` (returned as is).
+        device, dtype: where and in which dtype SAELens loads the weights.
+
+    Raises:
+        SaeguardError: the folder lacks ``cfg.json`` or does not load, the release
+            cannot be resolved, or the SAE is unsupported (:func:`check_supported`).
+    """
     if isinstance(spec, _sae_class()):
         sae = spec
     elif isinstance(spec, tuple):
@@ -55,7 +66,7 @@ def load_sae(
             try:
                 sae = _sae_class().load_from_disk(str(path), device=str(device), dtype=dtype)
             except (OSError, KeyError, ValueError, RuntimeError) as error:
-                raise SaeguardError(f"cannot load the SAE in {path}: {error}") from None
+                raise SaeguardError(f"cannot load the SAE in {path}: {one_line(error)}") from None
         elif ":" in text and not path.exists():
             release, sae_id = text.split(":", 1)
             sae = _from_release(release, sae_id, device=str(device), dtype=dtype)
@@ -73,16 +84,23 @@ def _from_release(release: str, sae_id: str, *, device: str, dtype: str) -> SAE:
         return _sae_class().from_pretrained(release, sae_id, device=device, dtype=dtype)
     except Exception as error:  # noqa: BLE001 - hub and registry errors vary widely
         raise SaeguardError(
-            f"cannot load SAELens release {release!r} id {sae_id!r}: {error}. "
-            "Check the names with sae_lens's pretrained_saes.yaml and that the hub is reachable"
+            f"cannot load SAELens release {release!r} id {sae_id!r}: {one_line(error)}; "
+            "check the names in sae_lens's pretrained_saes.yaml and that the hub (or its cache) has the files"
         ) from None
 
 
 def sae_architecture(sae: SAE) -> str:
+    """SAELens's architecture name: ``standard`` (ReLU), ``jumprelu``, ``topk``, ..."""
     return str(sae.cfg.architecture())
 
 
 def check_supported(sae: SAE) -> None:
+    """Accept residual-stream ReLU, JumpReLU and TopK SAEs without run-time input normalisation.
+
+    Raises:
+        SaeguardError: another architecture, an input normalisation not folded into
+            the weights, or an SAE that reads attention heads (``hook_z``).
+    """
     arch = sae_architecture(sae)
     require(
         arch in SUPPORTED_ARCHITECTURES,
@@ -101,12 +119,14 @@ def check_supported(sae: SAE) -> None:
 
 
 def sae_hook_name(sae: SAE) -> str | None:
+    """The SAE's recorded ``hook_name`` (e.g. ``blocks.3.hook_resid_post``), or None."""
     metadata = getattr(sae.cfg, "metadata", None)
     name = getattr(metadata, "hook_name", None) if metadata is not None else None
     return str(name) if name else None
 
 
 def sae_fingerprint(sae: SAE) -> str:
+    """16-hex fingerprint of the SAE's weights (:func:`~saeguard.hf.fingerprint.tensors_fingerprint`)."""
     return tensors_fingerprint({k: v for k, v in sae.state_dict().items()})
 
 
@@ -135,7 +155,10 @@ def sae_source(spec: Any, sae: SAE) -> dict[str, Any]:
 
 @torch.no_grad()
 def encode_all(sae: SAE, hidden: torch.Tensor) -> torch.Tensor:
-    """All latent activations for ``hidden`` (..., d_in) through SAELens's own encode."""
+    """All latent activations for ``hidden`` (..., d_in) through SAELens's own encode.
+
+    Returns (..., d_sae) in the SAE's dtype; ``hidden`` is cast to it first.
+    """
     dtype = sae.W_enc.dtype
     return sae.encode(hidden.to(dtype))
 
@@ -144,7 +167,9 @@ def encode_all(sae: SAE, hidden: torch.Tensor) -> torch.Tensor:
 class SelectedLatents:
     """The N selected latents: enough to read and clamp them without the full SAE.
 
-    ``full_sae`` is set only for TopK SAEs, whose latents depend on all others.
+    Tensors follow SAELens (``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in)) restricted
+    to the selected columns and rows, float32. ``full_sae`` is set only for TopK SAEs,
+    whose latents depend on all others (docs/method.md §4).
     """
 
     ids: torch.Tensor  # (N,) int64 latent indices
@@ -159,6 +184,7 @@ class SelectedLatents:
 
     @classmethod
     def from_sae(cls, sae: SAE, ids: torch.Tensor | list[int]) -> SelectedLatents:
+        """Copy latents ``ids`` (N,) out of ``sae``: W_enc columns, b_enc, W_dec rows, b_dec, thresholds."""
         index = torch.as_tensor(ids, dtype=torch.long)
         arch = sae_architecture(sae)
         threshold = getattr(sae, "threshold", None)
@@ -176,9 +202,11 @@ class SelectedLatents:
 
     @property
     def needs_full_sae(self) -> bool:
+        """True for TopK SAEs: reading a latent needs every pre-activation."""
         return self.architecture not in CHEAP_ARCHITECTURES
 
     def to(self, device: torch.device | str) -> SelectedLatents:
+        """A copy with every tensor (and the full SAE, if any) on ``device``."""
         moved = {
             name: getattr(self, name).to(device)
             for name in ("ids", "encoder", "encoder_bias", "decoder", "decoder_bias")
@@ -207,6 +235,7 @@ class SelectedLatents:
         return acts
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """Named tensors as the artifact stores them: ``latent_ids``, ``encoder``, ..., ``threshold``."""
         out = {
             "latent_ids": self.ids,
             "encoder": self.encoder,
@@ -227,6 +256,7 @@ class SelectedLatents:
         subtract_decoder_bias: bool,
         full_sae: SAE | None = None,
     ) -> SelectedLatents:
+        """Rebuild from :meth:`tensors` output (shapes are checked by the artifact reader)."""
         return cls(
             ids=tensors["latent_ids"].long(),
             encoder=tensors["encoder"],

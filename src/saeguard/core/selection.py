@@ -1,4 +1,4 @@
-"""Feature selection by the Fisher-information ratio (DESIGN §1.2).
+"""Feature selection by the Fisher-information ratio (docs/method.md §2.2; paper §3.2).
 
 importance I_j = mean_t f_j^2 proxy: the reference squares the mean
 (``squared_mean``); the mean of squares (``mean_square``) is the textbook
@@ -23,6 +23,12 @@ RATIO_EPSILON = 1e-21
 
 @dataclass
 class Selection:
+    """The chosen latents and the numbers they were chosen by, in selection order.
+
+    For ``select_by_frequency`` the importance lists hold firing frequencies and
+    ``ratio_cutoff`` the retain-frequency threshold.
+    """
+
     latent_ids: list[int]
     forget_importance: list[float]
     retain_importance: list[float]
@@ -32,6 +38,11 @@ class Selection:
 
 
 def importance(stats: FeatureStatistics, kind: Importance = "squared_mean") -> torch.Tensor:
+    """Per-latent importance I_j, (F,) float64: ``mu_j^2`` (the reference) or ``E[f_j^2]``.
+
+    Raises:
+        SaeguardError: an unknown ``kind``.
+    """
     if kind == "squared_mean":
         return stats.mean.square()
     require(kind == "mean_square", f"unknown importance {kind!r}: use squared_mean or mean_square")
@@ -39,6 +50,7 @@ def importance(stats: FeatureStatistics, kind: Importance = "squared_mean") -> t
 
 
 def check_percentile(name: str, value: float) -> None:
+    """Raise ``SaeguardError`` naming ``name`` unless ``value`` is a percentile in [0, 100]."""
     require(
         0.0 <= float(value) <= 100.0 and not np.isnan(value),
         f"{name} must be a percentile in [0, 100], got {value}",
@@ -54,6 +66,17 @@ def select_features(
     importance_kind: Importance = "squared_mean",
     epsilon: float = RATIO_EPSILON,
 ) -> Selection:
+    """DSG selection (paper §3.2; docs/method.md §2.2).
+
+    r_j = I_j(forget) / (I_j(retain) + epsilon); candidates are latents with
+    r_j at or above the ``ratio_percentile``-th percentile of r over all F
+    latents and non-zero forget importance; the ``n_features`` candidates with the
+    largest forget importance are returned, ties broken by the lower latent index.
+
+    Raises:
+        SaeguardError: a bad percentile, ``n_features`` < 1 or above the number of
+            candidates, or statistics of different widths.
+    """
     check_percentile("ratio_percentile", ratio_percentile)
     require(n_features >= 1, f"n_features must be at least 1, got {n_features}")
     require(
@@ -86,7 +109,15 @@ def select_features(
 def select_by_frequency(
     forget: FeatureStatistics, retain: FeatureStatistics, *, n_features: int, retain_threshold: float
 ) -> Selection:
-    """Static-clamp selection (Farrell et al.): latents rare on retain text, most frequent on forget text."""
+    """Static-clamp selection (Farrell et al.): latents rare on retain text, most frequent on forget text.
+
+    Candidates fire on at most ``retain_threshold`` of retain tokens (a fraction
+    in [0, 1]) and at least once on forget text; the ``n_features`` most frequent
+    on forget text are returned (docs/method.md §6.2).
+
+    Raises:
+        SaeguardError: ``n_features`` < 1 or above the number of candidates.
+    """
     require(n_features >= 1, f"n_features must be at least 1, got {n_features}")
     forget_freq, retain_freq = forget.frequency, retain.frequency
     candidates = torch.nonzero((retain_freq <= retain_threshold) & (forget_freq > 0)).flatten()

@@ -27,7 +27,11 @@ _TOKEN_CHUNK = 4096
 
 @dataclass
 class FeatureStatistics:
-    """Running sums over counted tokens for every latent."""
+    """Running sums over counted tokens for every latent (docs/method.md §2.1).
+
+    F is the SAE width ``d_sae``; the sums are float64 on the CPU. Counted tokens
+    are real, non-special tokens (BOS/EOS/PAD and padding excluded by id and mask).
+    """
 
     activation_sum: torch.Tensor  # (F,) float64
     squared_sum: torch.Tensor  # (F,) float64
@@ -37,15 +41,18 @@ class FeatureStatistics:
 
     @classmethod
     def empty(cls, width: int) -> FeatureStatistics:
+        """All-zero sums for ``width`` latents."""
         zeros = torch.zeros(width, dtype=torch.float64)
         return cls(zeros, zeros.clone(), zeros.clone(), 0, 0)
 
     @property
     def mean(self) -> torch.Tensor:
+        """mu_j: mean activation per latent over counted tokens, (F,) float64."""
         return self.activation_sum / max(self.token_count, 1)
 
     @property
     def mean_square(self) -> torch.Tensor:
+        """E[f_j^2] per latent over counted tokens, (F,) float64."""
         return self.squared_sum / max(self.token_count, 1)
 
     @property
@@ -102,6 +109,7 @@ class FeatureStatistics:
 
 
 def batched(items: Iterable[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
+    """Groups of ``batch_size`` token-id lists; the last group may be shorter."""
     batch: list[list[int]] = []
     for item in items:
         batch.append(item)
@@ -132,7 +140,15 @@ def collect_statistics(
     total: int | None = None,
     show_progress: bool = True,
 ) -> FeatureStatistics:
-    """Mean, mean square and firing frequency of every latent over counted tokens."""
+    """Mean, mean square and firing frequency of every latent over counted tokens.
+
+    Runs ``model`` only up to block ``layer`` and encodes the counted tokens'
+    residuals with the full ``sae`` in chunks of at most 4,096 tokens; nothing
+    dense is kept (docs/method.md §2.1).
+
+    Raises:
+        SaeguardError: non-finite activations at ``layer``, or no counted token at all.
+    """
     stats = FeatureStatistics.empty(int(sae.cfg.d_sae))
     device = model_device(model)
     with progress_bar(description, total=total, enabled=show_progress) as advance:

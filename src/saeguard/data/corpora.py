@@ -156,7 +156,12 @@ def parse_wordnet_file(path: Path) -> list[Doc]:
 
 
 def parse_austen(rdx: Path, rdb: Path) -> list[Doc]:
-    """Paragraphs of the six novels (blank-line separated); headings and stubs dropped."""
+    """Paragraphs of the six novels (blank-line separated); headings and stubs dropped.
+
+    Each novel is an R character vector (one element per line of the Project
+    Gutenberg text) in the lazy-load database ``rdx``/``rdb``; raises
+    ``SaeguardError`` if the database cannot be read.
+    """
     books = read_lazyload(rdx, rdb)
     docs = []
     for name in AUSTEN_BOOKS:
@@ -164,7 +169,7 @@ def parse_austen(rdx: Path, rdb: Path) -> list[Doc]:
             continue
         paragraph: list[str] = []
         index = 0
-        for line in [*books[name].value, ""]:
+        for line in [*books[name].tolist(), ""]:  # numpy array of str (None = NA)
             if line and line.strip():
                 paragraph.append(line.strip())
                 continue
@@ -238,7 +243,12 @@ def available_corpora() -> list[str]:
 
 
 def load_docs(name: str, split: str = "train") -> list[Doc]:
-    """Documents of corpus ``name`` in ``split`` (train / heldout / all), in source order."""
+    """Documents of corpus ``name`` in ``split`` (train / heldout / all), in source order.
+
+    Raises:
+        SaeguardError: an unknown split or corpus name, or source data that is missing
+            or unreadable (the message says to run ``saeguard data fetch``).
+    """
     if split not in SPLITS:
         raise SaeguardError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     source, keep = _resolve(name)
@@ -250,5 +260,9 @@ def load_docs(name: str, split: str = "train") -> list[Doc]:
 
 
 def load_corpus(name: str, split: str = "train") -> list[str]:
-    """Texts of corpus ``name`` (see :func:`available_corpora`) in ``split``."""
+    """Texts of corpus ``name`` (see :func:`available_corpora`) in ``split``.
+
+    Raises:
+        SaeguardError: as :func:`load_docs`.
+    """
     return [doc.text for doc in load_docs(name, split)]

@@ -115,7 +115,14 @@ def available_mcq() -> list[str]:
 
 
 def build_mcq(name: str, split: str = "heldout", limit: int | None = None) -> list[dict[str, Any]]:
-    """Build MCQ set ``name`` from ``split`` (held-out by default: never seen when fitting)."""
+    """Build MCQ set ``name`` from ``split`` (held-out by default: never seen when fitting).
+
+    Returns rows with ``id``, ``question``, ``choices`` (4), ``answer`` (0-3) and
+    ``subject``, in a fixed order; ``limit`` keeps the first ``limit`` rows.
+
+    Raises:
+        SaeguardError: an unknown split or set name, or a negative ``limit``.
+    """
     if split not in ("train", "heldout"):
         raise SaeguardError(f"MCQ split must be 'heldout' or 'train', not {split!r}")
     if limit is not None and limit < 0:
@@ -149,7 +156,13 @@ def write_jsonl(items: Iterable[dict[str, Any]], path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read items written by :func:`write_jsonl` (or any WMDP/MMLU-style JSONL)."""
+    """Read items written by :func:`write_jsonl` (or any WMDP/MMLU-style JSONL).
+
+    Rows are returned as parsed, unvalidated (``eval.items.load_mcq`` validates).
+
+    Raises:
+        SaeguardError: ``path`` is not a file.
+    """
     path = Path(path)
     if not path.is_file():
         raise SaeguardError(f"MCQ file {path} does not exist; build it with build_mcq first")

@@ -318,7 +318,12 @@ def _cached_sha256(path: Path) -> str:
 
 
 def fetch_source(name: str, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
-    """Download, verify and extract one source unless a verified copy exists; return its folder."""
+    """Download, verify and extract one source unless a verified copy exists; return its folder.
+
+    Raises:
+        SaeguardError: an unknown source, a failed download, or an archive whose
+            files do not match the recorded checksums.
+    """
     source = _get(name)
     dest = data_dir() / name
     if not force and _verify(source, dest) is None:
@@ -350,6 +355,10 @@ def source_file(name: str, fname: str, auto_fetch: bool = True) -> Path:
     """Path of one verified file of a source, fetching the source first if it is absent.
 
     A present-but-corrupt copy is never silently replaced: the user is told to refetch.
+
+    Raises:
+        SaeguardError: an unknown source, or a copy that is missing (and not fetched)
+            or fails verification.
     """
     source = _get(name)
     folder = data_dir() / name

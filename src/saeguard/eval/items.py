@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import SaeguardError, one_line, require
 from saeguard.hf.prompts import encode_with_span, has_chat_template, render_chat
 from saeguard.io import text_fingerprint
 
@@ -29,6 +29,11 @@ _CONFIG_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "computer security", "w
 
 @dataclass(frozen=True)
 class McqItem:
+    """One four-option question; ``answer`` is the index (0-3) of the right choice.
+
+    ``id`` must be unique within a set (known sets and base results are keyed by it).
+    """
+
     question: str
     choices: tuple[str, ...]
     answer: int
@@ -41,6 +46,7 @@ class McqItem:
         return McqItem(self.question, choices, list(order).index(self.answer), self.subject, self.id)
 
     def to_dict(self) -> dict[str, Any]:
+        """The item as a JSON row (``choices`` as a list), the format :func:`item_from_row` reads."""
         return asdict(self) | {"choices": list(self.choices)}
 
 
@@ -59,7 +65,12 @@ def _answer_index(value: Any) -> int | None:
 
 
 def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = "") -> McqItem:
-    """Validate one row; ``where`` (e.g. ``items.jsonl:12``) names it in the error."""
+    """Validate one row; ``where`` (e.g. ``items.jsonl:12``) names it in the error.
+
+    Raises:
+        SaeguardError: not a mapping, an empty question, not exactly 4 string choices,
+            or an answer that is not 0-3 / A-D.
+    """
     require(isinstance(row, Mapping), f"{where}: expected a JSON object with question/choices/answer")
     question = row.get("question")
     require(
@@ -107,7 +118,12 @@ def load_mcq(
     subject: str = "",
     limit: int | None = None,
 ) -> list[McqItem]:
-    """Items from a .jsonl file, an ``hf:name/config:split`` spec or a list of rows."""
+    """Items from a .jsonl file, an ``hf:name/config:split`` spec or a list of rows.
+
+    Raises:
+        SaeguardError: a missing file, a malformed row (named by line), an unloadable
+            HF dataset, an empty set, or duplicate ids.
+    """
     if isinstance(spec, (list, tuple)):
         items = as_items(spec)
     elif str(spec).startswith("hf:"):
@@ -150,21 +166,23 @@ def _load_hf(spec: str, subject: str) -> list[McqItem]:
 
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as error:  # noqa: BLE001 - hub errors vary
-        raise SaeguardError(f"cannot load HF dataset {spec!r}: {error}") from None
+        raise SaeguardError(f"cannot load HF dataset {spec!r}: {one_line(error)}") from None
     default_subject = subject or _CONFIG_SUBJECTS.get(config or "", (config or "").replace("_", " "))
+    prefix = config or name
     return [
-        item_from_row(dict(row), f"{spec}[{i}]", subject=default_subject, default_id=f"{config}:{split}:{i}")
+        item_from_row(dict(row), f"{spec}[{i}]", subject=default_subject, default_id=f"{prefix}:{split}:{i}")
         for i, row in enumerate(dataset)
     ]
 
 
 def items_fingerprint(items: Sequence[McqItem]) -> str:
+    """Fingerprint of the items' content and order (cache keys, result records)."""
     return text_fingerprint(json.dumps(item.to_dict(), sort_keys=True) for item in items)
 
 
 # -- prompts ------------------------------------------------------------------
 def question_text(item: McqItem) -> str:
-    """The user's message: the SAEBench header, the question and all four options."""
+    """The user's message: the SAEBench header, the question and all four options (docs/method.md §5)."""
     about = f" about {item.subject}" if item.subject else ""
     header = f"The following are multiple choice questions (with answers){about}."
     options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices, strict=True))
@@ -184,6 +202,12 @@ class SharedPrompt:
 def shared_prompt(
     tokenizer, item: McqItem, scorer: Scorer, *, chat: bool = True, system: str | None = None
 ) -> SharedPrompt:
+    """The prompt all four options share: :func:`question_text` in the chat template, then the answer prefix.
+
+    The prefix is ``"Answer: ("`` for the letter scorer and ``"Answer:"`` for cloze
+    (docs/method.md §5). ``user_mask`` marks the tokens of the question text, the
+    only tokens the gate counts; a template that rewrites the message counts all.
+    """
     user_text = question_text(item)
     prefix = ANSWER_PREFIX[scorer]
     if chat and has_chat_template(tokenizer):
@@ -211,7 +235,11 @@ def option_ids(tokenizer, prompt: SharedPrompt, choice: str) -> list[int]:
 
 
 def letter_token_ids(tokenizer) -> list[list[int]]:
-    """Per letter, the single-token ids of "A" and " A" (the scorer takes the max)."""
+    """Per letter, the single-token ids of "A" and " A" (the scorer takes the max).
+
+    Raises:
+        SaeguardError: the tokenizer has no single-token form of some letter (use cloze).
+    """
     ids = []
     for letter in LETTERS:
         variants = []

@@ -1,6 +1,6 @@
 """The "known set": questions the base model answers under every order of the options.
 
-SAEBench convention (DESIGN §2): accuracy is reported only on questions the
+SAEBench convention (docs/method.md §5): accuracy is reported only on questions the
 unguarded model gets right under all 24 permutations of the four options, so the
 base is 100% and a drop measures forgetting, not luck. ``permutations="cyclic"``
 uses the 4 rotations instead (each option once in each position): 6x cheaper, a
@@ -39,6 +39,8 @@ _CACHE_VERSION = 1
 
 @dataclass
 class KnownConfig:
+    """How the known set is computed: the MCQ rendering/scorer and which option orders must all be right."""
+
     mcq: McqConfig = field(default_factory=McqConfig)
     drop_without_question: bool = False  # also drop items answerable with the question removed
     # "all": the protocol's 24 orders; "cyclic": the 4 rotations, a cheaper filter for CPU demos
@@ -50,12 +52,14 @@ class KnownConfig:
     stop_at_first_miss: bool = True
 
     def validate(self) -> None:
+        """Raise ``SaeguardError`` on a bad MCQ setting or an unknown ``permutations`` choice."""
         self.mcq.validate()
         if self.permutations not in ("all", "cyclic"):
             raise SaeguardError(f"unknown permutations {self.permutations!r}: use all or cyclic")
 
     @property
     def orders(self) -> list[tuple[int, ...]]:
+        """The option orders an item must survive: the 24 permutations or the 4 rotations."""
         return PERMUTATIONS if self.permutations == "all" else ROTATIONS
 
 
@@ -77,9 +81,11 @@ class KnownSet:
 
     @property
     def count(self) -> int:
+        """Number of known items."""
         return len(self.ids)
 
     def require_nonempty(self) -> None:
+        """Raise ``SaeguardError`` (with what to change) when no item is known: accuracy would be 0/0."""
         if not self.ids:
             raise SaeguardError(
                 f"no known items in {self.dataset}: the base model answers none of its {self.total} "
@@ -94,10 +100,12 @@ class KnownSet:
         return [item for item in as_items(items, source=self.dataset) if item.id in keep]
 
     def save(self, path: str | Path) -> Path:
+        """Write the set as JSON to ``path`` atomically; returns ``path``."""
         return write_json(path, self)
 
     @classmethod
     def load(cls, path: str | Path) -> KnownSet:
+        """Read what :meth:`save` wrote; meant for saeguard's own cache files, so fields are not validated."""
         data: dict[str, Any] = json.loads(Path(path).read_text())
         data["config"] = KnownConfig(
             mcq=McqConfig(**data["config"]["mcq"]),
@@ -118,6 +126,7 @@ def _key_settings(config: KnownConfig) -> dict[str, Any]:
 
 
 def permutations_of(item: McqItem, orders: Sequence[tuple[int, ...]] = PERMUTATIONS) -> list[McqItem]:
+    """``item`` once per option order (default: all 24), answers re-indexed to follow their text."""
     return [item.permuted(order) for order in orders]
 
 
@@ -193,7 +202,12 @@ def known_items(
     """The known set of ``items`` for the unguarded ``model`` (cached on disk).
 
     ``score_fn`` replaces the model (then nothing is cached). The result may be
-    empty; ``KnownSet.select`` / ``require_nonempty`` say so clearly.
+    empty; ``KnownSet.select`` / ``require_nonempty`` say so clearly. Protocol:
+    docs/method.md §5.
+
+    Raises:
+        SaeguardError: a bad config, malformed items, neither ``model`` nor ``score_fn``,
+            or a ``score_fn`` returning the wrong number of predictions.
     """
     started = time.perf_counter()
     config = config or KnownConfig()

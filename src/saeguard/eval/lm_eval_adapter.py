@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from saeguard.errors import SaeguardError
+from saeguard.errors import SaeguardError, one_line
 from saeguard.eval.common import guard_identity
 from saeguard.hf.fingerprint import model_identity
 from saeguard.io import to_jsonable, write_json
@@ -85,6 +85,8 @@ def guarded_lm(
 
 @dataclass
 class LmEvalResult:
+    """lm-eval's per-task metrics for one (optionally guarded) model, with the settings used."""
+
     tasks: list[str]
     model: dict[str, str]
     guard: dict[str, Any] | None
@@ -103,6 +105,7 @@ class LmEvalResult:
         raise SaeguardError(f"task {task!r} has no metric {name!r}: it has {sorted(values)}")
 
     def save(self, path: str | Path) -> Path:
+        """Write the result as JSON to ``path`` atomically; returns ``path``."""
         return write_json(path, self)
 
 
@@ -146,8 +149,8 @@ def run_lm_eval(
             log_samples=False,
             **evaluate_kwargs,
         )
-    except (KeyError, ValueError, FileNotFoundError) as error:
-        raise SaeguardError(f"lm-eval could not run {list(tasks)}: {error}") from None
+    except (KeyError, ValueError, FileNotFoundError, ConnectionError) as error:  # offline: ConnectionError
+        raise SaeguardError(f"lm-eval could not run {list(tasks)}: {one_line(error)}") from None
     if raw is None:
         raise SaeguardError("lm-eval returned no results (non-zero rank?): run in a single process")
     result = LmEvalResult(

@@ -1,4 +1,4 @@
-"""Scoring multiple-choice questions with or without a guard (DESIGN §2).
+"""Scoring multiple-choice questions with or without a guard (docs/method.md §5).
 
 Two batched scorers over one shared prompt per question (the question with all
 four options listed, in the chat template):
@@ -64,6 +64,7 @@ class McqConfig:
     normalization: Normalization = "tokens"  # cloze: mean log-prob per option token, or the sum
 
     def validate(self) -> None:
+        """Raise ``SaeguardError`` on an unknown scorer or normalization, or ``batch_size`` < 1."""
         require(self.scorer in ("letter", "cloze"), f"unknown scorer {self.scorer!r}: use letter or cloze")
         require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         require(
@@ -74,6 +75,8 @@ class McqConfig:
 
 @dataclass
 class McqPrediction:
+    """One question's scores over its four options, the prediction, and (guarded) the gate's decision."""
+
     id: str
     answer: int
     prediction: int
@@ -105,13 +108,16 @@ class McqResult:
 
     @property
     def correct(self) -> int:
+        """Number of questions answered correctly."""
         return sum(p.correct for p in self.predictions)
 
     def save(self, path: str | Path) -> Path:
+        """Write the result as JSON to ``path`` atomically; returns ``path``."""
         return write_json(path, self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> McqResult:
+        """Rebuild from the JSON :meth:`save` wrote; fields are not validated (saeguard's own files)."""
         fields = dict(data)
         fields["config"] = McqConfig(**fields["config"])
         fields["predictions"] = [McqPrediction(**p) for p in fields.get("predictions", [])]
@@ -119,6 +125,7 @@ class McqResult:
 
     @classmethod
     def load(cls, path: str | Path) -> McqResult:
+        """Read a result file :meth:`save` wrote."""
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -287,7 +294,13 @@ def score_items(
     show_progress: bool = False,
     description: str = "MCQ",
 ) -> list[McqPrediction]:
-    """Predictions for every item, batched; the guard (if any) is attached for the call."""
+    """Predictions for every item, batched; the guard (if any) is attached for the call.
+
+    The model is put in eval mode for the call and its mode restored after.
+
+    Raises:
+        SaeguardError: a bad ``config``, or (letter scorer) a tokenizer that splits a letter.
+    """
     config = config or McqConfig()
     config.validate()
     scorer = _score_letter if config.scorer == "letter" else _score_cloze
@@ -312,7 +325,13 @@ def score_items(
 def gate_decisions(
     model: nn.Module, tokenizer, guard, items: Sequence[McqItem], config: McqConfig | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rho, flagged) per question from a forward to the hook layer only: cheap to sweep."""
+    """(rho, flagged) per question from a forward to the hook layer only: cheap to sweep.
+
+    Both (n,): rho float64 over the user's tokens of the shared prompt, flagged bool (rho > tau).
+
+    Raises:
+        SaeguardError: a question whose prompt has no counted user token.
+    """
     config = config or McqConfig()
     special = special_token_ids(tokenizer)
     prompts = [
@@ -350,7 +369,12 @@ def evaluate_mcq(
     With ``base`` (the unguarded result on the same items and config) and a
     dynamic gate, only the questions the gate flags are re-scored: unflagged
     questions are never clamped, so their prediction is the base one. This makes
-    sweeps cheap. A guard with gate="always" ignores ``base``.
+    sweeps cheap. A guard with gate="always" ignores ``base``. ``output`` (optional)
+    receives the result as JSON.
+
+    Raises:
+        SaeguardError: no items, malformed items, a bad config, or a ``base`` scored with
+            another config, with a guard, or on other items.
     """
     started = time.perf_counter()
     config = config or McqConfig()

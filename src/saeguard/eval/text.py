@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class TextConfig:
+    """Held-out text settings: chunking for the loss, prompt shape and count for the firing rate."""
+
     seq_len: int = 256
     batch_size: int = 4
     max_chunks: int = 32  # per corpus, for the loss
@@ -50,6 +52,8 @@ class TextConfig:
 
 @dataclass
 class LossMetrics:
+    """Mean next-token loss (nats per counted target token) and perplexity, unguarded and guarded."""
+
     sequences: int
     tokens: int
     base_loss: float
@@ -61,6 +65,8 @@ class LossMetrics:
 
 @dataclass
 class FiringMetrics:
+    """How often the gate flags ``count`` prompt-shaped inputs of one corpus, and their rho values."""
+
     count: int
     flagged_fraction: float
     mean_rho: float
@@ -69,6 +75,8 @@ class FiringMetrics:
 
 @dataclass
 class TextMetricsResult:
+    """Loss and firing metrics per named corpus, with the model and guard they were measured on."""
+
     config: TextConfig
     model: dict[str, str]
     guard: dict[str, Any] | None
@@ -80,6 +88,7 @@ class TextMetricsResult:
     version: int = 1
 
     def save(self, path: str | Path) -> Path:
+        """Write the result as JSON to ``path`` atomically; returns ``path``."""
         return write_json(path, self)
 
 
@@ -105,7 +114,14 @@ def corpus_loss(
     description: str = "loss",
     show_progress: bool = False,
 ) -> tuple[float, int, int, float | None]:
-    """(mean next-token loss, tokens, chunks, flagged fraction) over non-special targets."""
+    """(mean next-token loss, tokens, chunks, flagged fraction) over non-special targets.
+
+    Loss in nats per counted target token; the flagged fraction is over chunks and
+    is None without a guard.
+
+    Raises:
+        SaeguardError: no scorable token in ``documents``.
+    """
     device = model_device(model)
     chunks = iter_chunks(documents, tokenizer, config.seq_len, max_chunks=config.max_chunks)
     nll, tokens, rows, flagged = 0.0, 0, 0, 0

@@ -44,6 +44,7 @@ class MemoryEstimate:
     token_chunk: int  # the statistics pass encodes at most this many tokens at once
 
     def total(self, batch_size: int) -> int:
+        """Estimated peak activation bytes for ``batch_size`` sequences of ``seq_len`` tokens."""
         tokens = min(batch_size * self.seq_len, self.token_chunk)
         return self.fixed + batch_size * self.per_sequence + tokens * self.sae_per_token
 

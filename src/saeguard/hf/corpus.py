@@ -12,10 +12,11 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import SaeguardError, one_line, require
 
 CorpusSpec = str | Path | Sequence[str]
 
@@ -35,7 +36,15 @@ def resolve_corpus(spec: CorpusSpec, split: str = "train") -> CorpusSpec:
 
 
 def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[str]:
-    """Stream the documents of a corpus, skipping empty ones."""
+    """Stream the documents of a corpus, skipping empty ones.
+
+    ``text_field`` names the JSONL/HF column; default: the first of ``text``,
+    ``content``, ``document``, ``extract``, ``question`` present.
+
+    Raises:
+        SaeguardError: a missing or non-UTF-8 file, a bad JSONL line (with its number),
+            a row without a text field, a non-string list entry, or an unloadable HF dataset.
+    """
     if isinstance(spec, (list, tuple)):
         for doc in spec:
             require(isinstance(doc, str), "corpus entries must be strings")
@@ -109,12 +118,29 @@ def _iter_hf(spec: str, text_field: str | None) -> Iterator[str]:
 
         dataset = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as error:  # noqa: BLE001 - hub errors vary
-        raise SaeguardError(f"cannot load HF dataset {spec!r}: {error}") from None
-    for row in dataset:
+        raise SaeguardError(f"cannot load HF dataset 'hf:{spec}': {one_line(error)}") from None
+    for row in _streamed_rows(dataset, spec):
         key = field or next((f for f in _TEXT_FIELDS if f in row), None)
-        require(key is not None, f"HF dataset {spec!r} has no text column: add :field")
+        require(
+            key is not None and key in row,
+            f"HF dataset 'hf:{spec}' has no text column {key or ''!r}: end the spec with :FIELD, "
+            f"one of {', '.join(sorted(row))}",
+        )
         if row[key] and str(row[key]).strip():
             yield str(row[key])
+
+
+def _streamed_rows(dataset: Iterable[Any], spec: str) -> Iterator[Any]:
+    """The rows of a streamed dataset; a file that fails to read (e.g. missing from the cache) is one line."""
+    rows = iter(dataset)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as error:  # noqa: BLE001 - reading fails as variously as loading
+            raise SaeguardError(f"cannot read HF dataset 'hf:{spec}': {one_line(error)}") from None
+        yield row
 
 
 @dataclass
@@ -127,6 +153,7 @@ class TokenBatch:
 
 
 def special_token_ids(tokenizer) -> set[int]:
+    """Ids never counted by statistics or the gate: all special tokens, BOS, EOS and PAD."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = getattr(tokenizer, attr, None)
@@ -152,7 +179,11 @@ def iter_chunks(
     """Documents joined with EOS and cut into ``seq_len``-token chunks (the paper's recipe).
 
     Each chunk starts with BOS when the tokenizer has one, as the model saw in training.
-    The final partial chunk is kept if it has at least 2 tokens.
+    The final partial chunk is kept if it has at least 2 tokens. The paper uses
+    1,024-token chunks (docs/method.md §2.1).
+
+    Raises:
+        SaeguardError: ``seq_len`` < 2.
     """
     require(seq_len >= 2, f"seq_len must be at least 2, got {seq_len}")
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -178,6 +209,10 @@ def iter_chunks(
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (B, T) int64 with T the longest sequence; padded right or left.
+
+    ``sequences`` must not be empty.
+    """
     length = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -192,6 +227,7 @@ def pad_batch(
 
 
 def pad_token_id(tokenizer) -> int:
+    """The id to pad with: PAD, else EOS, else BOS, else 0 (padding is masked out either way)."""
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(tokenizer, attr, None)
         if isinstance(value, int):

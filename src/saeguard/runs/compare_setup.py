@@ -7,7 +7,7 @@ mixes records of another model, data set or setting.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from saeguard.errors import require
@@ -16,11 +16,13 @@ from saeguard.eval.known import known_items
 from saeguard.hf.corpus import iter_documents, resolve_corpus
 from saeguard.hf.fingerprint import model_identity, tokenizer_fingerprint
 from saeguard.io import json_fingerprint, text_fingerprint
-from saeguard.runs.compare_types import GUARD_METHODS, CompareConfig
+from saeguard.runs.compare_types import CompareConfig
 
 
 @dataclass
 class CompareSetup:
+    """The data every configuration of one comparison is fitted, trained and measured on."""
+
     config: CompareConfig
     forget_docs: list[str]
     retain_docs: list[str]
@@ -49,6 +51,11 @@ def _question_set(spec: str, limit: int | None) -> list[McqItem]:
 
 
 def build_setup(model, tokenizer, config: CompareConfig, cache_dir, show_progress: bool) -> CompareSetup:
+    """Load the corpora (shuffled with ``config.fit.seed``) and question sets, keep the known items.
+
+    Raises:
+        SaeguardError: a corpus without documents of a split, or a question set that cannot be read.
+    """
     sets: dict[str, dict[str, list[McqItem]]] = {"forget": {}, "utility": {}}
     known: dict[str, dict[str, int]] = {}
     for group, specs in (("forget", config.forget_mcq), ("utility", config.utility_mcq)):
@@ -70,11 +77,11 @@ def build_setup(model, tokenizer, config: CompareConfig, cache_dir, show_progres
             sets[group][spec] = items
     return CompareSetup(
         config=config,
-        forget_docs=_documents(config.forget, "train", "forget", config.seed),
-        retain_docs=_documents(config.retain, "train", "retain", config.seed),
+        forget_docs=_documents(config.forget, "train", "forget", config.fit.seed),
+        retain_docs=_documents(config.retain, "train", "retain", config.fit.seed),
         heldout={
-            "forget": _documents(config.forget, "heldout", "forget", config.seed),
-            "retain": _documents(config.retain, "heldout", "retain", config.seed),
+            "forget": _documents(config.forget, "heldout", "forget", config.fit.seed),
+            "retain": _documents(config.retain, "heldout", "retain", config.fit.seed),
         },
         sets=sets,
         known=known,
@@ -95,10 +102,6 @@ def setup_context(model, tokenizer, setup: CompareSetup) -> str:
             "retain": text_fingerprint(setup.retain_docs),
             "heldout": {k: text_fingerprint(v) for k, v in setup.heldout.items()},
             "sets": {g: {n: items_fingerprint(v) for n, v in s.items()} for g, s in setup.sets.items()},
-            "settings": {
-                k: v
-                for k, v in asdict(config).items()
-                if k not in ("methods", "utility_threshold", "train_device", "gradient", *GUARD_METHODS)
-            },
+            "settings": config.context_settings(),
         }
     )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from saeguard.baselines import SMALL_GRIDS
-from saeguard.config import FitConfig
+from saeguard.config import Clamp, FitConfig
 from saeguard.errors import require
 from saeguard.eval.items import Scorer
 from saeguard.eval.known import KnownConfig
@@ -38,6 +38,43 @@ RECORDS_FILE = "records.jsonl"
 RESULT_FILE = "compare.json"
 BASE_KEY = "base"
 Grid = dict[str, list[Any]]
+#: FitConfig fields every SAE configuration sets itself (GUARD_FIT and the grid's N and clamp).
+SET_PER_POINT = ("n_features", "clamp", "selection", "gate")
+#: Settings CompareConfig held itself before it contained a FitConfig. ``from_dict`` still reads
+#: them (``max_chunks`` caps both corpora) and the setup fingerprint keeps this flat form, so
+#: compare.json files, hand-written settings and run folders of earlier versions keep working.
+FLAT_FIT_SETTINGS = ("layer", "seq_len", "max_chunks", "batch_size", "calibration_size", "seed")
+
+
+def compare_fit(**changes: Any) -> FitConfig:
+    """The comparison's default fit: 256-token chunks, 64 per corpus, 256 calibration prompts."""
+    fit = FitConfig(seq_len=256, max_forget_chunks=64, max_retain_chunks=64, calibration_size=256)
+    return replace(fit, **changes)
+
+
+def _fit_from_dict(data: Mapping[str, Any]) -> FitConfig:
+    """A ``fit`` object of compare settings, over :func:`compare_fit`'s defaults; unknown keys refused.
+
+    Also reads the clamp as ``compare.json`` stores it (``{"value": 10.0, "relative": true}``).
+    """
+    require(
+        isinstance(data, Mapping), f"compare setting fit must be a JSON object, not {type(data).__name__}"
+    )
+    known = {f.name for f in fields(FitConfig)}
+    unknown = sorted(set(data) - known)
+    require(not unknown, f"unknown fit settings {unknown}: use some of {sorted(known)}")
+    values = compare_fit().to_dict() | dict(data)
+    if isinstance(values["clamp"], Mapping):
+        values["clamp"] = Clamp(values["clamp"].get("value"), bool(values["clamp"].get("relative")))
+    return FitConfig.from_dict(values, where="compare setting fit")
+
+
+def _flat_fit(values: Mapping[str, Any]) -> dict[str, Any]:
+    """FitConfig changes from the flat settings of earlier versions (``FLAT_FIT_SETTINGS``)."""
+    changes = {k: v for k, v in values.items() if k != "max_chunks"}
+    if "max_chunks" in values:
+        changes |= {"max_forget_chunks": values["max_chunks"], "max_retain_chunks": values["max_chunks"]}
+    return changes
 
 
 def _lists(grids: Mapping[str, Mapping[str, Any]]) -> dict[str, Grid]:
@@ -91,17 +128,15 @@ class CompareConfig:
     static: GuardGrid = field(default_factory=GuardGrid)
     ungated: GuardGrid = field(default_factory=GuardGrid)
     gradient: dict[str, Grid] = field(default_factory=lambda: _lists(SMALL_GRIDS))
-    layer: int | None = None  # hook layer of the SAE methods; None = the SAE's own
-    seq_len: int = 256  # statistics chunks and held-out perplexity chunks
-    max_chunks: int | None = 64  # per corpus, for the statistics
+    # The SAE methods' fit (layer, statistics chunks, calibration) minus SET_PER_POINT; its seq_len
+    # and batch_size also size the perplexity chunks and MCQ batches, its seed shuffles the documents
+    # and seeds the gradient methods.
+    fit: FitConfig = field(default_factory=compare_fit)
     eval_chunks: int = 16  # per held-out corpus, for perplexity
-    batch_size: int = 8
-    calibration_size: int = 256
     scorer: Scorer = "cloze"
     known_filter: bool = True  # evaluate on the known items of each set (SAEBench)
     known_permutations: str = "all"  # "cyclic": the 4 rotations instead of the 24 orders (6x cheaper)
     utility_threshold: float = 0.99
-    seed: int = 0
     train_device: str = "auto"
 
     def validate(self) -> None:
@@ -116,28 +151,19 @@ class CompareConfig:
         stray = sorted(set(self.mcq_limits) - set(self.forget_mcq) - set(self.utility_mcq))
         require(not stray, f"mcq_limits names sets {stray} that are not compared: fix the names")
         require(self.eval_chunks >= 1, f"eval_chunks must be at least 1, got {self.eval_chunks}")
-        self.fit_config().validate()
+        self.fit.validate()
         self.known_config().validate()
 
     def limit(self, name: str) -> int | None:
         return self.mcq_limits.get(name, self.mcq_limit)
 
-    def fit_config(self) -> FitConfig:
-        return FitConfig(
-            layer=self.layer,
-            seq_len=self.seq_len,
-            batch_size=self.batch_size,
-            max_forget_chunks=self.max_chunks,
-            max_retain_chunks=self.max_chunks,
-            calibration_size=self.calibration_size,
-            seed=self.seed,
-        )
-
     def mcq_config(self) -> McqConfig:
-        return McqConfig(scorer=self.scorer, batch_size=self.batch_size)
+        return McqConfig(scorer=self.scorer, batch_size=self.fit.batch_size)
 
     def text_config(self) -> TextConfig:
-        return TextConfig(seq_len=self.seq_len, batch_size=self.batch_size, max_chunks=self.eval_chunks)
+        return TextConfig(
+            seq_len=self.fit.seq_len, batch_size=self.fit.batch_size, max_chunks=self.eval_chunks
+        )
 
     def known_config(self) -> KnownConfig:
         return KnownConfig(mcq=self.mcq_config(), permutations=self.known_permutations)  # type: ignore[arg-type]
@@ -157,18 +183,54 @@ class CompareConfig:
                 "npo": {"learning_rate": [5e-5], "beta": [0.1], "retain_loss": ["nll"]} | tiny,
                 "rmu": {"learning_rate": [5e-5], "steering_coeff": [100], "alpha": [10], "layer": [3]} | tiny,
             },
-            max_chunks=8,
+            fit=compare_fit(max_forget_chunks=8, max_retain_chunks=8, calibration_size=64),
             eval_chunks=4,
-            calibration_size=64,
         )
+
+    def context_settings(self) -> dict[str, Any]:
+        """The settings every record depends on, for the setup fingerprint (``setup_context``).
+
+        Grids, methods, the threshold and the training device are left out (a resumed run may
+        change them), and so are the fit fields each point sets (``SET_PER_POINT``). The fit
+        appears in the flat form of earlier versions (``FLAT_FIT_SETTINGS``) plus, under
+        ``"fit"``, any other field away from FitConfig's default, so a folder made before
+        CompareConfig contained a FitConfig still resumes.
+        """
+        outside = ("fit", "methods", "utility_threshold", "train_device", "gradient", *GUARD_METHODS)
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in outside}
+        fit, default = self.fit.to_dict(), FitConfig().to_dict()
+        settings |= {k: fit.pop(k) for k in FLAT_FIT_SETTINGS if k in fit}
+        if fit["max_forget_chunks"] == fit["max_retain_chunks"]:
+            settings["max_chunks"] = fit.pop("max_forget_chunks")
+            fit.pop("max_retain_chunks")
+        rest = {k: v for k, v in fit.items() if k not in SET_PER_POINT and v != default[k]}
+        if rest:
+            settings["fit"] = rest
+        return settings
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompareConfig:
-        """From JSON (``compare.json``'s ``config`` or a hand-written file); unknown keys are refused."""
+        """From JSON (``compare.json``'s ``config`` or a hand-written file); unknown keys are refused.
+
+        ``fit`` may be partial (the rest from :func:`compare_fit`); the flat settings of earlier
+        versions (``FLAT_FIT_SETTINGS``, e.g. ``"max_chunks": 256``) are read into ``fit``.
+
+        Raises:
+            SaeguardError: an unknown setting, flat fit settings beside ``fit``, or a bad value.
+        """
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - set(FLAT_FIT_SETTINGS))
         require(not unknown, f"unknown compare settings {unknown}: use some of {sorted(known)}")
-        values = dict(data)
+        values = {k: v for k, v in data.items() if k not in FLAT_FIT_SETTINGS}
+        flat = {k: v for k, v in data.items() if k in FLAT_FIT_SETTINGS}
+        require(
+            not (flat and "fit" in values),
+            f"compare settings {sorted(flat)} belong inside 'fit': move them there",
+        )
+        if "fit" in values:
+            values["fit"] = _fit_from_dict(values["fit"])
+        elif flat:
+            values["fit"] = _fit_from_dict(_flat_fit(flat))
         for name in GUARD_METHODS:
             if isinstance(values.get(name), Mapping):
                 values[name] = GuardGrid(**values[name])

@@ -29,7 +29,7 @@ from saeguard.core.fit import (
 )
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.sae import sae_fingerprint
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import require
 from saeguard.eval.items import McqItem, as_items, items_fingerprint, load_mcq
 from saeguard.eval.known import KnownConfig, known_items
 from saeguard.eval.mcq import McqConfig, McqResult, evaluate_mcq
@@ -37,15 +37,8 @@ from saeguard.eval.score import Outcome, UnlearningScore, pooled_accuracy, unlea
 from saeguard.eval.text import TextConfig, firing_rates
 from saeguard.hf.corpus import CorpusSpec, iter_documents
 from saeguard.hf.fingerprint import model_identity, tokenizer_fingerprint
-from saeguard.io import (
-    cache_root,
-    json_fingerprint,
-    read_jsonl_records,
-    text_fingerprint,
-    to_jsonable,
-    write_jsonl,
-)
-from saeguard.progress import progress_bar
+from saeguard.io import cache_root, json_fingerprint, read_jsonl_records, text_fingerprint, to_jsonable
+from saeguard.runs.grid import RecordFile, run_grid
 
 BASE_KEY = "base"
 McqSets = Mapping[str, Sequence[McqItem | Mapping[str, Any]] | str | Path]
@@ -53,6 +46,8 @@ McqSets = Mapping[str, Sequence[McqItem | Mapping[str, Any]] | str | Path]
 
 @dataclass(frozen=True)
 class SweepPoint:
+    """One grid point: p_ratio, N, the clamp and p_dyn (docs/method.md §6.2); ``key`` names its record."""
+
     ratio_percentile: float
     n_features: int
     clamp: str  # Clamp's string form: "500" or "10x"
@@ -76,7 +71,7 @@ class SweepPoint:
 
 @dataclass
 class SweepGrid:
-    """The paper's DSG grid by default (DESIGN §1.7)."""
+    """The paper's DSG grid by default (docs/method.md §6.2)."""
 
     ratio_percentile: list[float] = field(default_factory=lambda: [90.0, 95.0])
     n_features: list[int] = field(default_factory=lambda: [10, 20, 30])
@@ -99,6 +94,8 @@ class SweepGrid:
 
 @dataclass
 class SweepConfig:
+    """The grid, the fit settings of everything not swept, and how points are evaluated."""
+
     grid: SweepGrid = field(default_factory=SweepGrid)
     fit: FitConfig = field(default_factory=FitConfig)  # everything but the swept fields
     mcq: McqConfig = field(default_factory=McqConfig)
@@ -111,14 +108,23 @@ class SweepConfig:
 
 @dataclass
 class DatasetMetrics:
+    """Accuracy on one question set; ``flagged_fraction``: share of questions the gate flagged."""
+
     accuracy: float
     correct: int
     n_items: int
     flagged_fraction: float | None
 
+    @classmethod
+    def per_set(cls, results: Mapping[str, McqResult]) -> dict[str, DatasetMetrics]:
+        """The metrics of each set's ``evaluate_mcq`` result, by set name."""
+        return {n: cls(r.accuracy, r.correct, r.n_items, r.flagged_fraction) for n, r in results.items()}
+
 
 @dataclass
 class SweepRecord:
+    """One line of a sweep JSONL: a grid point (or the unguarded base) with its metrics or error."""
+
     key: str
     context: str  # fingerprint of the setup; a resume refuses records of another setup
     point: SweepPoint | None  # None for the unguarded base
@@ -144,6 +150,8 @@ class SweepRecord:
 
 @dataclass
 class SweepResult:
+    """Every record of the file (this run's and earlier ones), the score, and what this run did."""
+
     output: Path
     records: list[SweepRecord]
     score: UnlearningScore | None
@@ -166,13 +174,6 @@ def sweep_score(records: Sequence[SweepRecord], utility_threshold: float = 0.99)
         and r.utility_accuracy is not None
     ]
     return unlearning_score(outcomes, utility_threshold=utility_threshold) if outcomes else None
-
-
-def _metrics(results: Mapping[str, McqResult]) -> dict[str, DatasetMetrics]:
-    return {
-        name: DatasetMetrics(r.accuracy, r.correct, r.n_items, r.flagged_fraction)
-        for name, r in results.items()
-    }
 
 
 def _mcq_sets(sets: McqSets | Sequence[Any], default: str) -> dict[str, list[McqItem]]:
@@ -238,24 +239,12 @@ def run_sweep(
             "text": asdict(config.text),
         }
     )
-    output = Path(output).expanduser()
-    records = read_records(output)
-    foreign = [r.key for r in records if r.context != context]
-    require(
-        not foreign,
-        f"{output} holds a sweep of another setup (model, SAE, corpora, questions or "
-        "settings differ): write to a new file or delete it",
-    )
-    done = {r.key for r in records}
-    points = [p for p in config.grid.points() if p.key not in done]
-    skipped = len(config.grid.points()) - len(points)
-
-    def save(record: SweepRecord) -> None:
-        records.append(record)
-        write_jsonl(output, records)
+    records = RecordFile.open(Path(output), SweepRecord.from_dict, context=context, what="sweep")
+    grid = config.grid.points()
+    points = records.pending(grid)
 
     base_results: dict[str, dict[str, McqResult]] = {}
-    if BASE_KEY not in done or (points and config.reuse_base):
+    if BASE_KEY not in records.done or (points and config.reuse_base):
         started = time.perf_counter()
         base_results = {
             g: {
@@ -266,15 +255,15 @@ def run_sweep(
             }
             for g, s in sets.items()
         }
-        if BASE_KEY not in done:
-            save(
+        if BASE_KEY not in records.done:
+            records.save(
                 SweepRecord(
                     BASE_KEY,
                     context,
                     None,
                     None,
-                    _metrics(base_results["forget"]),
-                    _metrics(base_results["utility"]),
+                    DatasetMetrics.per_set(base_results["forget"]),
+                    DatasetMetrics.per_set(base_results["utility"]),
                     pooled_accuracy(base_results["forget"].values()),
                     pooled_accuracy(base_results["utility"].values()),
                     seconds=time.perf_counter() - started,
@@ -287,35 +276,38 @@ def run_sweep(
             role: corpus_statistics(inputs, role, config.fit, cache=cache, show_progress=show_progress)
             for role in ("forget", "retain")
         }
-    groups: dict[tuple[float, int], list[SweepPoint]] = {}
-    for point in points:
-        groups.setdefault((point.ratio_percentile, point.n_features), []).append(point)
-    with progress_bar("sweep", total=len(points), enabled=show_progress) as advance:
-        for group in groups.values():
-            try:  # selection + calibration once for every clamp and gate percentile of this group
-                first = _fit_config(config.fit, group[0])
-                template = Guardrail.from_result(
-                    fit_from_statistics(inputs, stats["forget"], stats["retain"], first, show_progress=False)
-                )
-            except SaeguardError as error:  # e.g. fewer candidates than n_features: record, go on
-                for point in group:
-                    save(SweepRecord(point.key, context, point, None, {}, {}, None, None, error=str(error)))
-                    advance(1)
-                continue
-            for point in group:
-                guard = retune(
-                    template,
-                    gate_percentile=point.gate_percentile,
-                    clamp=point.clamp,
-                )
-                save(
-                    _evaluate_point(
-                        model, tokenizer, guard, point, sets, base_results, heldout_docs, config, context
-                    )
-                )
-                advance(1)
+
+    def fit_group(group: list[SweepPoint]) -> Guardrail:
+        """Selection + calibration once for every clamp and gate percentile of the group."""
+        first = _fit_config(config.fit, group[0])
+        return Guardrail.from_result(
+            fit_from_statistics(inputs, stats["forget"], stats["retain"], first, show_progress=False)
+        )
+
+    def evaluate(point: SweepPoint, template: Guardrail) -> SweepRecord:
+        guard = retune(template, gate_percentile=point.gate_percentile, clamp=point.clamp)
+        return _evaluate_point(
+            model, tokenizer, guard, point, sets, base_results, heldout_docs, config, context
+        )
+
+    counts = run_grid(
+        records,
+        grid,
+        prepare=fit_group,
+        group=lambda point: (point.ratio_percentile, point.n_features),
+        evaluate=evaluate,
+        failed=lambda point, error: SweepRecord(
+            point.key, context, point, None, {}, {}, None, None, error=error
+        ),
+        description="sweep",
+        show_progress=show_progress,
+    )
     return SweepResult(
-        output, records, sweep_score(records, config.utility_threshold), computed=len(points), skipped=skipped
+        records.path,
+        records.records,
+        sweep_score(records.records, config.utility_threshold),
+        computed=counts.computed,
+        skipped=counts.skipped,
     )
 
 
@@ -377,8 +369,8 @@ def _evaluate_point(
                 "calibration": calibration,
             }
         ),
-        forget=_metrics(results["forget"]),
-        utility=_metrics(results["utility"]),
+        forget=DatasetMetrics.per_set(results["forget"]),
+        utility=DatasetMetrics.per_set(results["utility"]),
         forget_accuracy=pooled_accuracy(results["forget"].values()),
         utility_accuracy=pooled_accuracy(results["utility"].values()),
         firing=firing,

@@ -1,25 +1,28 @@
 """A report folder: forget-vs-utility Pareto plot, rho distributions with tau, per-config table.
 
-Writes ``index.html`` and ``report.md`` (images referenced by relative paths, so
-the folder can be moved or attached) and the PNGs; every file is written via a
-temporary file and renamed, so a crash never leaves a half-written page.
+Writes ``index.html`` and ``report.md`` from one page (``saeguard.report``: images
+referenced by relative paths, so the folder can be moved or attached) and the PNGs;
+every file is written via a temporary file and renamed, so a crash never leaves a
+half-written page. Every accuracy is shown with the number of items it rests on.
 """
 
 from __future__ import annotations
 
-import html
-import io
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from saeguard.config import Clamp
+from saeguard.config import Clamp, GateStatisticKind
 from saeguard.errors import require
 from saeguard.eval.score import UnlearningScore
-from saeguard.io import write_bytes_atomic, write_json, write_text_atomic
-from saeguard.runs.sweep import SweepRecord, read_records, sweep_score
+from saeguard.io import write_json
+from saeguard.report import Figure as PageFigure
+from saeguard.report import Link, Page, Section, Table, percent_with_n, with_n, write_page
+from saeguard.report.figures import plot_rho, rho_label, save_figure
+from saeguard.runs.sweep import DatasetMetrics, SweepRecord, read_records, sweep_score
 
 if TYPE_CHECKING:
     from saeguard.core.guardrail import Guardrail
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
 PARETO_FILE = "pareto.png"
 RHO_FILE = "rho.png"
+INDEX_FILE = "index.html"
+MARKDOWN_FILE = "report.md"
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -38,12 +43,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
-
-
-def _save_figure(fig: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")  # Agg, no pyplot state
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot_pareto(
@@ -82,22 +81,7 @@ def plot_pareto(
     ax.set_ylabel("utility accuracy on known items (pooled)")
     ax.set_title("forget vs utility")
     ax.legend(loc="lower right", fontsize=8)
-    _save_figure(fig, path)
-
-
-def plot_rho(distributions: Mapping[str, Sequence[float]], tau: float | None, path: Path) -> None:
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.subplots()
-    bins = [i / 40 for i in range(41)]
-    for name, values in distributions.items():
-        if len(values):
-            ax.hist(list(values), bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(values)})")
-    if tau is not None:
-        ax.axvline(tau, color="red", lw=1.5, label=f"tau = {tau:.3f}")
-    ax.set_xlabel("rho (fraction of counted tokens where a selected latent fires)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _fmt(value: Any) -> str:
@@ -106,6 +90,18 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def _items(metrics: Mapping[str, DatasetMetrics]) -> int:
+    """Items behind a pooled accuracy (sum over the question sets)."""
+    return sum(m.n_items for m in metrics.values())
+
+
+def _flagged(metrics: Mapping[str, DatasetMetrics]) -> str:
+    """Share of items the gate flagged, pooled over the sets that recorded it, with its n."""
+    known = [m for m in metrics.values() if m.flagged_fraction is not None]
+    n = sum(m.n_items for m in known)
+    return with_n(sum(m.flagged_fraction * m.n_items for m in known) / n if n else None, n or None)
 
 
 def _table(records: Sequence[SweepRecord]) -> tuple[list[str], list[list[str]]]:
@@ -129,10 +125,6 @@ def _table(records: Sequence[SweepRecord]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in records:
         p = r.point
-        flagged = {
-            g: [m.flagged_fraction for m in d.values() if m.flagged_fraction is not None]
-            for g, d in (("forget", r.forget), ("utility", r.utility))
-        }
         rows.append(
             [
                 r.key,
@@ -141,10 +133,10 @@ def _table(records: Sequence[SweepRecord]) -> tuple[list[str], list[list[str]]]:
                 (p.clamp if p else "-"),
                 f"{p.gate_percentile:g}" if p else "-",
                 _fmt((r.guard or {}).get("tau")),
-                _fmt(r.forget_accuracy),
-                _fmt(r.utility_accuracy),
-                _fmt(sum(flagged["forget"]) / len(flagged["forget"]) if flagged["forget"] else None),
-                _fmt(sum(flagged["utility"]) / len(flagged["utility"]) if flagged["utility"] else None),
+                with_n(r.forget_accuracy, _items(r.forget)),
+                with_n(r.utility_accuracy, _items(r.utility)),
+                _flagged(r.forget),
+                _flagged(r.utility),
                 *[_fmt((r.firing or {}).get(k)) for k in firing],
                 r.error or "",
             ]
@@ -152,15 +144,58 @@ def _table(records: Sequence[SweepRecord]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _score_line(score: UnlearningScore | None) -> str:
+def _score_lines(score: UnlearningScore | None, records: Sequence[SweepRecord]) -> list[str]:
+    """What the unlearning score is and the item counts it rests on."""
     if score is None:
-        return "No guarded configuration to score."
+        failed = sum(r.error is not None for r in records)
+        guarded = sum(r.point is not None for r in records)
+        return [
+            f"No unlearning score: none of the {guarded} guarded configurations finished with both "
+            f"accuracies ({failed} records carry an error; see the table)."
+        ]
     if score.best is None:
-        return f"Unlearning score: {score.score:.4f} ({score.note})."
-    return (
+        return [f"Unlearning score: {score.score:.4f} ({score.note}; {score.total} configurations)."]
+    best = next(r for r in records if r.key == score.best.label)
+    return [
         f"Unlearning score: {score.score:.4f} = 1 - forget accuracy {score.best.forget_accuracy:.4f} "
-        f"of {score.best.label} (utility {score.best.utility_accuracy:.4f} >= "
-        f"{score.utility_threshold}; {score.eligible}/{score.total} configurations eligible)."
+        f"(n={_items(best.forget)} forget items) of {score.best.label}, whose pooled utility accuracy "
+        f"{score.best.utility_accuracy:.4f} (n={_items(best.utility)} utility items) is >= "
+        f"{score.utility_threshold}; {score.eligible}/{score.total} configurations eligible.",
+        "Accuracies are on known items: questions the unguarded model answers under every option order.",
+    ]
+
+
+def _counts(records: Sequence[SweepRecord]) -> str:
+    forget = sorted({_items(r.forget) for r in records if r.forget})
+    utility = sorted({_items(r.utility) for r in records if r.utility})
+
+    def span(values: list[int]) -> str:
+        return "?" if not values else str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+    return f"n = {span(forget)} forget and {span(utility)} utility items per point"
+
+
+def _rho_section(dists: Mapping[str, Sequence[float]], tau: float | None, statistic: str | None) -> Section:
+    rows = [
+        [
+            name,
+            str(len(values)),
+            _fmt(statistics.fmean(values)),
+            _fmt(statistics.median(values)),
+            "-" if tau is None else percent_with_n(sum(v > tau for v in values) / len(values), len(values)),
+        ]
+        for name, values in dists.items()
+        if len(values)
+    ]
+    caption = f"{rho_label(statistic)}. One value per input" + (
+        f"; an input is flagged when rho > tau = {tau:.4g}." if tau is not None else "."
+    )
+    return Section(
+        "Gate statistic rho",
+        blocks=[
+            PageFigure(RHO_FILE, caption, alt="rho distributions"),
+            Table(["set", "inputs", "mean rho", "median rho", "rho > tau"], rows, caption="n = inputs."),
+        ],
     )
 
 
@@ -174,11 +209,18 @@ def write_report(
     guard: Guardrail | None = None,
     utility_threshold: float = 0.99,
     title: str = "saeguard evaluation",
+    statistic: GateStatisticKind | None = None,
+    nav: Sequence[Link] = (),
 ) -> Path:
     """Write the report folder; returns the path of ``index.html``.
 
     rho distributions come from ``distributions`` (+ ``tau``), a ``TextMetricsResult``
     (held-out firing, its tau) and/or a ``Guardrail`` (its calibration distributions).
+    ``statistic`` (default: the guard's ``config.gate_statistic``) sets the rho axis label and
+    range; ``nav`` adds links to sibling pages.
+
+    Raises:
+        SaeguardError: neither sweep records nor rho distributions to report.
     """
     out = Path(output_dir).expanduser()
     records = read_records(sweep) if isinstance(sweep, (str, Path)) else list(sweep)
@@ -191,16 +233,15 @@ def write_report(
             }
         )
         tau = guard.tau if tau is None else tau
+        statistic = statistic or guard.config.gate_statistic
     if text is not None:
         dists.update({f"held-out {k}": m.rho for k, m in text.firing.items()})
         tau = text.tau if tau is None else tau
     dists.update(distributions or {})
+    dists = {name: values for name, values in dists.items() if len(values)}
     require(bool(records) or bool(dists), "nothing to report: give sweep records or rho distributions")
     score = sweep_score(records, utility_threshold)
-    sections_md, sections_html = (
-        [f"# {title}", _score_line(score)],
-        [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(_score_line(score))}</p>"],
-    )
+    sections = []
     if records:
         plot_pareto(
             records,
@@ -208,29 +249,25 @@ def write_report(
             utility_threshold=utility_threshold,
             best=score.best.label if score and score.best else None,
         )
-        sections_md.append(f"## Forget vs utility\n\n![forget vs utility]({PARETO_FILE})")
-        sections_html.append(f'<h2>Forget vs utility</h2><img src="{PARETO_FILE}" alt="pareto">')
+        caption = (
+            "Each point is one configuration (colour: clamp), the base a star, the best eligible one ringed; "
+            f"{_counts(records)}."
+        )
+        figure = PageFigure(PARETO_FILE, caption, alt="forget vs utility")
+        sections.append(Section("Forget vs utility", _score_lines(score, records), [figure]))
     if dists:
-        plot_rho(dists, tau, out / RHO_FILE)
-        sections_md.append(f"## Gate statistic rho\n\n![rho distributions]({RHO_FILE})")
-        sections_html.append(f'<h2>Gate statistic rho</h2><img src="{RHO_FILE}" alt="rho">')
+        plot_rho(dists, tau, out / RHO_FILE, statistic=statistic)
+        sections.append(_rho_section(dists, tau, statistic))
     if records:
         header, rows = _table(records)
-        md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-        sections_md.append("## Configurations\n\n" + "\n".join(md))
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-        sections_html.append(f"<h2>Configurations</h2><table><tr>{head}</tr>{body}</table>")
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(sections_html)}</body></html>\n"
-    )
-    write_text_atomic(out / "report.md", "\n\n".join(sections_md) + "\n")
+        sections.append(Section("Configurations", blocks=[Table(header, rows, caption="n = items.")]))
+    held = [f"the forget and utility accuracy of {len(records)} sweep records"] if records else []
+    if dists:
+        held.append(f"the gate statistic rho of the inputs of {', '.join(dists)}, with the threshold tau")
+    summary = "This report holds " + " and ".join(held) + "."
+    if not records:
+        summary += " No sweep was given, so there is no forget-vs-utility plot or unlearning score."
+    page = Page(title, summary, sections, nav=list(nav))
     if score is not None:
         write_json(out / "score.json", score)
-    return write_text_atomic(out / "index.html", page)
+    return write_page(page, out / INDEX_FILE, markdown=out / MARKDOWN_FILE)

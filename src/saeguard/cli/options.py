@@ -1,0 +1,194 @@
+"""Options and checks shared by every command: device, dtype, the SAE, output paths, lengths.
+
+Each is defined once here and used by every command that needs it, so ``fit``,
+``generate``, ``eval``, ``sweep``, ``compare`` and ``demo`` read ``--device``,
+``--dtype`` and ``--sae`` the same way, and check their output and sequence
+lengths before any work starts (issue 11 §4, issue 12 §2/§7).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from saeguard.errors import SaeguardError, require
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from saeguard.config import FitConfig
+
+TorchDtype = Literal["float32", "bfloat16", "float16"]
+"""Weight dtypes a command can load a model in."""
+AUTO_DEVICE = "auto"
+DEFAULT_DTYPE: TorchDtype = "float32"
+DEFAULT_SAE = "default"
+MODEL_PANEL = "Model"
+
+Device = Annotated[
+    str,
+    typer.Option(
+        help="Where the model runs: cpu, cuda, cuda:1, mps, or auto (cuda when available, else cpu)",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+Dtype = Annotated[TorchDtype, typer.Option(help="Dtype of the model's weights", rich_help_panel=MODEL_PANEL)]
+Model = Annotated[
+    str,
+    typer.Option(
+        help="HF model name or folder; 'default' = the embedded SmolLM2-135M-Instruct",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+DEFAULT_MODEL = "default"
+Sae = Annotated[
+    str | None,
+    typer.Option(
+        help="SAELens folder, release:sae_id, or 'default' (the default model's SAE, trained once and "
+        "cached); omitted: 'default' on the default model",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+
+
+def note(text: str) -> None:
+    """A one-line note on stderr (kept apart from results on stdout)."""
+    typer.secho(f"note: {text}", fg=typer.colors.YELLOW, err=True)
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names are checked.
+
+    Raises:
+        SaeguardError: an unknown device name, or a CUDA/MPS device torch cannot use here.
+    """
+    import torch
+
+    if spec == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise SaeguardError(f"unknown --device {spec!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda":
+        require(torch.cuda.is_available(), f"--device {spec}: torch sees no CUDA GPU here; use --device cpu")
+        index = device.index or 0
+        count = torch.cuda.device_count()
+        require(index < count, f"--device {spec}: only {count} CUDA device(s) here; use cuda:0..{count - 1}")
+    if device.type == "mps":
+        require(torch.backends.mps.is_available(), f"--device {spec}: MPS is not available; use cpu")
+    return str(device)
+
+
+def load_cli_model(name: str, device: str, dtype: TorchDtype) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)`` on ``device`` (``auto`` resolved) in ``dtype``.
+
+    Raises:
+        SaeguardError: a bad device, or a model that cannot be loaded.
+    """
+    import torch
+
+    from saeguard.hf.models import load_model
+
+    return load_model(name, dtype=getattr(torch, dtype), device=resolve_device(device))
+
+
+def is_default_sae(spec: str | None) -> bool:
+    return spec is None or spec == DEFAULT_SAE
+
+
+def resolve_sae(spec: str | None, model: str) -> str:
+    """The SAE a command uses: ``spec``, or the embedded default SAE for ``None``/``"default"``.
+
+    The default SAE belongs to the default model; it is trained on first use
+    (about 15 min on 2 cores) and cached (``saeguard data status`` shows where).
+
+    Raises:
+        SaeguardError: the default SAE asked for with another model.
+    """
+    if not is_default_sae(spec):
+        return str(spec)
+    require(
+        model == DEFAULT_MODEL,
+        f"no default SAE for model {model!r}: pass --sae DIR (a SAELens folder) or release:sae_id",
+    )
+    from saeguard.defaults import default_sae_dir, ensure_default_sae
+
+    if not (default_sae_dir() / "cfg.json").is_file():
+        note(f"training the default SAE first (~10-15 min on 2 cores, cached in {default_sae_dir()})")
+    return str(ensure_default_sae())
+
+
+def check_output(path: Path, *, folder: bool, option: str = "--output") -> Path:
+    """Check that ``path`` can be written before any work starts; return it expanded.
+
+    A folder must not be a file, a file must not be a folder, no parent may be a
+    file, and the nearest existing parent must accept a new entry (probed by
+    creating and removing a temporary folder there, so permissions, read-only
+    mounts and ACLs all count).
+
+    Raises:
+        SaeguardError: one line naming the path, the problem and the fix.
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        if folder:
+            require(path.is_dir(), f"{option} {path} is a file: give a folder path")
+        else:
+            require(not path.is_dir(), f"{option} {path} is a folder: give a file path")
+    ancestor = path if folder and path.is_dir() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    require(ancestor.is_dir(), f"cannot create {option} {path}: {ancestor} is a file; choose another path")
+    try:
+        probe = tempfile.mkdtemp(prefix=".saeguard-write-check.", dir=ancestor)
+    except OSError as error:
+        raise SaeguardError(
+            f"cannot write {option} {path}: {ancestor} is not writable ({error.strerror}); "
+            "choose another path"
+        ) from None
+    Path(probe).rmdir()
+    return path
+
+
+def check_replace(path: Path, *, force: bool, is_ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse to replace an existing non-empty folder: ``what`` needs ``--force``, anything else a new path.
+
+    Raises:
+        SaeguardError: ``path`` holds ``what`` and ``force`` is False, or holds something else.
+    """
+    if not (path.is_dir() and any(path.iterdir())):
+        return
+    require(
+        is_ours(path),
+        f"--output {path} exists and does not hold a {what}: choose another path",
+    )
+    require(force, f"--output {path} already holds a {what}: pass --force to replace it")
+
+
+def fit_length(config: FitConfig, model: nn.Module, *, given: bool) -> FitConfig:
+    """``config`` with ``seq_len`` within the model's positions (:func:`max_positions`).
+
+    A length the user gave explicitly that does not fit is an error; a default or
+    preset length is lowered to the model's maximum with a note.
+
+    Raises:
+        SaeguardError: ``given`` and ``config.seq_len`` exceeds the model's positions.
+    """
+    from saeguard.hf.layers import max_positions
+
+    limit = max_positions(model)
+    if limit is None or config.seq_len <= limit:
+        return config
+    require(
+        not given,
+        f"--seq-len {config.seq_len} is longer than the model's {limit} positions: "
+        f"pass --seq-len {limit} or less",
+    )
+    note(f"seq_len {config.seq_len} is longer than the model's {limit} positions; using {limit}")
+    return replace(config, seq_len=limit)

@@ -1,0 +1,417 @@
+"""Putting gates on a model: the public GateHook, one set of hooks per model, per-call state.
+
+A :class:`GateHook` is one guard's gate and clamp (the arithmetic is in
+``core/gate.py``). One :class:`Dispatcher` per model installs a forward pre-hook on the model (to
+read what the call is), a forward hook on each hooked decoder block, and thin
+wrappers around the model's ``generate`` (a fresh state per call) and
+``prepare_inputs_for_generation`` (the full token ids of every step). Gates
+are either global (``GateHook.attach``: every forward, any thread) or local
+(``GateHook.session``: forwards of the calling thread or task only).
+
+The state a gate needs across forwards is a :class:`RowHistory`: per row and per
+cache position, the cumulative evidence, counted tokens, decisions and token
+ids. Before each forward it is made to follow the KV cache: cut to the cache
+length (``crop``/rollback in assisted decoding), rows matched to the new rows
+by their token prefix (beam search reordering, ``num_return_sequences``), or,
+for manual forwards without full ids, kept in row order or expanded
+(``batch_repeat_interleave``). So the gate's decisions are a function of the
+tokens in the cache, never of the order calls were made in. State lives per
+``generate`` call, else per thread: concurrent calls never share it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar, Token
+from typing import Any, get_args
+
+import torch
+from torch import nn
+
+from saeguard.config import ClampScope
+from saeguard.core.gate import GateRecord, GateStatistic, current_scope, decide_new_positions
+from saeguard.core.sae import SelectedLatents
+from saeguard.core.state import CALL, ForwardCall, HistoryStore, RowHistory, follow, pending_ids, thread_store
+from saeguard.errors import SaeguardError, require
+from saeguard.hf.chat import user_token_mask
+from saeguard.hf.layers import block_output_tensor, decoder_blocks, replace_block_output
+
+
+class GateHook:
+    """One guard's gate and clamp on a model (method.md §3-§4).
+
+    ``attach(model)`` applies it to every forward of the model, from any thread;
+    ``session(model)`` only to forwards of the calling thread or task (what
+    ``Guardrail.generate`` and the server use, so concurrent calls never share a
+    guard or its state). Per-call state (the per-row history that follows the
+    KV cache) is kept per thread and per ``generate`` call, never on this object.
+
+    Attributes:
+        forced: None (the gate decides), True (clamp every input: the static and
+            ungated baselines) or False (never clamp).
+        recording: keep a :class:`GateRecord` per forward in :attr:`records`.
+        tokenizer: with a chat template, prompts given as raw chat ids count
+            only the user's turns (``hf.chat.user_token_mask``).
+        observers: callables ``(hook, record)`` run after every forward.
+        instrument: a callable returning a context manager entered around each
+            forward's gate work (the public instrumentation point: the bench
+            times the guard through it, e.g. with ``torch.profiler.record_function``).
+    """
+
+    def __init__(
+        self,
+        latents: SelectedLatents,
+        *,
+        layer: int,
+        tau: float,
+        clamp_value: float,
+        special_ids: Iterable[int] = (),
+        statistic: GateStatistic | None = None,
+        clamp_scope: ClampScope = "fired",
+        tokenizer: Any = None,
+    ) -> None:
+        require(
+            clamp_scope in get_args(ClampScope), f"unknown clamp scope {clamp_scope!r}: use fired or input"
+        )
+        self.latents = latents
+        self.statistic = statistic or GateStatistic()
+        self.clamp_scope = clamp_scope
+        self.layer = layer
+        self.tau = float(tau)
+        self.clamp_value = float(clamp_value)
+        self.special_ids = sorted(set(special_ids))
+        self.tokenizer = tokenizer
+        self.forced: bool | None = None
+        self.recording = False
+        self.observers: list[Any] = []
+        self.instrument: Callable[[], AbstractContextManager[Any]] | None = None
+        self._models: list[nn.Module] = []
+        self._device_latents: dict[torch.device, SelectedLatents] = {}
+        self._device_statistics: dict[torch.device, GateStatistic] = {}
+        self._special_tensors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    # -- attachment ---------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Apply to every forward of ``model`` until :meth:`detach`."""
+        require(model not in self._models, "this guard is already attached to that model; detach it first")
+        dispatcher_for(model).add_global(self)
+        self._models.append(model)
+
+    def detach(self) -> None:
+        """Remove from every model it was attached to (idempotent)."""
+        for model in self._models:
+            dispatcher_for(model).remove_global(self)
+        self._models.clear()
+        thread_store().histories.pop(self, None)  # records stay readable after detaching
+
+    @contextmanager
+    def session(self, model: nn.Module) -> Iterator[GateHook]:
+        """Apply to forwards of ``model`` made by this thread or task, inside the block only."""
+        dispatcher = dispatcher_for(model)
+        token = dispatcher.add_local(self)
+        try:
+            yield self
+        finally:
+            dispatcher.remove_local(self, token)
+
+    @property
+    def records(self) -> list[GateRecord]:
+        """This thread's records (a list you may clear)."""
+        return thread_store().records_for(self)
+
+    def reset(self) -> None:
+        """Forget this thread's history and records for this guard."""
+        thread_store().forget(self)
+
+    # -- one forward --------------------------------------------------------
+    def counted_tokens(self, call: ForwardCall, device: torch.device) -> torch.Tensor:
+        """(B, L) bool: which tokens of this call the gate counts (mask, specials, scope, user spans)."""
+        batch, length = call.batch, call.length
+        counted = torch.ones(batch, length, dtype=torch.bool, device=device)
+        if call.mask is not None:
+            counted &= call.mask[:, -length:].to(device).bool()
+        if call.input_ids is not None and self.special_ids:
+            special = self._special_on(device, call.input_ids.dtype)
+            counted &= ~torch.isin(call.input_ids.to(device), special)
+        scope = current_scope()
+        if call.past == 0 and scope is not None and scope.counted is not None:
+            counted[:, : scope.counted.shape[-1]] &= (
+                _prompt_rows(scope.counted, batch, length).to(device).bool()
+            )
+        elif call.past == 0 and self.tokenizer is not None and call.input_ids is not None:
+            counted &= _user_tokens(self.tokenizer, call, device)
+        return counted
+
+    def decision_end(
+        self, call: ForwardCall, prompt_length: int | None, device: torch.device
+    ) -> torch.Tensor:
+        """(B,) long: where each row's prompt ends, for a forward starting a sequence."""
+        scope = current_scope()
+        if scope is not None and scope.decision_end is not None:
+            return _prompt_rows(scope.decision_end.unsqueeze(-1), call.batch, None).squeeze(-1).to(device)
+        end = call.length
+        if scope is not None and scope.counted is not None:
+            end = int(scope.counted.shape[-1])
+        elif prompt_length is not None:
+            end = prompt_length
+        return torch.full((call.batch,), min(end, call.length), dtype=torch.long, device=device)
+
+    def intervene(self, hidden: torch.Tensor, call: ForwardCall, history: RowHistory) -> torch.Tensor:
+        """Gate and clamp one block output (B, L, d_in); ``history`` already follows the cache.
+
+        Returns the (possibly) clamped hidden states, same shape and dtype.
+        """
+        device = hidden.device
+        counted = self.counted_tokens(call, device)
+        latents = self._latents_on(device)
+        acts = latents.activations(hidden)  # (B, L, N) float32
+        fired = (acts > 0).any(-1) & counted
+        evidence = self._statistic_on(device).evidence(acts, fired) * counted
+        start = history.append(evidence, counted, call.input_ids)
+        scope = current_scope()
+        flags, rho, prompt_flag = decide_new_positions(
+            history, start, self.tau, freeze=scope is not None and scope.freeze
+        )
+        if self.forced is not None:
+            flags = torch.full_like(flags, self.forced)
+        history.flag = torch.cat([history.flag, flags], dim=1)
+        clamp_tokens = flags & (fired if self.clamp_scope == "fired" else counted)
+        if self.recording or self.observers:
+            record = GateRecord(
+                rho=rho.cpu(),
+                flagged=flags[:, -1].cpu() if flags.shape[1] else prompt_flag.cpu(),
+                clamped=clamp_tokens.cpu(),
+                fired=fired.cpu(),
+                prompt_flagged=prompt_flag.cpu(),
+            )
+            if self.recording:
+                self.records.append(record)
+            for observer in self.observers:
+                observer(self, record)
+        delta = (-self.clamp_value - acts) @ latents.decoder  # (B, L, d_in) float32
+        return torch.where(clamp_tokens.unsqueeze(-1), (hidden.float() + delta).to(hidden.dtype), hidden)
+
+    # -- per-device copies ----------------------------------------------------
+    def _special_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._special_tensors:
+            self._special_tensors[key] = torch.tensor(self.special_ids, device=device, dtype=dtype)
+        return self._special_tensors[key]
+
+    def _latents_on(self, device: torch.device) -> SelectedLatents:
+        if device not in self._device_latents:
+            self._device_latents[device] = self.latents.to(device)
+        return self._device_latents[device]
+
+    def _statistic_on(self, device: torch.device) -> GateStatistic:
+        if device not in self._device_statistics:
+            self._device_statistics[device] = self.statistic.to(device)
+        return self._device_statistics[device]
+
+
+def _prompt_rows(tensor: torch.Tensor, batch: int, length: int | None) -> torch.Tensor:
+    """Expand a per-prompt tensor to the rows generate() runs (num_return_sequences, beams)."""
+    rows = tensor.shape[0]
+    if rows != batch and rows > 0 and batch % rows == 0:
+        tensor = tensor.repeat_interleave(batch // rows, dim=0)
+    if tensor.shape[0] != batch or (length is not None and tensor.shape[-1] > length):
+        raise SaeguardError(
+            f"token scope of shape {tuple(tensor.shape)} does not fit the batch ({batch}, {length}): "
+            "build it from the same prompts"
+        )
+    return tensor
+
+
+def _user_tokens(tokenizer: Any, call: ForwardCall, device: torch.device) -> torch.Tensor:
+    """(B, L) bool: the user's turns in raw chat ids (padding excluded by the caller's mask)."""
+    assert call.input_ids is not None
+    rows = []
+    for row in call.input_ids.tolist():
+        rows.append(user_token_mask(tokenizer, row))
+    return torch.tensor(rows, dtype=torch.bool, device=device)
+
+
+class Dispatcher:
+    """The hooks on one model, routing each forward to the gates that apply to it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model_ref = weakref.ref(model)
+        self.lock = threading.Lock()
+        self.global_gates: list[GateHook] = []
+        self.local_gates: ContextVar[tuple[GateHook, ...]] = ContextVar("saeguard_local_gates", default=())
+        self.layer_users: dict[int, int] = {}
+        self.handles: dict[Any, torch.utils.hooks.RemovableHandle] = {}
+        self.wrapped: dict[str, Any] = {}
+        self.call: ContextVar[ForwardCall | None] = ContextVar("saeguard_forward_call", default=None)
+
+    # -- membership -----------------------------------------------------------
+    def add_global(self, gate: GateHook) -> None:
+        with self.lock:
+            self._use_layer(gate.layer)
+            self.global_gates.append(gate)
+
+    def remove_global(self, gate: GateHook) -> None:
+        with self.lock:
+            if gate in self.global_gates:
+                self.global_gates.remove(gate)
+                self._release_layer(gate.layer)
+
+    def add_local(self, gate: GateHook) -> Token:
+        with self.lock:
+            self._use_layer(gate.layer)
+        return self.local_gates.set((*self.local_gates.get(), gate))
+
+    def remove_local(self, gate: GateHook, token: Token) -> None:
+        self.local_gates.reset(token)
+        with self.lock:
+            self._release_layer(gate.layer)
+
+    def active(self) -> list[GateHook]:
+        """Gates that apply to a forward made now, in this thread or task."""
+        return [*self.global_gates, *self.local_gates.get()]
+
+    # -- installation -----------------------------------------------------------
+    def _use_layer(self, layer: int) -> None:
+        model = self.model_ref()
+        assert model is not None
+        blocks = decoder_blocks(model)
+        require(0 <= layer < len(blocks), f"hook layer {layer} is outside the model's {len(blocks)} layers")
+        if not self.handles:
+            self.handles["call"] = model.register_forward_pre_hook(self._read_call, with_kwargs=True)
+            self._wrap(model, "generate", self._generate_wrapper)
+            self._wrap(model, "prepare_inputs_for_generation", self._prepare_wrapper)
+        if self.layer_users.get(layer, 0) == 0:
+            self.handles[layer] = blocks[layer].register_forward_hook(self._block_hook(layer))
+        self.layer_users[layer] = self.layer_users.get(layer, 0) + 1
+
+    def _release_layer(self, layer: int) -> None:
+        self.layer_users[layer] -= 1
+        if self.layer_users[layer] == 0:
+            self.handles.pop(layer).remove()
+            del self.layer_users[layer]
+        if not self.layer_users:
+            for handle in self.handles.values():
+                handle.remove()
+            self.handles.clear()
+            model = self.model_ref()
+            for name, original in self.wrapped.items():
+                if model is not None:
+                    if original is None:
+                        delattr(model, name)
+                    else:
+                        setattr(model, name, original)
+            self.wrapped.clear()
+
+    def _wrap(self, model: nn.Module, name: str, make: Callable[[Callable], Callable]) -> None:
+        bound = getattr(model, name, None)
+        if bound is None:
+            return
+        self.wrapped[name] = model.__dict__.get(name)  # an instance attribute to restore, else None
+        object.__setattr__(model, name, make(bound))
+
+    # -- the hooks --------------------------------------------------------------
+    def _generate_wrapper(self, original: Callable) -> Callable:
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            if not self.active():
+                return original(*args, **kwargs)
+            store = HistoryStore(is_generate_call=True)
+            token = CALL.set(store)
+            try:
+                output = original(*args, **kwargs)
+                require(
+                    store.lost is None or not bool(store.lost),
+                    "generate reordered rows the guard could not match to their token prefixes: "
+                    "please report this with the generate arguments",
+                )
+                return output
+            finally:
+                CALL.reset(token)
+                thread_store().adopt(store)
+
+        return generate
+
+    def _prepare_wrapper(self, original: Callable) -> Callable:
+        def prepare(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            inputs = original(input_ids, *args, **kwargs)
+            if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
+                mask = kwargs.get("attention_mask")
+                mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+                pending_ids()[id(self)] = (input_ids, mask)
+            return inputs
+
+        return prepare
+
+    def _read_call(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        pending = pending_ids().pop(id(self), None)
+        if not self.active():
+            self.call.set(None)
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        if not isinstance(reference, torch.Tensor):
+            self.call.set(None)
+            return
+        batch, length = int(reference.shape[0]), int(reference.shape[1])
+        mask = kwargs.get("attention_mask")
+        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        past = _past_length(kwargs, mask, length)
+        full_ids = None
+        if pending is not None and pending[0].shape[0] == batch and pending[0].shape[1] == past + length:
+            full_ids = pending[0]
+            if mask is None and pending[1] is not None and pending[1].shape[1] == past + length:
+                mask = pending[1]
+        ids = input_ids if isinstance(input_ids, torch.Tensor) else None
+        self.call.set(ForwardCall(batch, length, past, ids, mask, full_ids))
+
+    def _block_hook(self, layer: int) -> Callable:
+        def hook(_module: nn.Module, _args: object, output: object) -> object:
+            call = self.call.get()
+            gates = [g for g in self.active() if g.layer == layer]
+            if call is None or not gates:
+                return output
+            hidden = block_output_tensor(output)
+            require(
+                tuple(hidden.shape[:2]) == (call.batch, call.length),
+                f"block {layer} saw {tuple(hidden.shape[:2])} tokens but the call had "
+                f"{(call.batch, call.length)}: the guard supports decoder-only models, one forward per call",
+            )
+            store = CALL.get() or thread_store()
+            if call.past == 0 and store.is_generate_call and store.prompt_length is None:
+                store.prompt_length = call.length
+            for gate in gates:
+                with gate.instrument() if gate.instrument is not None else nullcontext():
+                    history = follow(store.histories.get(gate), call, gate, store, hidden.device)
+                    hidden = gate.intervene(hidden, call, history)
+                store.histories[gate] = history
+            return replace_block_output(output, hidden)
+
+        return hook
+
+
+_DISPATCHERS: weakref.WeakKeyDictionary[nn.Module, Dispatcher] = weakref.WeakKeyDictionary()
+_DISPATCHERS_LOCK = threading.Lock()
+
+
+def dispatcher_for(model: nn.Module) -> Dispatcher:
+    """The model's dispatcher (created on first use; hooks are installed only while gates use it)."""
+    with _DISPATCHERS_LOCK:
+        dispatcher = _DISPATCHERS.get(model)
+        if dispatcher is None:
+            dispatcher = _DISPATCHERS[model] = Dispatcher(model)
+        return dispatcher
+
+
+def _past_length(kwargs: dict, mask: torch.Tensor | None, length: int) -> int:
+    cache_position = kwargs.get("cache_position")
+    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    for key in ("cache", "past_key_values"):
+        cache = kwargs.get(key)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+    if mask is not None:
+        return max(int(mask.shape[1]) - length, 0)
+    return 0
