@@ -362,6 +362,20 @@ LLAMA2_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
     "{% endfor %}"
 )
+#: Gemma-3 style: the system prompt is folded into the first user turn, content trimmed.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}"
+    "{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
 CHAT_TEMPLATES = {
     "test": CHAT_TEMPLATE,
     "chatml": CHATML_TEMPLATE,
@@ -369,6 +383,7 @@ CHAT_TEMPLATES = {
     "gemma": GEMMA_TEMPLATE,
     "zephyr": ZEPHYR_TEMPLATE,
     "llama2": LLAMA2_TEMPLATE,
+    "gemma3": GEMMA3_TEMPLATE,
 }
 CHAT_MARKERS = [
     "<|im_start|>",
@@ -398,7 +413,9 @@ def chat_tokenizer(template: str, kind: str = "word") -> PreTrainedTokenizerFast
     specials = ["<pad>", "<bos>", "<eos>", "<unk>", *CHAT_MARKERS]
     words = CHAT_WORDS + FORGET_WORDS + RETAIN_WORDS + COMMON_WORDS
     if kind == "word":
-        backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+        backend = Tokenizer(
+            models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>")
+        )
         backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     elif kind in ("bytelevel", "metaspace"):
         backend = Tokenizer(models.BPE(unk_token="<unk>" if kind == "metaspace" else None))

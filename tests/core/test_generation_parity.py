@@ -73,7 +73,9 @@ def _generate(model, guard, tok, settings, *, cache, guarded=True, prompts=PROMP
     enc = encode_prompts(tok, prompts)
     kwargs = {"do_sample": False} | settings | extra
     torch.manual_seed(0)
-    inputs = dict(input_ids=enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=12, pad_token_id=0)
+    inputs = dict(
+        input_ids=enc.input_ids, attention_mask=enc.attention_mask, max_new_tokens=12, pad_token_id=0
+    )
     if not guarded:
         return model.generate(**inputs, **kwargs, use_cache=cache), None
     with guard.attached(model) as hook, token_scope(enc.content_mask):
@@ -106,7 +108,9 @@ def test_per_position_decisions_equal_a_replay_without_cache(subject, tok):
     out, (_, history) = _generate(model, guard, tok, STRATEGIES["sample"], cache=True)
     enc = encode_prompts(tok, PROMPTS)
     prompt_length = enc.input_ids.shape[1]
-    mask = torch.cat([enc.attention_mask.repeat_interleave(2, 0), torch.ones(6, out.shape[1] - prompt_length)], 1)
+    mask = torch.cat(
+        [enc.attention_mask.repeat_interleave(2, 0), torch.ones(6, out.shape[1] - prompt_length)], 1
+    )
     with guard.attached(model) as hook, token_scope(enc.content_mask):
         mask = mask[:, :-1].long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() derives them from the mask

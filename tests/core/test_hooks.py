@@ -31,7 +31,9 @@ def tok():
 def setup(tok):
     torch.set_num_threads(1)
     model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
-    fit = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, gate_percentile=90, show_progress=False)
+    fit = dict(
+        layer=1, n_features=2, ratio_percentile=90, seq_len=32, gate_percentile=90, show_progress=False
+    )
     guard = Guardrail.fit(
         model, tok, sae, forget=corpus(FORGET_WORDS, 24, 40, 1), retain=corpus(RETAIN_WORDS, 24, 40, 2), **fit
     )
@@ -47,7 +49,9 @@ def test_generate_without_cache_equals_generate_with_cache(setup, tok):
     cached, cached_records = guard.generate(model, tok, PROMPTS[:2], max_new_tokens=6)
     plain, plain_records = guard.generate(model, tok, PROMPTS[:2], max_new_tokens=6, use_cache=False)
     assert plain == cached
-    assert plain_records[0].prompt_flagged.tolist() == cached_records[0].prompt_flagged.tolist() == [True, False]
+    assert (
+        plain_records[0].prompt_flagged.tolist() == cached_records[0].prompt_flagged.tolist() == [True, False]
+    )
 
 
 def test_concurrent_generate_calls_equal_their_serial_runs(setup, tok):

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from saeguard import token_scope
 from saeguard.eval.items import question_text
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
-from saeguard.testing import make_guard, make_items
+from saeguard.testing import EVAL_VOCAB, make_guard, make_items, make_tokenizer
 
 pytest.importorskip("lm_eval")
 
@@ -46,7 +47,10 @@ def local_task(tmp_path, monkeypatch):
 
 @torch.no_grad()
 def _direct_accuracy(model, tok, items):
-    """lm-eval's semantics by hand: sum log-likelihood of ' choice', input = (ctx + cont)[:-1]."""
+    """lm-eval's semantics by hand: sum log-likelihood of ' choice', input = (ctx + cont)[:-1].
+
+    The gate (if attached) decides on the context tokens and keeps that decision for the choice.
+    """
     correct = 0
     for item in items:
         context = question_text(item) + "\nAnswer:"
@@ -54,7 +58,10 @@ def _direct_accuracy(model, tok, items):
         scores = []
         for choice in item.choices:
             ids = tok(context + " " + choice)["input_ids"]
-            log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]])).logits[0].float(), -1)
+            counted = torch.arange(len(ids) - 1).unsqueeze(0) < n_ctx
+            with token_scope(counted, [n_ctx], freeze=True):
+                logits = model(input_ids=torch.tensor([ids[:-1]])).logits
+            log_probs = torch.log_softmax(logits[0].float(), -1)
             scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(n_ctx, len(ids))))
         correct += int(max(range(4), key=lambda k: scores[k]) == item.answer)
     return correct / len(items)
@@ -94,3 +101,37 @@ def test_adapter_matches_our_harness_and_runs_the_guard(llama, tok, local_task, 
         expected = _direct_accuracy(llama, tok, items)
     assert guarded.metric("saeguard_local_mcq", "acc") == pytest.approx(expected)
     assert _direct_accuracy(llama, tok, items) == pytest.approx(ours.accuracy)  # guard detached again
+
+
+def test_loglikelihood_and_gate_do_not_depend_on_the_batch_size(llama, tok):
+    """Regression (issue 11 §2): B=1 vs B=4 gave rho 0.385 vs 0.5 and -9.619 vs -9.581 when padding counted.
+
+    A GPT-2-style tokenizer: pad = eos, and id 0 is a real token that right-padding would repeat.
+    """
+    from saeguard.eval.lm_eval_adapter import score_requests
+
+    gpt2_style = make_tokenizer(vocab=EVAL_VOCAB)
+    gpt2_style.pad_token = gpt2_style.eos_token
+    guard = make_guard(llama, gpt2_style, ids=(7,), tau=0.3, clamp_value=300.0)
+    requests = [
+        (gpt2_style(c)["input_ids"], gpt2_style(" " + a)["input_ids"])
+        for c, a in [
+            ("what is the cell virus gene", "protein"),
+            ("the king of the city", "river mountain castle"),
+            ("a poem about the dna in a cell membrane and the king of a river", "ocean"),
+            ("what", "enzyme bacteria"),
+        ]
+    ]
+    results = {}
+    for size in (1, 4):
+        with guard.attached(llama) as hook:
+            hook.recording = True
+            scores = score_requests(llama, requests, 256, size, gpt2_style.pad_token_id)
+            rho = sorted(float(r) for record in hook.records for r in record.rho)
+        results[size] = (scores, rho)
+    assert [s for s, _ in results[1][0]] == pytest.approx([s for s, _ in results[4][0]], abs=1e-5)
+    assert results[1][1] == pytest.approx(results[4][1], abs=1e-12)
+    with guard.attached(llama):
+        guarded = score_requests(llama, requests, 256, 4, gpt2_style.pad_token_id)
+    plain = score_requests(llama, requests, 256, 4, gpt2_style.pad_token_id)
+    assert guarded != plain  # the guard acted on some request

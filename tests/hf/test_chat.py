@@ -22,6 +22,7 @@ from saeguard.testing import (
 
 KINDS = ["word", "bytelevel", "metaspace"]
 SYSTEM_REFUSED = {"gemma"}
+SYSTEM_FOLDED = {"gemma3"}  # the template puts the system prompt inside the first user turn
 
 
 @cache
@@ -104,8 +105,27 @@ def test_user_token_mask_of_raw_chat_ids_equals_the_encode_chat_mask(template, k
     raw = tokenizer.apply_chat_template(messages, add_generation_prompt=generation)["input_ids"]
     ids, mask = encode_chat(tokenizer, messages, add_generation_prompt=generation)
     assert raw == ids
+    if template in SYSTEM_FOLDED and messages[0]["role"] == "system":
+        pytest.skip("raw ids cannot tell a folded system prompt from the user's text: see the next test")
     assert user_token_mask(tokenizer, raw) == mask
     assert user_token_mask(tokenizer, torch.tensor(raw)) == mask
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_raw_ids_count_a_system_prompt_the_template_folds_into_the_user_turn(kind):
+    tokenizer = _tokenizer("gemma3", kind)
+    messages = CONVERSATIONS["system first"]
+    ids, mask = encode_chat(tokenizer, messages)
+    assert _masked_words(tokenizer, ids, mask) == ["the", "enzyme", "and", "the", "dna"]
+    raw = user_token_mask(tokenizer, ids)
+    assert _masked_words(tokenizer, ids, raw) == [
+        "the",
+        "king",
+        "of",
+        "the",
+        "city",
+        *_words("the enzyme and the dna"),
+    ]
 
 
 @pytest.mark.parametrize("kind", KINDS)

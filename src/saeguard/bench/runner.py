@@ -17,14 +17,10 @@ import torch
 from saeguard.bench import cost, speed
 from saeguard.bench.config import SECTIONS, TARGETS, BenchConfig
 from saeguard.bench.fixtures import load_subject
+from saeguard.errors import one_line
 
 SCHEMA = "saeguard-bench"
 VERSION = 1
-
-
-def _one_line(error: BaseException) -> str:
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _verdict(section: str, ratio: float | None) -> bool | None:
@@ -96,7 +92,7 @@ def run_bench(config: BenchConfig, *, log=print) -> dict[str, Any]:
             result = runners[name]()
             result.setdefault("status", "measured")
         except Exception as error:  # noqa: BLE001 - one section's failure is reported, not fatal
-            result = {"status": "failed", "note": _one_line(error)}
+            result = {"status": "failed", "note": one_line(error)}
         result["seconds"] = time.perf_counter() - tick
         if result["status"] == "measured":
             result["target"] = TARGETS.get(name)

@@ -33,7 +33,7 @@ from saeguard.config import FitConfig
 from saeguard.core.fit import FitResult
 from saeguard.core.provenance import Provenance
 from saeguard.core.sae import SUPPORTED_ARCHITECTURES, SelectedLatents, load_sae, sae_fingerprint
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import SaeguardError, one_line, require
 from saeguard.io import staged_folder, to_jsonable
 
 FORMAT = "saeguard-guardrail"
@@ -100,7 +100,7 @@ def load_guardrail(directory: str | Path, *, sae: Any = None) -> FitResult:
         meta = json.loads(meta_path.read_text(encoding="utf-8"), parse_constant=_no_constants)
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise SaeguardError(
-            f"{meta_path} is not valid JSON ({_one_line(error)}): fit the guardrail again"
+            f"{meta_path} is not valid JSON ({one_line(error)}): fit the guardrail again"
         ) from None
     tensors = _read_tensors(tensor_path)
     return _from_parts(meta, tensors, directory, sae)
@@ -110,16 +110,12 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not a number")
 
 
-def _one_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own SafetensorError, or OSError/ValueError
         raise SaeguardError(
-            f"{path} is not a readable safetensors file ({_one_line(error)}): fit the guardrail again"
+            f"{path} is not a readable safetensors file ({one_line(error)}): fit the guardrail again"
         ) from None
 
 

@@ -34,7 +34,7 @@ from saeguard.core.statistics import FeatureStatistics, collect_statistics, toke
 from saeguard.errors import SaeguardError, require
 from saeguard.hf.corpus import CorpusSpec, iter_chunks, iter_documents, special_token_ids
 from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint
-from saeguard.hf.layers import hidden_size, layer_count, parse_layer
+from saeguard.hf.layers import hidden_size, layer_count, max_positions, parse_layer
 from saeguard.io import text_fingerprint
 
 CorpusRole = Literal["forget", "retain"]
@@ -95,10 +95,36 @@ class FitInputs:
 def prepare_fit(
     model: nn.Module, tokenizer, sae, forget: CorpusSpec, retain: CorpusSpec, config: FitConfig
 ) -> FitInputs:
-    """Check everything a fit needs before any forward pass runs."""
+    """Check everything a fit needs before any forward pass runs.
+
+    Raises:
+        SaeguardError: no tokenizer, an SAE that reads another layer or width than
+            the one asked for, ``seq_len`` beyond the model's positions, or corpora
+            without real text.
+    """
+    require(
+        tokenizer is not None and callable(tokenizer),
+        "a fit needs the model's tokenizer: pass the tokenizer loaded with the model",
+    )
     sae_spec = sae
     sae = load_sae(sae)
-    layer = parse_layer(config.layer if config.layer is not None else sae_hook_name(sae), model)
+    hook_name = sae_hook_name(sae)
+    layer = parse_layer(config.layer if config.layer is not None else hook_name, model)
+    if config.layer is not None and hook_name is not None:
+        try:
+            sae_layer = parse_layer(hook_name, model)
+        except SaeguardError:
+            sae_layer = None  # a hook name we cannot read (e.g. attention output): the given layer decides
+        require(
+            sae_layer is None or sae_layer == layer,
+            f"the SAE reads layer {sae_layer} ({hook_name}) but layer {layer} was asked for: "
+            "drop --layer/layer= to use the SAE's, or pass the SAE trained on that layer",
+        )
+    limit = max_positions(model)
+    require(
+        limit is None or config.seq_len <= limit,
+        f"seq_len {config.seq_len} exceeds the model's {limit} positions: use seq_len={limit} or less",
+    )
     width = hidden_size(model)
     require(
         int(sae.cfg.d_in) == width,

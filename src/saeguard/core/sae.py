@@ -65,8 +65,11 @@ def load_sae(
             )
             try:
                 sae = _sae_class().load_from_disk(str(path), device=str(device), dtype=dtype)
-            except (OSError, KeyError, ValueError, RuntimeError) as error:
-                raise SaeguardError(f"cannot load the SAE in {path}: {one_line(error)}") from None
+            except Exception as error:  # noqa: BLE001 - safetensors, JSON and shape errors all mean a bad folder
+                raise SaeguardError(
+                    f"cannot load the SAE in {path} ({type(error).__name__}: {one_line(error)}): "
+                    "check that it is a complete SAELens folder"
+                ) from None
         elif ":" in text and not path.exists():
             release, sae_id = text.split(":", 1)
             sae = _from_release(release, sae_id, device=str(device), dtype=dtype)

@@ -13,7 +13,6 @@ from saeguard.eval.known import KnownConfig, KnownSet, known_items
 from saeguard.eval.mcq import McqConfig, McqResult, evaluate_mcq, gate_decisions, score_items
 from saeguard.eval.score import Outcome, UnlearningScore, pooled_accuracy, unlearning_score
 from saeguard.eval.text import TextConfig, TextMetricsResult, text_metrics
-from saeguard.runs.sweep import SweepConfig, SweepGrid, SweepResult, read_records, run_sweep
 
 _LAZY = {
     "write_report": "saeguard.runs.sweep_report",
@@ -37,9 +36,6 @@ __all__ = [
     "McqItem",
     "McqResult",
     "Outcome",
-    "SweepConfig",
-    "SweepGrid",
-    "SweepResult",
     "TextConfig",
     "TextMetricsResult",
     "UnlearningScore",
@@ -49,9 +45,7 @@ __all__ = [
     "known_items",
     "load_mcq",
     "pooled_accuracy",
-    "read_records",
     "run_lm_eval",
-    "run_sweep",
     "score_items",
     "text_metrics",
     "unlearning_score",

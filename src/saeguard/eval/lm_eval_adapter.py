@@ -1,11 +1,15 @@
 """Run any lm-evaluation-harness task through a guarded model (needs ``pip install lm-eval``).
 
 The model object itself is handed to lm-eval's ``HFLM`` (``pretrained=model``), and
-the guard is attached for the duration of every request batch, so loglikelihood,
-rolling-loglikelihood and generation tasks all see the guarded model. Plain
-lm-eval requests carry no chat structure: the gate reads every non-special token
-of each request (context + continuation) and decides per request, which differs
-from ``evaluate_mcq`` (user tokens of the shared prompt, one decision per question).
+the guard is applied for the duration of every request batch, so loglikelihood,
+rolling-loglikelihood and generation tasks all see the guarded model.
+
+Which tokens the gate reads (method.md §5): in a deployment the gate sees the
+prompt, not the answer, so for ``loglikelihood`` requests it decides on the
+context's non-special tokens and keeps that decision for the continuation (as
+``evaluate_mcq`` does); padding never counts, so results do not depend on the
+batch size. ``loglikelihood_rolling`` (perplexity) judges the text as it goes,
+like generation; ``generate_until`` goes through ``model.generate``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from saeguard.errors import SaeguardError, one_line
+from saeguard.core.gate import token_scope
+from saeguard.errors import SaeguardError, one_line, require
 from saeguard.eval.common import guard_identity
+from saeguard.hf.corpus import pad_batch
 from saeguard.hf.fingerprint import model_identity
+from saeguard.hf.layers import model_device
 from saeguard.io import to_jsonable, write_json
 
 if TYPE_CHECKING:
@@ -62,6 +70,7 @@ def guarded_lm(
                 **hflm_kwargs,
             )
             self.guard = guard
+            self.freeze = True
 
         @contextmanager
         def guarded(self) -> Iterator[None]:
@@ -73,14 +82,73 @@ def guarded_lm(
                 return super().loglikelihood(requests, *args, **kwargs)
 
         def loglikelihood_rolling(self, requests, *args, **kwargs):
-            with self.guarded():
-                return super().loglikelihood_rolling(requests, *args, **kwargs)
+            self.freeze = False
+            try:
+                with self.guarded():
+                    return super().loglikelihood_rolling(requests, *args, **kwargs)
+            finally:
+                self.freeze = True
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 8)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            scores = score_requests(
+                self.model, [(r[1], r[2]) for r in requests], self.max_length, size, pad, freeze=self.freeze
+            )
+            for request, answer in zip(requests, scores, strict=True):
+                if request[0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", request[0], answer)
+            return scores
 
         def generate_until(self, requests, *args, **kwargs):
             with self.guarded():
                 return super().generate_until(requests, *args, **kwargs)
 
     return GuardedHFLM()
+
+
+@torch.no_grad()
+def score_requests(
+    model: nn.Module,
+    requests: Sequence[tuple[list[int], list[int]]],
+    max_length: int,
+    batch_size: int,
+    pad_id: int,
+    *,
+    freeze: bool = True,
+) -> list[tuple[float, bool]]:
+    """(sum log p(continuation | context), greedy?) per (context ids, continuation ids) request.
+
+    Inputs are lm-eval's: ``(context + continuation)[-(max_length + 1):][:-1]``, right-padded
+    with an attention mask. The gate counts the context's tokens only (``decision_end`` =
+    context length) and, with ``freeze``, keeps that decision for the continuation.
+    """
+    device = model_device(model)
+    rows = []
+    for context, continuation in requests:
+        require(len(continuation) > 0, "an lm-eval request has an empty continuation")
+        whole = (list(context) + list(continuation))[-(max_length + 1) :]
+        require(len(whole) > len(continuation), "an lm-eval request has no context token: give it a context")
+        rows.append((whole[:-1], len(whole) - len(continuation), list(continuation)))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    out: list[tuple[float, bool] | None] = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        batch = [rows[i] for i in order[start : start + batch_size]]
+        ids, mask = pad_batch([r[0] for r in batch], pad_id)
+        context_len = torch.tensor([r[1] for r in batch])
+        counted = (torch.arange(ids.shape[1]).unsqueeze(0) < context_len.unsqueeze(1)) & mask.bool()
+        with token_scope(counted.to(device), context_len.to(device), freeze=freeze):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        log_probs = torch.log_softmax(logits, -1).cpu()
+        for row, (index, (_, first, continuation)) in enumerate(
+            zip(order[start : start + batch_size], batch, strict=True)
+        ):
+            positions = torch.arange(first - 1, first - 1 + len(continuation))
+            target = torch.tensor(continuation)
+            chosen = log_probs[row, positions].gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            greedy = bool((log_probs[row, positions].argmax(-1) == target).all())
+            out[index] = (float(chosen.sum()), greedy)
+    return [o for o in out if o is not None]
 
 
 @dataclass

@@ -20,15 +20,14 @@ or refuses the conversation, raises :class:`SaeguardError` with one line naming 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from saeguard.errors import SaeguardError, require
+from saeguard.hf.chat_ids import Run, TurnMarkers, markers_from_runs, scan_user_turns
 
 Message = Mapping[str, str]
 _USER, _ASSISTANT, _SYSTEM = "user", "assistant", "system"
@@ -282,195 +281,78 @@ def encode_chat(
 
 
 # -- user_token_mask: learn the markers around a user turn, then scan raw ids ----------------------
-@dataclass(frozen=True)
-class Marker:
-    """A run of template tokens: ids, and their token texts (``convert_ids_to_tokens``)."""
-
-    ids: tuple[int, ...]
-    pieces: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-
-@dataclass(frozen=True)
-class TurnMarkers:
-    """What surrounds a user turn's content, learned from sentinel renderings of the chat template."""
-
-    openers: tuple[Marker, ...]  # end right before a user turn's content
-    others: tuple[Marker, ...]  # end right before another role's content (the longest match wins)
-    closer: Marker  # starts right after a user turn's content
-    follow: frozenset[str] | None  # what starts a non-user turn after a closer; None: anything
-
-
 _LAYOUTS = (
     ((_USER, _ASSISTANT, _USER, _ASSISTANT, _USER), False),
     ((_USER, _ASSISTANT, _USER), True),
     ((_SYSTEM, _USER, _ASSISTANT, _USER), True),
 )
 _MARKERS: weakref.WeakKeyDictionary[Any, tuple[str, TurnMarkers]] = weakref.WeakKeyDictionary()
-Run = tuple[int, ...]
 
 
-def _common_prefix(rows: list[Run]) -> Run:
-    shortest, size = min(rows, key=len), 0
-    while size < len(shortest) and all(row[size] == shortest[size] for row in rows):
-        size += 1
-    return shortest[:size]
+def _token_texts(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
+    return tuple(str(t or "") for t in tokenizer.convert_ids_to_tokens(list(ids)))
 
 
-def _common_suffix(rows: list[Run]) -> Run:
-    return _common_prefix([row[::-1] for row in rows])[::-1]
-
-
-def _ends_with(row: Run, end: Run) -> bool:
-    return len(row) >= len(end) and row[len(row) - len(end) :] == end
-
-
-def _sentinel_runs(tokenizer: Any) -> tuple[list[Run], list[Run], list[Run], list[Run]]:
-    """Id runs before user contents, before other contents, after user contents mid-chat, at the end."""
+def _layout_runs(tokenizer: Any, roles: tuple[str, ...], generation: bool) -> tuple[list[Run], ...]:
+    """Id runs before user contents, before other contents, after user contents (mid-chat / at the end)."""
+    messages = [{"role": role, "content": _sentinel("zqx", i)} for i, role in enumerate(roles)]
+    text = render_messages(tokenizer, messages, add_generation_prompt=generation)
+    ids, offsets = _offsets(tokenizer, text)
+    contents = []  # (role, first token, end token) of each sentinel
+    for index, start, end in _slots(text, "zqx"):
+        tokens = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
+        contents += [(roles[index], tokens[0], tokens[-1] + 1)] if tokens else []
     user_pres, other_pres, posts, end_posts = [], [], [], []
-    refusals: list[SaeguardError] = []
-    for roles, generation in _LAYOUTS:
-        messages = [{"role": role, "content": _sentinel("zqx", i)} for i, role in enumerate(roles)]
-        try:
-            text = render_messages(tokenizer, messages, add_generation_prompt=generation)
-        except SaeguardError as error:
-            refusals.append(error)  # e.g. a template that refuses system turns
-            continue
-        ids, offsets = _offsets(tokenizer, text)
-        contents = []  # (role, first token, end token) of each sentinel
-        for index, start, end in _slots(text, "zqx"):
-            tokens = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
-            contents += [(roles[index], tokens[0], tokens[-1] + 1)] if tokens else []
-        for k, (role, first, stop) in enumerate(contents):
-            (user_pres if role == _USER else other_pres).append(
-                tuple(ids[contents[k - 1][2] if k else 0 : first])
-            )
-            if role == _USER:
-                after = contents[k + 1][1] if k + 1 < len(contents) else len(ids)
-                (end_posts if after == len(ids) and not generation else posts).append(tuple(ids[stop:after]))
-    if len(refusals) == len(_LAYOUTS):
-        raise refusals[0]
-    return [p for p in user_pres if p], [p for p in other_pres if p], posts, end_posts
+    for k, (role, first, stop) in enumerate(contents):
+        (user_pres if role == _USER else other_pres).append(
+            tuple(ids[contents[k - 1][2] if k else 0 : first])
+        )
+        if role == _USER:
+            after = contents[k + 1][1] if k + 1 < len(contents) else len(ids)
+            (end_posts if after == len(ids) and not generation else posts).append(tuple(ids[stop:after]))
+    return user_pres, other_pres, posts, end_posts
 
 
 def learn_turn_markers(tokenizer: Any) -> TurnMarkers:
-    """The token runs around a user turn's content, from sentinel renderings (cached per template).
+    """The token runs around a user turn's content, from renderings with sentinel contents.
 
-    Openers: the common end of the runs before every user content, unless another role's content
-    follows it too; then every distinct run (templates that put the system prompt inside the first
-    user turn). Closer: the common start of the runs after every user content. A closer ends a turn
-    only at the end of the ids or before a text that starts a turn in the renderings.
+    Three sentinel chats (user/assistant turns, with and without the generation prompt, and one
+    with a system turn where the template accepts it) give the runs that
+    :func:`~saeguard.hf.chat_ids.markers_from_runs` turns into markers. A template that folds the
+    system prompt into the first user turn (Gemma 3) is learned from the chats without one (such a
+    system prompt then counts in raw ids). Cached per tokenizer and template.
 
     Raises:
-        SaeguardError: the template cannot render a user/assistant chat, or does not mark user turns.
+        SaeguardError: the template refuses every sentinel chat, or does not mark user turns.
     """
     template = str(tokenizer.chat_template)
     cached = _MARKERS.get(tokenizer)
     if cached is not None and cached[0] == template:
         return cached[1]
+    layouts: dict[bool, list[tuple[list[Run], ...]]] = {False: [], True: []}  # by "has a system turn"
+    refusals: list[SaeguardError] = []
+    for roles, generation in _LAYOUTS:
+        try:
+            layouts[_SYSTEM in roles].append(_layout_runs(tokenizer, roles, generation))
+        except SaeguardError as error:  # e.g. a template that refuses system turns
+            refusals.append(error)
+    if len(refusals) == len(_LAYOUTS):
+        raise refusals[0]
     name = _template_name(tokenizer)
-    user_pres, other_pres, posts, end_posts = _sentinel_runs(tokenizer)
-    unmarked = (
-        f"{name} does not mark where a user turn starts, so the user's tokens cannot be found in raw ids: "
-        "encode the chat with encode_chat (guard.generate does) or send plain text"
-    )
-    require(bool(user_pres), unmarked)
-    openers = [_common_suffix(user_pres)]
-    if not openers[0] or any(_ends_with(other, openers[0]) for other in other_pres):
-        runs = sorted(set(user_pres), key=len)
-        openers = [r for r in runs if not any(o != r and _ends_with(r, o) for o in runs)]
-    require(not any(_ends_with(other, opener) for opener in openers for other in other_pres), unmarked)
-    closer = (_common_prefix(posts + end_posts) if posts + end_posts else ()) or _common_prefix(posts or [()])
-    require(bool(closer), f"{name} does not mark where a user turn ends: encode the chat with encode_chat")
 
-    def marker(run: Run) -> Marker:
-        return Marker(run, tuple(str(t or "") for t in tokenizer.convert_ids_to_tokens(list(run))))
+    def learn(runs: list[tuple[list[Run], ...]]) -> TurnMarkers:
+        joined = [[run for layout in runs for run in layout[part]] for part in range(4)]
+        return markers_from_runs(*joined, lambda run: _token_texts(tokenizer, run), name)
 
-    rests = [post[len(closer) :] for post in posts]
-    follow = None if any(not r for r in rests) else frozenset(marker(r[:1]).text for r in rests)
-    markers = TurnMarkers(
-        tuple(map(marker, openers)), tuple(map(marker, set(other_pres))), marker(closer), follow
-    )
-    require(
-        all(m.text for m in (*markers.openers, markers.closer)),
-        f"{name} marks user turns with tokens that have no text: encode the chat with encode_chat",
-    )
+    try:
+        markers = learn(layouts[False] + layouts[True])
+    except SaeguardError:
+        if not layouts[True] or not layouts[False]:
+            raise
+        markers = learn(layouts[False])
     with contextlib.suppress(TypeError):  # not weak-referenceable: learnt again next time
         _MARKERS[tokenizer] = (template, markers)
     return markers
-
-
-class _Scan:
-    """Raw ids as one string of token texts, searched for markers.
-
-    Markers are matched on text, so a token the tokenizer merged across the content boundary
-    still shows where the template's text is (that token overlaps the content: it counts); a
-    special token of a marker must be that very token in the ids.
-    """
-
-    def __init__(self, tokenizer: Any, ids: list[int], markers: TurnMarkers) -> None:
-        self.ids, self.markers, self.special = ids, markers, set(tokenizer.all_special_ids)
-        pieces = [str(t or "") for t in tokenizer.convert_ids_to_tokens(ids)]
-        self.text = "".join(pieces)
-        self.starts = [0]  # character where each token starts, and the end
-        for piece in pieces:
-            self.starts.append(self.starts[-1] + len(piece))
-
-    def at(self, marker: Marker, pos: int) -> bool:
-        """Whether ``marker`` matches at character ``pos`` (its special tokens as those very ids)."""
-        if not self.text.startswith(marker.text, pos):
-            return False
-        for id_, piece in zip(marker.ids, marker.pieces, strict=True):
-            if id_ in self.special:
-                k = bisect.bisect_left(self.starts, pos)
-                if k >= len(self.ids) or self.starts[k] != pos or self.ids[k] != id_:
-                    return False
-            pos += len(piece)
-        return True
-
-    def find(self, marker: Marker, pos: int) -> int:
-        """First character >= ``pos`` where ``marker`` matches, or -1."""
-        while (pos := self.text.find(marker.text, pos)) >= 0 and not self.at(marker, pos):
-            pos += 1
-        return pos
-
-    def content_end(self, start: int) -> tuple[int, int]:
-        """(character where the content from ``start`` ends, character after its closer).
-
-        A closer ends the turn at the end of the ids, or before what starts a turn.
-        """
-        closer, follow, size = self.markers.closer, self.markers.follow, len(self.text)
-        pos = start
-        while (pos := self.find(closer, pos)) >= 0:
-            after = pos + len(closer.text)
-            if (
-                after >= size
-                or follow is None
-                or any(self.text.startswith(f, after) for f in follow)
-                or any(self.at(m, c) for m in self.markers.openers for c in (pos, after))
-            ):
-                return pos, after
-            pos += 1
-        tail = [c for c in self.starts if start <= c < size and closer.text.startswith(self.text[c:])]
-        return (tail[0], size) if tail else (size, size)  # the ids may stop inside the closer
-
-    def mask(self) -> list[bool] | None:
-        """Per id, inside a user turn's content; None when no turn marker occurs anywhere (plain text)."""
-        mask, found, pos = [False] * len(self.ids), False, 0
-        candidates = [(m, True) for m in self.markers.openers] + [(m, False) for m in self.markers.others]
-        while hits := [(at, -len(m.text), user) for m, user in candidates if (at := self.find(m, pos)) >= 0]:
-            at, minus_length, user = min(hits)  # the first match, the longest there
-            found, pos = True, at - minus_length
-            if user:
-                end, after = self.content_end(pos)
-                first = bisect.bisect_right(self.starts, pos) - 1  # the token holding the first character
-                last = bisect.bisect_left(self.starts, end)  # the tokens that start before the end
-                mask[first:last] = [True] * max(0, last - first)
-                pos = max(after, pos + 1)
-        return mask if found else None
 
 
 def user_token_mask(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
@@ -483,9 +365,9 @@ def user_token_mask(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
     turn marker (plain text), and all ids when the tokenizer has no chat template: every
     non-special token counts.
 
-    Limits (ids alone cannot tell): a system prompt merged into a user turn
-    (``system_into_user``) counts here, and so does text after a closer the user typed when what
-    follows it starts a turn; :func:`encode_chat` knows the messages and counts neither wrongly.
+    Limits (ids alone cannot tell): a system prompt merged into a user turn (``system_into_user``)
+    counts here, and text the user typed after a closer of their own does not when it reads as a
+    new turn; :func:`encode_chat`, which knows the messages, gets both right.
 
     Raises:
         SaeguardError: ``ids`` not a flat sequence of ints, or a template that does not mark user
@@ -497,10 +379,10 @@ def user_token_mask(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
         "user_token_mask takes one sequence of token ids (a list of ints or a 1-D tensor): "
         "call it once per row of a batch",
     )
-    flat = list(flat)
+    flat, special = list(flat), set(tokenizer.all_special_ids)
     if flat and has_chat_template(tokenizer):
-        mask = _Scan(tokenizer, flat, learn_turn_markers(tokenizer)).mask()
+        markers = learn_turn_markers(tokenizer)
+        mask = scan_user_turns(flat, _token_texts(tokenizer, flat), special, markers)
         if mask is not None:
             return mask
-    special = set(tokenizer.all_special_ids)
     return [i not in special for i in flat]
