@@ -91,10 +91,10 @@ class Clamp:
         """
         if not self.relative:
             return float(self.value)
-        require(
-            mean_nonzero is not None and mean_nonzero > 0,
-            "relative clamp is 0: the selected latents never fire on forget text; use an absolute clamp",
-        )
+        if mean_nonzero is None or not mean_nonzero > 0:
+            raise SaeguardError(
+                "relative clamp is 0: the selected latents never fire on forget text; use an absolute clamp"
+            )
         return float(self.value) * float(mean_nonzero)
 
 
@@ -265,8 +265,20 @@ class FitConfig:
     def option(cls, name: str) -> tuple[Any, str]:
         """(default, help) of field ``name``, for CLI options and docs."""
         spec = next(s for s in fields(cls) if s.name == name)
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore[misc]
-        return default, spec.metadata.get("help", "")
+        return field_default(spec), spec.metadata.get("help", "")
+
+
+def field_default(spec: dataclasses.Field) -> Any:
+    """The default of a dataclass field: its ``default``, else a fresh ``default_factory()`` value.
+
+    Raises:
+        TypeError: the field has no default (a programming error, not user input).
+    """
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    raise TypeError(f"field {spec.name} has no default")
 
 
 def type_hints(cls: type) -> dict[str, Any]:

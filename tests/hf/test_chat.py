@@ -42,7 +42,7 @@ def system(text: str) -> dict[str, str]:
     return {"role": "system", "content": text}
 
 
-# user turns use forget words only, every other turn retain words only
+# each test compares the words of every turn with the tokens the mask marks
 CONVERSATIONS = {
     "one turn": [user("what is the cell")],
     "trailing newline": [user("what is the cell and the king of a river\n")],
@@ -92,9 +92,7 @@ def test_the_mask_marks_every_user_turn_and_no_other_turn(template, kind, messag
         w for m in messages if m["role"] == "user" for w in _words(m["content"])
     ]
     others = [w for m in messages if m["role"] != "user" for w in _words(m["content"])]
-    assert [
-        w for w in _masked_words(tokenizer, ids, mask, keep=False) if w not in ("user", "assistant")
-    ] == others
+    assert _masked_words(tokenizer, ids, mask, keep=False) == others
     assert ids == tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
 
 
@@ -118,14 +116,7 @@ def test_raw_ids_count_a_system_prompt_the_template_folds_into_the_user_turn(kin
     ids, mask = encode_chat(tokenizer, messages)
     assert _masked_words(tokenizer, ids, mask) == ["the", "enzyme", "and", "the", "dna"]
     raw = user_token_mask(tokenizer, ids)
-    assert _masked_words(tokenizer, ids, raw) == [
-        "the",
-        "king",
-        "of",
-        "the",
-        "city",
-        *_words("the enzyme and the dna"),
-    ]
+    assert _masked_words(tokenizer, ids, raw) == _words("the king of the city the enzyme and the dna")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -172,14 +163,9 @@ def test_system_into_user_merges_the_system_prompt_without_counting_it(kind):
     raw = user_token_mask(tokenizer, ids)
     assert all(r for r, m in zip(raw, mask, strict=True) if m)
     assert _masked_words(tokenizer, ids, raw)[:4] == ["the", "king", "of", "the"]
-    assert (
-        encode_prompt(tokenizer, "what is the cell", system="the king", system_into_user=True)[0]
-        == (
-            tokenizer.apply_chat_template([user("the king\n\nwhat is the cell")], add_generation_prompt=True)[
-                "input_ids"
-            ]
-        )
-    )
+    one = encode_prompt(tokenizer, "what is the cell", system="the king", system_into_user=True)[0]
+    merged_one = [user("the king\n\nwhat is the cell")]
+    assert one == tokenizer.apply_chat_template(merged_one, add_generation_prompt=True)["input_ids"]
 
 
 def test_roles_that_do_not_alternate_get_one_line_with_the_fix():
@@ -203,9 +189,8 @@ def test_text_the_user_types_that_looks_like_template_markup_is_still_the_users(
     typed = set(
         tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<start_of_turn>", "<|user|>"])
     )
-    assert (
-        sum(m for i, m in zip(ids, mask, strict=True) if i in typed) == 4
-    )  # the typed markers are the user's
+    typed_and_counted = [i for i, m in zip(ids, mask, strict=True) if m and i in typed]
+    assert len(typed_and_counted) == 4
     assert user_token_mask(tokenizer, ids) == mask
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.models import OptionInfo
 from rich.console import Console
 from rich.markup import escape
 
@@ -26,6 +27,7 @@ from saeguard.cli.options import (
     resolve_sae,
 )
 from saeguard.eval.items import Scorer
+from saeguard.eval.known import Orderings
 from saeguard.io import to_jsonable
 
 console = Console()
@@ -34,14 +36,15 @@ GRID_AXES = ("ratio_percentile", "n_features", "clamp", "gate_percentile")
 DEFAULT_SCORER: Scorer = "cloze"
 
 
-def _grid_option(name: str, what: str) -> typer.Option:  # type: ignore[valid-type]
+def _grid_option(name: str, what: str) -> OptionInfo:
     """An option for one grid axis; its shown default is SweepGrid's, read from the dataclass."""
     from dataclasses import fields
 
+    from saeguard.config import field_default
     from saeguard.runs.sweep import SweepGrid
 
     spec = next(spec for spec in fields(SweepGrid) if spec.name == name)
-    default = ", ".join(str(v) for v in spec.default_factory())  # type: ignore[misc]
+    default = ", ".join(str(v) for v in field_default(spec))
     return typer.Option(help=f"{what} {escape(f'[default: {default}]')}", rich_help_panel=GRID_PANEL)
 
 
@@ -65,7 +68,7 @@ def eval_command(
     model: Model = DEFAULT_MODEL,
     scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = DEFAULT_SCORER,
     known: Annotated[bool, typer.Option(help="Restrict to items the base model knows")] = True,
-    permutations: Annotated[str, typer.Option(help="Known filter orders: all (24) or cyclic (4)")] = "all",
+    permutations: Annotated[Orderings, typer.Option(help="Known filter orders: all (24) or cyclic (4)")] = "all",
     limit: Annotated[int | None, typer.Option(help="Items per set before filtering")] = None,
     output: Annotated[Path | None, typer.Option(help="Folder for one JSON result per set")] = None,
     device: Device = AUTO_DEVICE,
@@ -80,14 +83,14 @@ def eval_command(
         output = check_output(output, folder=True)
     lm, tokenizer = load_cli_model(model, device, dtype)
     loaded = Guardrail.load(guard, lm, strict=False) if guard else None
-    config = McqConfig(scorer=scorer)  # type: ignore[arg-type]
+    config = McqConfig(scorer=scorer)
     for spec in mcq:
         items = _items(spec, limit)
         total = len(items)
         if known:
             known_set = known_items(
                 lm, tokenizer, items, dataset=spec, config=KnownConfig(mcq=config, permutations=permutations)
-            )  # type: ignore[arg-type]
+            )
             items = known_set.select(items)
         name = spec.replace("/", "_").replace(":", "_")
         base = evaluate_mcq(lm, tokenizer, items, config=config, dataset=spec)
@@ -140,13 +143,13 @@ def sweep_command(
     from saeguard.hf.corpus import resolve_corpus
     from saeguard.runs.sweep import SweepConfig, SweepGrid, run_sweep
 
-    axes = {
-        "ratio_percentile": ratio_percentile,
-        "n_features": n_features,
-        "clamp": clamp,
-        "gate_percentile": gate_percentile,
-    }
-    grid = SweepGrid(**{name: list(values) for name, values in axes.items() if values})
+    default = SweepGrid()  # an axis not given (or given empty) keeps SweepGrid's values
+    grid = SweepGrid(
+        ratio_percentile=list(ratio_percentile or default.ratio_percentile),
+        n_features=list(n_features or default.n_features),
+        clamp=list(clamp or default.clamp),
+        gate_percentile=list(gate_percentile or default.gate_percentile),
+    )
     grid.points()  # check every clamp and axis before the model loads
     output = check_output(output, folder=False)
     device = resolve_device(device)  # a bad device fails before the default SAE trains
