@@ -29,6 +29,9 @@ GateMode = Literal["dynamic", "always"]
 GateStatisticKind = Literal["fraction", "activation"]
 """Per-token evidence rho averages: 1[any selected latent fires] (the paper) or normalised activations."""
 ClampScope = Literal["fired", "input"]
+GateRule = Literal["mean", "window", "min_evidence", "cusum"]
+"""How per-token evidence becomes rho (method.md §3): the paper's mean over the input, or a local rule
+that benign context cannot dilute: max over sliding windows, the k-th largest evidence, or CUSUM."""
 """Which tokens of a flagged input are clamped: where a selected latent fires (the paper), or all counted."""
 
 
@@ -107,6 +110,7 @@ class PromptShape:
     limit: int = 512
     seed: int = 0
     chat: bool = True
+    long_tokens: int = 0  # > 0: also long (up to this many tokens) and multi-turn inputs
 
 
 def _help(text: str, **checks: Any) -> dict[str, Any]:
@@ -192,6 +196,28 @@ class FitConfig:
         default="fired", metadata=_help("Clamp where a latent fires (paper) or every counted token")
     )
 
+    gate_rule: GateRule = field(
+        default="mean",
+        metadata=_help(
+            "How evidence becomes rho: mean (paper), window, min_evidence or cusum (robust to padding)"
+        ),
+    )
+    window_tokens: int = field(
+        default=16, metadata=_help("window rule: counted tokens per sliding window", min=1)
+    )
+    min_evidence_tokens: int = field(
+        default=3, metadata=_help("min_evidence rule: rho is the k-th largest token evidence (k)", min=1)
+    )
+    cusum_drift: float = field(
+        default=0.5, metadata=_help("cusum rule: evidence subtracted per token before accumulating", min=0)
+    )
+    calibration_long_tokens: int = field(
+        default=0,
+        metadata=_help(
+            "Also calibrate tau on long (up to this many tokens) and multi-turn retain inputs; 0 = off", min=0
+        ),
+    )
+
     def __post_init__(self) -> None:
         if not isinstance(self.clamp, Clamp):
             self.clamp = Clamp.parse(self.clamp)
@@ -204,6 +230,7 @@ class FitConfig:
             limit=self.calibration_size if limit is None else limit,
             seed=self.seed if seed is None else seed,
             chat=self.chat_template,
+            long_tokens=self.calibration_long_tokens,
         )
 
     def validate(self) -> FitConfig:
@@ -390,4 +417,4 @@ def preset(name: str) -> FitConfig:
         SaeguardError: ``name`` is not a preset.
     """
     require(name in PRESETS, f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return with_overrides(None, PRESETS[name])  # type: ignore[index]
+    return with_overrides(None, PRESETS[typing.cast(Preset, name)])

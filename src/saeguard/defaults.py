@@ -17,6 +17,8 @@ from saeguard.io import cache_dir
 if TYPE_CHECKING:  # sae_training imports SAELens (seconds); the CLI reads this module at start-up
     from saeguard.sae_training import SAETrainingConfig
 
+DEFAULT_SAE = "default"
+"""The name that means the embedded default SAE (``--sae default``, ``resolve_sae("default")``)."""
 DEFAULT_WIDTH = 4096
 DEFAULT_K = 32
 DEFAULT_TOKENS = 800_000
@@ -48,6 +50,27 @@ def sae_training_documents(split: str = "train", seed: int = 0) -> list[str]:
     return docs
 
 
+def default_sae_ready(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH) -> bool:
+    """Whether the default SAE is trained and cached (else the first use trains it, ~15 min on 2 cores)."""
+    return (default_sae_dir(layer, width) / "cfg.json").is_file()
+
+
+def resolve_sae(spec: str | None = DEFAULT_SAE, *, show_progress: bool = True) -> str:
+    """The SAE to give ``Guardrail.fit``: ``"default"`` (or None) is the embedded default SAE's folder.
+
+    The default SAE belongs to the default model (``load_model("default")``); it
+    is trained on first use (about 15 min on 2 CPU cores) and cached
+    (``saeguard data status`` shows where). Any other spec (a SAELens folder or
+    ``release:sae_id``) is returned unchanged.
+
+    Raises:
+        SaeguardError: the offline training text is missing (run ``saeguard data fetch``).
+    """
+    if spec is not None and spec != DEFAULT_SAE:
+        return spec
+    return str(ensure_default_sae(show_progress=show_progress))
+
+
 def ensure_default_sae(
     layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, *, show_progress: bool = True
 ) -> Path:
@@ -56,7 +79,7 @@ def ensure_default_sae(
     ``--sae default`` (or no ``--sae`` on the default model) means this folder.
     """
     target = default_sae_dir(layer, width)
-    if (target / "cfg.json").is_file():
+    if default_sae_ready(layer, width):
         return target
     from saeguard.hf.models import load_default_model
     from saeguard.sae_training import train_and_save

@@ -27,3 +27,12 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     text = " ".join(part.strip() for part in str(error).splitlines() if part.strip()).rstrip(".")
     text = text or type(error).__name__
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+class CalibrationWarning(UserWarning):
+    """A fit whose retain side is too small or degenerate to calibrate the gate on.
+
+    Emitted (``warnings.warn``) by the core after selection and calibration, so
+    API users see it too; the CLI prints it as one yellow line. The message
+    names what was measured and what to add (more retain text).
+    """

@@ -206,7 +206,7 @@ def evaluate_sae(
             keep = counted_mask(ids, mask, special)
             for name in losses:
                 mode["value"] = name
-                captured = {}
+                captured: dict[str, torch.Tensor] = {}
                 capture = block.register_forward_hook(
                     lambda _m, _a, o, store=captured: store.__setitem__("h", block_output_tensor(o))
                 )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Literal, TypeVar, cast, get_args
 
 import psutil
 import torch
@@ -34,6 +34,9 @@ from saeguard.hf.corpus import (
     special_token_ids,
 )
 from saeguard.progress import progress_bar
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 LossFn = Callable[[nn.Module, TokenBatch, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
 """``loss_fn(model, forget_batch, retain_batch) -> (scalar loss to minimise, {name: value} logs)``."""
@@ -216,7 +219,8 @@ def _linear_modules(model: nn.Module, under: Sequence[str] | None) -> dict[str, 
     """Linear/Conv1D layers (under ``under`` if given), never the output head."""
     from transformers.pytorch_utils import Conv1D
 
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head = getattr(model, "get_output_embeddings", None)  # transformers models only
+    head = get_head() if get_head is not None else None
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, Conv1D)) or module is head:
@@ -244,7 +248,8 @@ def prepare_trainable(
         require(bool(targets), f"no linear layers under {list(modules or [])} to put LoRA on")
         lora = LoraConfig(
             r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
+            # peft annotates lora_alpha as int but only divides it by r; a float alpha works.
+            lora_alpha=config.lora_alpha,  # type: ignore[arg-type]
             lora_dropout=0.0,
             target_modules=list(targets),
             # GPT-2 style Conv1D layers store weights transposed.
@@ -289,7 +294,7 @@ class Reference:
     def active(self) -> Iterator[nn.Module]:
         """The reference model for the ``with`` block, with gradients off."""
         if self._toggle:
-            with self._live.disable_adapter(), torch.no_grad():
+            with cast("PeftModel", self._live).disable_adapter(), torch.no_grad():
                 yield self._live
         else:
             assert self._copy is not None

@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import torch
@@ -83,6 +85,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
         parameter.detach().sum()
     warm_ids, warm_mask = subject.ids(8, 1)
     residual_at(model, subject.layer, warm_ids, warm_mask)
+    run: Callable[[], object]
     if spec.get("kind", "statistics") == "forward":
         ids, mask = subject.ids(seq_len, batch)
         mask[0, seq_len // 2 :] = 0  # padding present, as in real batches
@@ -146,7 +149,7 @@ def fit_memory(config: BenchConfig, subject: Subject, sizes: BenchSizes) -> dict
     """
     rows = []
     scales = list(sizes.memory_scales)
-    runs = [(scale, None) for scale in scales]
+    runs: list[tuple[int, str | None]] = [(scale, None) for scale in scales]
     if config.memory_subprocess:  # an allocator setting only takes effect in a fresh process
         runs += [(scale, "1") for scale in (scales[0], scales[-1])]
     for scale, arenas in runs:
@@ -218,10 +221,10 @@ def setup_cost(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str
         dsg_cold = clock(lambda: dsg(cache), subject.device)
         victim = copy.deepcopy(subject.model)
         rmu_seconds = clock(
-            lambda: unlearn(victim, subject.tokenizer, "rmu", subject.forget, subject.retain, rmu_config),
+            partial(unlearn, victim, subject.tokenizer, "rmu", subject.forget, subject.retain, rmu_config),
             subject.device,
         )
-        victim = None
+        del victim  # free the unlearned copy before the warm timing
         gc.collect()
         dsg_warm = clock(lambda: dsg(cache), subject.device)  # statistics cached: a new selection
     retune_s = median(
@@ -300,7 +303,6 @@ def bf16(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str, Any]
         [a / b for a, b in zip(timed.variants["forward bf16"], timed.variants["forward fp32"], strict=True)]
     )
     freq32, freq16 = selections["fp32"][0].frequency, selections["bf16"][0].frequency
-    model16 = None
     return {
         "n_features": n_features,
         "overlap": len(ids32 & ids16) / n_features,

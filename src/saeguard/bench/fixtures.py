@@ -135,7 +135,8 @@ def tiny_model(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 
         eos_token_id=2,
         pad_token_id=0,
     )
-    return LlamaForCausalLM(config).to(dtype).eval()
+    model = LlamaForCausalLM(config)
+    return model.to(dtype).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() stub wants a model
 
 
 def tiny_docs(words: list[str], count: int, length: int, seed: int) -> list[str]:

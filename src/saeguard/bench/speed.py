@@ -7,13 +7,15 @@ timed in the same run (see ``timing.interleave``).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
 from saeguard.bench.config import BenchSizes
 from saeguard.bench.fixtures import Subject, tiny_mcq
 from saeguard.bench.timing import clock, interleave, median, timed_guard, timer
+from saeguard.core.hooks import dispatcher_for
 from saeguard.core.sae import encode_all
 from saeguard.core.statistics import FeatureStatistics, collect_statistics, token_batches
 from saeguard.hf.corpus import pad_token_id
@@ -57,7 +59,7 @@ def fit_throughput(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
     timed = interleave(timer(truncated, device), variants, sizes.rounds)
     context = interleave(timer(truncated, device), {"full": timer(full, device)}, sizes.full_forward_rounds)
     base_s = median(timed.baseline)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"pass": name, "tokens_per_s": tokens / median(timed.variants[name]), **timed.summary(name)}
         for name in variants
     ]
@@ -206,12 +208,14 @@ def _hook_only(subject: Subject, run: _GuardedRun, ids, mask, repeats: int) -> f
     """Median seconds of the guard's two hooks called on the real residual of this input."""
     hidden = residual_at(subject.model, subject.layer, ids, mask)
     block = decoder_blocks(subject.model)[subject.layer]
+    dispatcher = dispatcher_for(subject.model)  # the model's hooks route each forward to its gates
+    block_hook = dispatcher._block_hook(subject.layer)  # noqa: SLF001
     seconds = []
-    with timed_guard(run.guard, subject.model, forced=run.forced) as (hook, hook_clock):
+    with timed_guard(run.guard, subject.model, forced=run.forced) as (_hook, hook_clock):
         for _ in range(repeats + 1):
             hook_clock.reset()
-            hook._read_call(subject.model, (), {"input_ids": ids, "attention_mask": mask})  # noqa: SLF001
-            hook._intervene(block, (), hidden)  # noqa: SLF001
+            dispatcher._read_call(subject.model, (), {"input_ids": ids, "attention_mask": mask})  # noqa: SLF001
+            block_hook(block, (), hidden)
             seconds.append(hook_clock.seconds)
     return median(seconds[1:])
 
@@ -224,12 +228,15 @@ def generation(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
     """
     model, tokenizer = subject.model, subject.tokenizer
     new = sizes.gen_new_tokens
-    rows = []
+    rows: list[dict[str, Any]] = []
     for batch in sizes.gen_batches:
         ids, mask = subject.ids(sizes.gen_prompt_tokens, batch, offset=3)
 
         def generate(ids=ids, mask=mask) -> torch.Tensor:
-            return model.generate(
+            # Looked up per call (an attached guard wraps generate). nn.Module types attributes
+            # as Tensor | Module; a transformers generate returns token ids (B, T).
+            model_generate = cast(Callable[..., torch.Tensor], model.generate)
+            return model_generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=new,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from saeguard.core.hooks import GateHook
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -68,7 +70,7 @@ class Interleaved:
 
 def interleave(
     baseline: Callable[[], float],
-    variants: dict[str, Callable[[], float]],
+    variants: Mapping[str, Callable[[], float]],
     rounds: int,
 ) -> Interleaved:
     """Run ``baseline`` between rounds of every variant; each variant's ratio is
@@ -123,7 +125,7 @@ class HookClock:
 @contextmanager
 def timed_guard(
     guard, model: nn.Module, *, forced: bool | None, label: str | None = None
-) -> Iterator[tuple[object, HookClock]]:
+) -> Iterator[tuple[GateHook, HookClock]]:
     """Attach ``guard`` with a clock on its public instrumentation point; yields (hook, clock)."""
     hook = guard.hook()
     timer = HookClock(label)

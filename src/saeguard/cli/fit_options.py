@@ -14,7 +14,7 @@ import inspect
 import types
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, cast, get_args, get_origin
 
 import typer
 from rich.markup import escape
@@ -46,9 +46,9 @@ def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def describe_preset(name: str) -> str:
+def describe_preset(name: Preset) -> str:
     """What preset ``name`` changes from ``FitConfig()``, e.g. ``layer=6, clamp=5x, ...``."""
-    changes = PRESETS[name]  # type: ignore[index]
+    changes = PRESETS[name]
     return ", ".join(f"{key}={value}" for key, value in changes.items()) or "FitConfig's defaults"
 
 
@@ -77,7 +77,9 @@ def _field_option(name: str, hint: Any, shown: Any) -> inspect.Parameter:
     if _cli_type(hint) is bool:
         decls = (f"{option_name(name)}/--no-{name.replace('_', '-')}",)
     option = typer.Option(*decls, help=text, rich_help_panel=PANEL, show_default=False)
-    annotation = Annotated[_cli_type(hint) | None, option]  # type: ignore[operator]
+    # Computed at run time for typer; typed Any because mypy cannot check a computed annotation.
+    annotated: Any = Annotated
+    annotation = annotated[_cli_type(hint) | None, option]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
@@ -153,8 +155,9 @@ def fit_options(*, default_preset: Preset = "paper", skip: Collection[str] = ())
             return command(**kwargs)
 
         parameters = [*own, preset_parameter, *added]
+        # typeshed's FunctionType has no __signature__, but inspect.signature reads it.
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     return decorate

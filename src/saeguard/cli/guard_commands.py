@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from saeguard.cli.fit_options import FitSettings, fit_options
@@ -19,6 +20,7 @@ from saeguard.cli.options import (
     Dtype,
     Model,
     Sae,
+    calibration_warnings,
     check_output,
     check_replace,
     fit_length,
@@ -33,10 +35,19 @@ console = Console()
 @fit_options()
 def fit(
     forget: Annotated[
-        str,
-        typer.Option(help="Forget corpus: .txt, .jsonl, hf:name:split, or a built-in name (wiki:biology)"),
+        list[str],
+        typer.Option(
+            help="Forget corpus: .txt, .jsonl, hf:name:split, or a built-in name (wiki:biology); "
+            "repeat to mix sources"
+        ),
     ],
-    retain: Annotated[str, typer.Option(help="Retain corpus, same forms as --forget")],
+    retain: Annotated[
+        list[str],
+        typer.Option(
+            help="Retain corpus, same forms as --forget; repeat to mix (--retain mine.txt "
+            "--retain wiki:geography)"
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the guardrail artifact")],
     sae: Sae = None,
     model: Model = DEFAULT_MODEL,
@@ -46,10 +57,11 @@ def fit(
     *,
     settings: FitSettings,
 ) -> None:
-    """Select forget latents, calibrate the gate, write the artifact."""
+    """Select forget latents, calibrate the gate, write the artifact; then say what the fit did."""
     from saeguard.core.artifact import is_guardrail_folder
+    from saeguard.core.fit_report import fit_report
     from saeguard.core.guardrail import Guardrail
-    from saeguard.hf.corpus import resolve_corpus
+    from saeguard.hf.corpus import corpus_mix
 
     output = check_output(output, folder=True)  # before the model loads and the fit runs
     device = resolve_device(device)  # a bad device fails before the default SAE trains
@@ -57,17 +69,21 @@ def fit(
     sae_spec = resolve_sae(sae, model)
     lm, tokenizer = load_cli_model(model, device, dtype)
     config = fit_length(settings.config, lm, given="seq_len" in settings.given)
-    guard = Guardrail.fit(
-        lm,
-        tokenizer,
-        sae_spec,
-        forget=resolve_corpus(forget, "train"),
-        retain=resolve_corpus(retain, "train"),
-        config=config,
-    )
-    path = guard.save(output)
-    console.print(f"guardrail written to [bold]{path}[/bold]")
-    _print_summary(guard.summary())
+    with calibration_warnings():  # printed after the summary, one yellow line
+        guard = Guardrail.fit(
+            lm,
+            tokenizer,
+            sae_spec,
+            forget=corpus_mix(forget, "train"),
+            retain=corpus_mix(retain, "train"),
+            config=config,
+        )
+        path = guard.save(output)
+        console.print(f"guardrail written to [bold]{path}[/bold]")
+        _print_summary(guard.summary())
+        report = fit_report(guard)
+        for line in report.lines() if report is not None else []:
+            console.print(line, highlight=False)
 
 
 def generate(
@@ -82,8 +98,9 @@ def generate(
     device: Device = AUTO_DEVICE,
     dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:
-    """Generate with the guard (and without, to compare)."""
-    from saeguard.core.guardrail import Guardrail
+    """Generate with the guard (and without, to compare); say what the gate decided and when."""
+    from saeguard.core.guardrail import Guardrail, row_decisions
+    from saeguard.eval.generation import decision_line, flipped_token
 
     lm, tokenizer = load_cli_model(model, device, dtype)
     loaded = Guardrail.load(guard, lm, strict=strict)
@@ -93,16 +110,16 @@ def generate(
         if compare
         else None
     )
-    prefill = records[0] if records else None
+    decisions = row_decisions(records)
     for row, text in enumerate(texts):
-        flagged = bool(prefill.flagged[row]) if prefill is not None else False
-        rho = float(prefill.rho[row]) if prefill is not None else float("nan")
-        verdict = "FLAGGED" if flagged else "passed"
-        console.rule(f"prompt {row + 1}: {verdict} (rho={rho:.3f}, tau={loaded.tau:.3f})")
-        console.print(f"[bold]prompt:[/bold] {prompt[row]}")
-        console.print(f"[bold]guarded:[/bold] {text}")
+        console.rule(f"prompt {row + 1}", characters="-")
+        console.print(f"[bold]prompt:[/bold] {escape(prompt[row])}")
+        if row < len(decisions):
+            line = decision_line(decisions[row], loaded.tau, flipped_token(tokenizer, text, decisions[row]))
+            console.print(f"[bold]gate:[/bold] {escape(line)}")
+        console.print(f"[bold]guarded:[/bold] {escape(text)}")
         if plain is not None:
-            console.print(f"[bold]unguarded:[/bold] {plain[row]}")
+            console.print(f"[bold]unguarded:[/bold] {escape(plain[row])}")
 
 
 def inspect(

@@ -9,14 +9,16 @@ lengths before any work starts (issue 11 §4, issue 12 §2/§7).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from saeguard.errors import SaeguardError, require
+from saeguard.errors import CalibrationWarning, SaeguardError, require
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,6 +61,24 @@ Sae = Annotated[
 def note(text: str) -> None:
     """A one-line note on stderr (kept apart from results on stdout)."""
     typer.secho(f"note: {text}", fg=typer.colors.YELLOW, err=True)
+
+
+@contextmanager
+def calibration_warnings() -> Iterator[None]:
+    """Print each ``CalibrationWarning`` raised in the block as one yellow ``WARNING:`` line on stderr.
+
+    The lines come after the block (after a fit's summary); other warnings are shown as usual.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        yield
+    shown = set()
+    for warning in caught:
+        if not issubclass(warning.category, CalibrationWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in shown:
+            shown.add(str(warning.message))
+            typer.secho(f"WARNING: {warning.message}", fg=typer.colors.YELLOW, err=True)
 
 
 def resolve_device(spec: str) -> str:
@@ -117,11 +137,12 @@ def resolve_sae(spec: str | None, model: str) -> str:
         model == DEFAULT_MODEL,
         f"no default SAE for model {model!r}: pass --sae DIR (a SAELens folder) or release:sae_id",
     )
-    from saeguard.defaults import default_sae_dir, ensure_default_sae
+    from saeguard.defaults import default_sae_dir, default_sae_ready
+    from saeguard.defaults import resolve_sae as resolve_default_sae
 
-    if not (default_sae_dir() / "cfg.json").is_file():
+    if not default_sae_ready():
         note(f"training the default SAE first (~10-15 min on 2 cores, cached in {default_sae_dir()})")
-    return str(ensure_default_sae())
+    return resolve_default_sae(DEFAULT_SAE)
 
 
 def check_output(path: Path, *, folder: bool, option: str = "--output") -> Path:

@@ -207,19 +207,15 @@ def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sa
 
 def _integer(meta: dict, key: str, where: str, *, minimum: int) -> int:
     value = meta.get(key)
-    require(
-        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-        f"{where}: {key} must be an integer >= {minimum}, got {value!r}",
-    )
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SaeguardError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _finite(meta: dict, key: str, where: str) -> float:
     value = meta.get(key)
-    require(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        f"{where}: {key} must be a finite number, got {value!r}",
-    )
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise SaeguardError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from saeguard.config import PromptShape
-from saeguard.core.gate import GateStatistic, gate_statistic
+from saeguard.core.gate import GateRule, GateStatistic
 from saeguard.core.provenance import TauEstimate
 from saeguard.core.sae import SelectedLatents
 from saeguard.hf.corpus import TokenBatch, counted_mask, special_token_ids
@@ -55,8 +56,82 @@ def prompt_texts(
     return texts
 
 
+def long_prompt_texts(
+    documents: Sequence[str], tokenizer: Any, *, max_tokens: int, limit: int, seed: int = 0
+) -> list[str]:
+    """Benign long inputs: runs of consecutive documents cut to max_tokens/8..max_tokens tokens.
+
+    Calibrating tau on these as well keeps the false-positive rate of local gate rules
+    (window, min_evidence, cusum) under long benign context (issue 13).
+    """
+    rng = random.Random(seed + 1)
+    texts: list[str] = []
+    if not documents:
+        return texts
+    order = list(range(len(documents)))
+    rng.shuffle(order)
+    position = 0
+    while len(texts) < limit and position < len(order):
+        target = rng.randint(max(2, max_tokens // 8), max_tokens)
+        ids: list[int] = []
+        while len(ids) < target and position < len(order):
+            ids += tokenizer(documents[order[position]] + "\n\n", add_special_tokens=False)["input_ids"]
+            position += 1
+        text = tokenizer.decode(ids[:target]).strip()
+        if text:
+            texts.append(text)
+    return texts
+
+
+def multi_turn_prompts(texts: Sequence[str], *, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Each text split at word boundaries into 2-4 user turns with short assistant replies between."""
+    rng = random.Random(seed + 2)
+    conversations = []
+    for text in texts:
+        words = text.split()
+        turns = min(len(words), rng.randint(2, 4))
+        if turns < 2:
+            continue
+        cuts = sorted(rng.sample(range(1, len(words)), turns - 1))
+        parts = [" ".join(words[a:b]) for a, b in zip([0, *cuts], [*cuts, len(words)], strict=True)]
+        messages: list[dict[str, str]] = []
+        for index, part in enumerate(parts):
+            if index:
+                messages.append({"role": "assistant", "content": "Go on."})
+            messages.append({"role": "user", "content": part})
+        conversations.append(messages)
+    return conversations
+
+
+def calibration_prompts(documents: Iterable[str], tokenizer: Any, shape: PromptShape) -> list[Any]:
+    """The calibration inputs of ``shape``: prompt-shaped pieces, plus long and multi-turn ones.
+
+    With ``shape.long_tokens`` > 0 a quarter of ``shape.limit`` more inputs are long benign
+    runs of text and another quarter the short pieces split over several chat turns.
+    """
+    documents = list(documents)
+    texts: list[Any] = list(
+        prompt_texts(
+            documents,
+            tokenizer,
+            min_tokens=shape.min_tokens,
+            max_tokens=shape.max_tokens,
+            limit=shape.limit,
+            seed=shape.seed,
+        )
+    )
+    if shape.long_tokens > 0:
+        extra = max(1, shape.limit // 4)
+        texts += long_prompt_texts(
+            documents, tokenizer, max_tokens=shape.long_tokens, limit=extra, seed=shape.seed
+        )
+        if shape.chat:
+            texts += multi_turn_prompts(texts[:extra], seed=shape.seed)
+    return texts
+
+
 def prompt_batches(
-    texts: Sequence[str], tokenizer, batch_size: int, *, chat: bool = True
+    texts: Sequence[Any], tokenizer: Any, batch_size: int, *, chat: bool = True
 ) -> Iterator[TokenBatch]:
     """Right-padded batches of prompts (chat-wrapped when ``chat``); only the user's tokens are counted."""
     special = special_token_ids(tokenizer)
@@ -74,10 +149,14 @@ def gate_rho(
     batches: Iterable[TokenBatch],
     *,
     statistic: GateStatistic | None = None,
+    rule: GateRule | None = None,
     description: str = "gate rho",
+    total: int | None = None,
     show_progress: bool = True,
 ) -> torch.Tensor:
     """rho for every input, computed exactly as the gate computes it (docs/method.md §3).
+
+    ``total`` (the number of inputs, when known) gives the progress bar its end and ETA.
 
     Returns:
         (n,) float64, one value per input with at least one counted token (inputs
@@ -86,14 +165,15 @@ def gate_rho(
     device = model_device(model)
     on_device = latents.to(device)
     statistic = statistic or GateStatistic()
+    rule = rule or GateRule()
     values = []
-    with progress_bar(description, enabled=show_progress) as advance:
+    with progress_bar(description, total=total, unit="inputs", enabled=show_progress) as advance:
         for batch in batches:
             hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))
             evidence = statistic.evidence(on_device.activations(hidden))
             counted = batch.counted.to(device)
             keep = counted.sum(-1) > 0
-            values.append(gate_statistic(evidence, counted)[keep].cpu())
+            values.append(rule.rho(evidence, counted)[keep].cpu())
             advance(int(batch.input_ids.shape[0]))
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
@@ -107,19 +187,13 @@ def prompt_rho(
     shape: PromptShape,
     *,
     statistic: GateStatistic | None = None,
+    rule: GateRule | None = None,
     batch_size: int = 8,
     description: str = "gate rho",
     show_progress: bool = True,
 ) -> torch.Tensor:
     """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this."""
-    texts = prompt_texts(
-        documents,
-        tokenizer,
-        min_tokens=shape.min_tokens,
-        max_tokens=shape.max_tokens,
-        limit=shape.limit,
-        seed=shape.seed,
-    )
+    texts = calibration_prompts(documents, tokenizer, shape)
     batches = prompt_batches(texts, tokenizer, batch_size, chat=shape.chat)
     return gate_rho(
         model,
@@ -127,7 +201,9 @@ def prompt_rho(
         latents,
         batches,
         statistic=statistic,
+        rule=rule,
         description=description,
+        total=len(texts),
         show_progress=show_progress,
     )
 
@@ -152,6 +228,7 @@ def guard_prompt_rho(
         documents,
         shape,
         statistic=guard.statistic,
+        rule=guard.rule,
         batch_size=batch_size,
         description=description,
         show_progress=show_progress,

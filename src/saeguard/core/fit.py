@@ -19,7 +19,8 @@ from torch import nn
 from saeguard._version import __version__
 from saeguard.config import Clamp, FitConfig, GateStatisticKind
 from saeguard.core.calibration import calibrate_tau, gate_rho, prompt_rho
-from saeguard.core.gate import GateStatistic, activation_weights
+from saeguard.core.fit_report import warn_if_uncalibrated
+from saeguard.core.gate import GateRule, GateStatistic, activation_weights
 from saeguard.core.provenance import (
     CorpusRecord,
     ModelRecord,
@@ -32,7 +33,7 @@ from saeguard.core.sae import SelectedLatents, load_sae, sae_fingerprint, sae_ho
 from saeguard.core.selection import select_by_frequency, select_features
 from saeguard.core.statistics import FeatureStatistics, collect_statistics, token_batches
 from saeguard.errors import SaeguardError, require
-from saeguard.hf.corpus import CorpusSpec, iter_chunks, iter_documents, special_token_ids
+from saeguard.hf.corpus import CorpusSpec, count_chunks, iter_chunks, iter_documents, special_token_ids
 from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint
 from saeguard.hf.layers import hidden_size, layer_count, max_positions, parse_layer
 from saeguard.io import text_fingerprint
@@ -74,6 +75,11 @@ class FitResult:
         """How rho is computed: the config's kind, weighted by the recorded forget activations."""
         weights = self.provenance.selection.forget_mean_nonzero if self.provenance is not None else None
         return gate_statistic_for(self.config.gate_statistic, weights)
+
+    @property
+    def rule(self) -> GateRule:
+        """How evidence becomes rho: the config's gate rule and its parameters."""
+        return gate_rule_for(self.config)
 
 
 @dataclass
@@ -165,6 +171,9 @@ def corpus_statistics(
                 inputs.layer,
                 batches,
                 description=f"{role} statistics",
+                total=count_chunks(docs, inputs.tokenizer, config.seq_len, max_chunks=limit)
+                if show_progress
+                else None,
                 show_progress=show_progress,
             )
 
@@ -226,6 +235,7 @@ def calibration_rho(
                 docs,
                 shape,
                 statistic=statistic,
+                rule=gate_rule_for(config),
                 batch_size=config.batch_size,
                 description=f"{role} calibration",
                 show_progress=show_progress,
@@ -240,7 +250,11 @@ def calibration_rho(
             latents,
             batches,
             statistic=statistic,
+            rule=gate_rule_for(config),
             description=f"{role} calibration",
+            total=count_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
+            if show_progress
+            else None,
             show_progress=show_progress,
         )
 
@@ -283,6 +297,7 @@ def fit_from_statistics(
     )
     require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
     model = inputs.model
+    stats_by_role: dict[CorpusRole, FeatureStatistics] = {"forget": forget_stats, "retain": retain_stats}
     provenance = Provenance(
         model=ModelRecord(
             name=model_name(model),
@@ -304,7 +319,7 @@ def fit_from_statistics(
                 tokens=stats.token_count,
                 chunks=stats.sequence_count,
             )
-            for role, stats in (("forget", forget_stats), ("retain", retain_stats))
+            for role, stats in stats_by_role.items()
         },
         fit_seconds=time.perf_counter() - started,
         saeguard_version=__version__,
@@ -319,7 +334,16 @@ def fit_from_statistics(
         provenance=provenance,
         distributions={"retain_rho": retain_rho, "forget_rho": forget_rho},
     )
-    return retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
+    result = retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
+    warn_if_uncalibrated(result)  # a retain side too small to calibrate on: CalibrationWarning
+    return result
+
+
+def gate_rule_for(config: FitConfig) -> GateRule:
+    """The :class:`GateRule` a config asks for."""
+    return GateRule(
+        config.gate_rule, window=config.window_tokens, k=config.min_evidence_tokens, drift=config.cusum_drift
+    )
 
 
 def gate_statistic_for(kind: GateStatisticKind, forget_mean_nonzero: list[float] | None) -> GateStatistic:
@@ -352,10 +376,8 @@ def retune(guard: R, *, gate_percentile: float | None = None, clamp: Clamp | str
         changes["clamp"] = Clamp.parse(clamp)
     config = replace(guard.config, **changes).validate()
     retain_rho = guard.distributions.get("retain_rho")
-    require(
-        retain_rho is not None and retain_rho.numel() > 0,
-        "this guardrail carries no retain calibration rho: refit it to change tau",
-    )
+    if retain_rho is None or retain_rho.numel() == 0:
+        raise SaeguardError("this guardrail carries no retain calibration rho: refit it to change tau")
     estimate = calibrate_tau(retain_rho, config.gate_percentile, seed=config.seed)
     provenance = guard.provenance
     mean_active = provenance.selection.forget_mean_nonzero if provenance is not None else []

@@ -29,6 +29,7 @@ from typing import get_args
 
 import torch
 
+from saeguard.config import GateRule as GateRuleKind
 from saeguard.config import GateStatisticKind
 from saeguard.core.state import RowHistory
 from saeguard.errors import require
@@ -62,6 +63,7 @@ def token_scope(
     freeze: bool = False,
 ) -> Iterator[None]:
     """Tell every attached guard which tokens of the next prompt count (this thread/task only)."""
+    end: torch.Tensor | None
     if isinstance(decision_end, torch.Tensor):
         end = decision_end.long().reshape(-1)
     else:
@@ -132,14 +134,100 @@ def mean_rho(summed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, summed / count.clamp(min=1), torch.zeros_like(summed))
 
 
+@dataclass(frozen=True)
+class GateRule:
+    """How per-token evidence becomes rho (method.md §3): the value the gate compares with tau.
+
+    All rules read evidence e_t over counted tokens only, in order, and are defined on
+    every prefix of an input, so generation judges the running prefix:
+
+    - ``mean`` (the paper): rho = sum e / n.
+    - ``window``: the largest mean over ``window`` consecutive counted tokens (the mean of
+      all of them while fewer): a local burst of evidence is not diluted by benign context.
+    - ``min_evidence``: the ``k``-th largest e_t: at least k tokens must carry evidence.
+    - ``cusum``: max_t S_t with S_t = max(0, S_{t-1} + e_t - drift) (Page's CUSUM).
+
+    Source: activation-probe monitors (rolling-window max, minimum evidence, CUSUM),
+    method.md §7; the mean is the paper's §3.3.
+    """
+
+    kind: GateRuleKind = "mean"
+    window: int = 16
+    k: int = 3
+    drift: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(
+            self.kind in get_args(GateRuleKind),
+            f"unknown gate rule {self.kind!r}: use {get_args(GateRuleKind)}",
+        )
+
+    def prefix_rho(self, cum_e: torch.Tensor, cum_n: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """rho of each row's prefix ending at each of ``positions``: (B, P) float64.
+
+        Args:
+            cum_e, cum_n: (B, T) float64 cumulative evidence and counted tokens.
+            positions: (P,) long, ascending indices into T.
+        """
+        if positions.numel() == 0:
+            return cum_e.new_zeros(cum_e.shape[0], 0)
+        if self.kind == "mean":
+            return mean_rho(cum_e[:, positions], cum_n[:, positions])
+        if self.kind == "min_evidence":
+            return self._kth_largest(cum_e, cum_n, positions)
+        upto = int(positions.max()) + 1
+        cum_e, cum_n = cum_e[:, :upto], cum_n[:, :upto]
+        if self.kind == "window":  # full windows once there are `window` counted tokens, else the mean
+            full = cum_n >= self.window
+            means = self._window_means(cum_e, cum_n)
+            best = torch.where(full, means, torch.full_like(means, -torch.inf)).cummax(-1).values
+            return torch.where(full, best, mean_rho(cum_e, cum_n))[:, positions]
+        else:  # cusum: S_t = X_t - min(0, min_{s<=t} X_s), X = cumulative (e - drift) over counted tokens
+            walk = cum_e - self.drift * cum_n
+            score = walk - walk.cummin(-1).values.clamp(max=0.0)
+        return score.cummax(-1).values[:, positions]
+
+    def rho(self, evidence: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """rho per row, (B,) float64, of (B, T) evidence over (B, T) counted tokens."""
+        counted = counted.bool()
+        cum_e = (evidence.double() * counted).cumsum(-1)
+        cum_n = counted.double().cumsum(-1)
+        if cum_e.shape[1] == 0:
+            return cum_e.new_zeros(cum_e.shape[0])
+        last = torch.tensor([cum_e.shape[1] - 1], device=cum_e.device)
+        return self.prefix_rho(cum_e, cum_n, last).squeeze(1)
+
+    def _window_means(self, cum_e: torch.Tensor, cum_n: torch.Tensor) -> torch.Tensor:
+        """Mean evidence over the last ``window`` counted tokens up to each position (B, T)."""
+        target = (cum_n - self.window).clamp(min=0.0)
+        # first position where the count reaches `target`: the window starts right after it
+        start = torch.searchsorted(cum_n.contiguous(), target.contiguous(), right=False)
+        before_e = torch.where(
+            target > 0, cum_e.gather(1, start.clamp(max=cum_e.shape[1] - 1)), torch.zeros_like(cum_e)
+        )
+        return mean_rho(cum_e - before_e, cum_n - target)
+
+    def _kth_largest(self, cum_e: torch.Tensor, cum_n: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        evidence = torch.diff(cum_e, dim=1, prepend=cum_e.new_zeros(cum_e.shape[0], 1))
+        counted = torch.diff(cum_n, dim=1, prepend=cum_n.new_zeros(cum_n.shape[0], 1)) > 0
+        masked = torch.where(counted, evidence, torch.full_like(evidence, -torch.inf))
+        columns = []
+        for position in positions.tolist():
+            prefix = masked[:, : position + 1]
+            k = min(self.k, prefix.shape[1])
+            kth = prefix.topk(k, dim=-1).values[:, -1]
+            enough = cum_n[:, position] >= self.k
+            columns.append(torch.where(enough, kth, torch.zeros_like(kth)))
+        return torch.stack(columns, dim=1)
+
+
 def gate_statistic(evidence: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """rho per row, (B,) float64: mean (B, T) evidence over (B, T) counted tokens."""
-    summed = (evidence.double() * counted).sum(-1)
-    return mean_rho(summed, counted.sum(-1).double())
+    """The paper's rho per row, (B,) float64: mean (B, T) evidence over (B, T) counted tokens."""
+    return GateRule().rho(evidence, counted)
 
 
 def decide_new_positions(
-    history: RowHistory, start: int, tau: float, *, freeze: bool
+    history: RowHistory, start: int, tau: float, *, freeze: bool, rule: GateRule | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token flags for positions ``start:`` of ``history`` (already holding their evidence).
 
@@ -151,22 +239,27 @@ def decide_new_positions(
         (flags (B, L) bool, rho (B,) float64 running rho at the last position,
         prompt_flag (B,) bool).
     """
+    rule = rule or GateRule()
     length = history.cum_e.shape[1]
     device = history.cum_e.device
     positions = torch.arange(start, length, device=device)
     end = history.end
     prompt_ready = end <= length
-    last_prompt = (end - 1).clamp(min=0, max=length - 1).unsqueeze(1)
-    prompt_rho = mean_rho(history.cum_e.gather(1, last_prompt), history.cum_n.gather(1, last_prompt)).squeeze(
-        1
+    last_prompt = (end - 1).clamp(min=0, max=length - 1)
+    needed = torch.unique(torch.cat([last_prompt, positions]))  # ascending
+    rho_at = rule.prefix_rho(history.cum_e, history.cum_n, needed)  # (B, |needed|)
+    lookup = torch.searchsorted(
+        needed, torch.cat([last_prompt.unsqueeze(1), positions.expand(end.shape[0], -1)], 1)
     )
-    prompt_rho = torch.where(end > 0, prompt_rho, torch.zeros_like(prompt_rho))
+    values = rho_at.gather(1, lookup)
+    prompt_rho = torch.where(end > 0, values[:, 0], torch.zeros_like(values[:, 0]))
+    new_rho = values[:, 1:]
     computed = (prompt_rho > tau) & prompt_ready
     prompt_flag = torch.where(history.prompt_known, history.prompt_flag, computed)
     history.prompt_flag = prompt_flag
     history.prompt_known = history.prompt_known | prompt_ready
 
-    running = mean_rho(history.cum_e[:, start:], history.cum_n[:, start:]) > tau
+    running = new_rho > tau
     in_prompt = positions.unsqueeze(0) < end.unsqueeze(1)
     if freeze:
         running = torch.zeros_like(running)
@@ -176,5 +269,5 @@ def decide_new_positions(
     flags = torch.where(in_prompt, prompt_flag.unsqueeze(1), sticky)
     # A prompt still incomplete in this call (chunked prefill): judge its tokens by the running rule.
     flags = torch.where(in_prompt & ~prompt_ready.unsqueeze(1), running, flags)
-    rho = mean_rho(history.cum_e[:, -1], history.cum_n[:, -1])
+    rho = new_rho[:, -1] if new_rho.shape[1] else prompt_rho
     return flags, rho, prompt_flag

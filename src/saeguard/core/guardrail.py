@@ -8,11 +8,11 @@ loading in ``artifact.py``; the per-input gate and the clamp in ``gate.py``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,6 +94,7 @@ class Guardrail(FitResult):
             clamp_value=self.clamp_value,
             special_ids=self.special_ids,
             statistic=self.statistic,
+            rule=self.rule,
             clamp_scope=self.config.clamp_scope,
         )
         if self.config.gate == "always":  # ungated / static clamp baselines
@@ -214,7 +215,9 @@ class Guardrail(FitResult):
             if hook is not None:
                 hook.reset()
                 hook.recording = True
-            output = model.generate(
+            # nn.Module types attributes as Tensor | Module; a transformers generate returns ids (B, T).
+            generate = cast(Callable[..., torch.Tensor], model.generate)
+            output = generate(
                 input_ids=encoded.input_ids.to(device),
                 attention_mask=encoded.attention_mask.to(device),
                 **kwargs,

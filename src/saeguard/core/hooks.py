@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from saeguard.config import ClampScope
-from saeguard.core.gate import GateRecord, GateStatistic, current_scope, decide_new_positions
+from saeguard.core.gate import GateRecord, GateRule, GateStatistic, current_scope, decide_new_positions
 from saeguard.core.sae import SelectedLatents
 from saeguard.core.state import CALL, ForwardCall, HistoryStore, RowHistory, follow, pending_ids, thread_store
 from saeguard.errors import SaeguardError, require
@@ -72,12 +72,14 @@ class GateHook:
         statistic: GateStatistic | None = None,
         clamp_scope: ClampScope = "fired",
         tokenizer: Any = None,
+        rule: GateRule | None = None,
     ) -> None:
         require(
             clamp_scope in get_args(ClampScope), f"unknown clamp scope {clamp_scope!r}: use fired or input"
         )
         self.latents = latents
         self.statistic = statistic or GateStatistic()
+        self.rule = rule or GateRule()
         self.clamp_scope = clamp_scope
         self.layer = layer
         self.tau = float(tau)
@@ -173,7 +175,7 @@ class GateHook:
         start = history.append(evidence, counted, call.input_ids)
         scope = current_scope()
         flags, rho, prompt_flag = decide_new_positions(
-            history, start, self.tau, freeze=scope is not None and scope.freeze
+            history, start, self.tau, freeze=scope is not None and scope.freeze, rule=self.rule
         )
         if self.forced is not None:
             flags = torch.full_like(flags, self.forced)

@@ -190,14 +190,13 @@ class SelectedLatents:
         """Copy latents ``ids`` (N,) out of ``sae``: W_enc columns, b_enc, W_dec rows, b_dec, thresholds."""
         index = torch.as_tensor(ids, dtype=torch.long)
         arch = sae_architecture(sae)
-        threshold = getattr(sae, "threshold", None)
         return cls(
             ids=index.clone(),
             encoder=sae.W_enc.detach()[:, index].float().clone(),
             encoder_bias=sae.b_enc.detach()[index].float().clone(),
             decoder=sae.W_dec.detach()[index].float().clone(),
             decoder_bias=sae.b_dec.detach().float().clone(),
-            threshold=threshold.detach()[index].float().clone() if arch == "jumprelu" else None,
+            threshold=sae.threshold.detach()[index].float().clone() if arch == "jumprelu" else None,
             subtract_decoder_bias=bool(getattr(sae.cfg, "apply_b_dec_to_input", True)),
             architecture=arch,
             full_sae=None if arch in CHEAP_ARCHITECTURES else sae,

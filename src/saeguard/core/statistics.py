@@ -151,7 +151,7 @@ def collect_statistics(
     """
     stats = FeatureStatistics.empty(int(sae.cfg.d_sae))
     device = model_device(model)
-    with progress_bar(description, total=total, enabled=show_progress) as advance:
+    with progress_bar(description, total=total, unit="chunks", enabled=show_progress) as advance:
         for batch in batches:
             hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))
             tokens = hidden[batch.counted.to(device)]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from saeguard.errors import SaeguardError, one_line, require
+from saeguard.hf.chat import chat_spans, encode_text_spans
 from saeguard.hf.prompts import encode_with_span, has_chat_template, render_chat
 from saeguard.io import text_fingerprint
 
@@ -28,10 +29,67 @@ _CONFIG_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "computer security", "w
 
 
 @dataclass(frozen=True)
+class Framing:
+    """How a user text is put to the model: benign text around it, or split over user turns.
+
+    The user's message is ``prefix + text + suffix``; ``breaks`` are character offsets into it
+    where a new user turn starts (strictly increasing, inside the message), and ``replies`` the
+    assistant's turn after each user turn but the last (one per break). The attack suite
+    (``saeguard.attacks``: dilution, multi-turn splitting) builds these; every user turn counts
+    for the gate.
+
+    Raises:
+        SaeguardError: breaks out of order, or not one reply per break.
+    """
+
+    prefix: str = ""
+    suffix: str = ""
+    breaks: tuple[int, ...] = ()
+    replies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require(
+            len(self.replies) == len(self.breaks),
+            f"a framing needs one assistant reply per turn break: {len(self.breaks)} breaks, "
+            f"{len(self.replies)} replies",
+        )
+        breaks = self.breaks
+        require(
+            all(b > 0 for b in breaks) and all(a < b for a, b in zip(breaks, breaks[1:], strict=False)),
+            f"turn breaks {breaks} must be increasing positive character offsets",
+        )
+
+    def message(self, text: str) -> str:
+        """The user's whole message: ``prefix + text + suffix``."""
+        return self.prefix + text + self.suffix
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """The conversation: the message cut at ``breaks`` into user turns, ``replies`` between them.
+
+        Raises:
+            SaeguardError: a break at or past the end of the message.
+        """
+        message = self.message(text)
+        require(
+            not self.breaks or self.breaks[-1] < len(message),
+            f"turn break {self.breaks[-1] if self.breaks else 0} is past the end of the {len(message)}-character "
+            "message",
+        )
+        cuts = [0, *self.breaks, len(message)]
+        turns: list[dict[str, str]] = []
+        for k in range(len(cuts) - 1):
+            turns.append({"role": "user", "content": message[cuts[k] : cuts[k + 1]]})
+            if k < len(self.replies):
+                turns.append({"role": "assistant", "content": self.replies[k]})
+        return turns
+
+
+@dataclass(frozen=True)
 class McqItem:
     """One four-option question; ``answer`` is the index (0-3) of the right choice.
 
     ``id`` must be unique within a set (known sets and base results are keyed by it).
+    ``framing`` (attacks only) puts benign text around the question or splits it over turns.
     """
 
     question: str
@@ -39,15 +97,22 @@ class McqItem:
     answer: int
     subject: str = ""
     id: str = ""
+    framing: Framing | None = None
 
     def permuted(self, order: Sequence[int]) -> McqItem:
         """The same question with options reordered: new option k is old option order[k]."""
         choices = tuple(self.choices[i] for i in order)
-        return McqItem(self.question, choices, list(order).index(self.answer), self.subject, self.id)
+        return replace(self, choices=choices, answer=list(order).index(self.answer))
 
     def to_dict(self) -> dict[str, Any]:
-        """The item as a JSON row (``choices`` as a list), the format :func:`item_from_row` reads."""
-        return asdict(self) | {"choices": list(self.choices)}
+        """The item as a JSON row (``choices`` as a list), the format :func:`item_from_row` reads.
+
+        ``framing`` appears only when set, so a plain item's row (and fingerprint) is unchanged.
+        """
+        row = asdict(self) | {"choices": list(self.choices)}
+        if self.framing is None:
+            del row["framing"]
+        return row
 
 
 def _answer_index(value: Any) -> int | None:
@@ -87,10 +152,10 @@ def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = 
         f"{where}: has {len(choices)} choices, expected {N_CHOICES}: fix the row or drop it",
     )
     answer = _answer_index(row.get("answer"))
-    require(
-        answer is not None and 0 <= answer < N_CHOICES,
-        f"{where}: answer {row.get('answer')!r} is out of range: use 0-{N_CHOICES - 1} or A-D",
-    )
+    if answer is None or not 0 <= answer < N_CHOICES:
+        raise SaeguardError(
+            f"{where}: answer {row.get('answer')!r} is out of range: use 0-{N_CHOICES - 1} or A-D"
+        )
     item_subject = str(row.get("subject") or subject or "")
     return McqItem(
         question=question,
@@ -124,7 +189,7 @@ def load_mcq(
         SaeguardError: a missing file, a malformed row (named by line), an unloadable
             HF dataset, an empty set, or duplicate ids.
     """
-    if isinstance(spec, (list, tuple)):
+    if not isinstance(spec, (str, Path)):
         items = as_items(spec)
     elif str(spec).startswith("hf:"):
         items = _load_hf(str(spec), subject)
@@ -207,9 +272,25 @@ def shared_prompt(
     The prefix is ``"Answer: ("`` for the letter scorer and ``"Answer:"`` for cloze
     (docs/method.md §5). ``user_mask`` marks the tokens of the question text, the
     only tokens the gate counts; a template that rewrites the message counts all.
+    An item's ``framing`` adds its benign text to the message (counted: it is the user's)
+    or splits the message over user turns (every user turn counted, replies not).
+
+    Raises:
+        SaeguardError: a split item without a chat template, or a template that hides a turn.
     """
-    user_text = question_text(item)
+    framing = item.framing or Framing()
+    user_text = framing.message(question_text(item))
     prefix = ANSWER_PREFIX[scorer]
+    if chat and has_chat_template(tokenizer) and framing.breaks:  # a split question: every user turn counts
+        head = [] if system is None else [{"role": "system", "content": system}]
+        rendered, spans = chat_spans(tokenizer, head + framing.messages(question_text(item)))
+        ids, mask = encode_text_spans(tokenizer, rendered + prefix, spans)
+        return SharedPrompt(rendered + prefix, ids, mask)
+    require(
+        not framing.breaks,
+        f"question {item.id!r} is split over several turns, which needs a chat template: "
+        "use a tokenizer with one (chat=True)",
+    )
     if chat and has_chat_template(tokenizer):
         rendered = render_chat(tokenizer, user_text, system)
         start = rendered.rfind(user_text)

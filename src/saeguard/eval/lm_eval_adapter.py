@@ -8,7 +8,10 @@ Which tokens the gate reads (method.md §5): in a deployment the gate sees the
 prompt, not the answer, so for ``loglikelihood`` requests it decides on the
 context's non-special tokens and keeps that decision for the continuation (as
 ``evaluate_mcq`` does); padding never counts, so results do not depend on the
-batch size. ``loglikelihood_rolling`` (perplexity) judges the text as it goes,
+batch size. ``judge="request"`` decides on every token of the request instead
+(``(context + continuation)[:-1]``, frozen): what a server sees when a client such
+as lm-eval's ``local-completions`` sends context and continuation as one prompt
+(docs/serving.md). ``loglikelihood_rolling`` (perplexity) judges the text as it goes,
 like generation; ``generate_until`` goes through ``model.generate``.
 """
 
@@ -19,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -34,6 +37,9 @@ from saeguard.io import to_jsonable, write_json
 
 if TYPE_CHECKING:
     from saeguard.core.guardrail import Guardrail
+
+Judge = Literal["context", "request"]
+"""Which tokens of a loglikelihood request the gate decides on: the context, or all of the request."""
 
 _INSTALL = "install lm-eval (pip install 'saeguard[eval]' or pip install lm-eval) to run lm-eval tasks"
 
@@ -53,9 +59,17 @@ def guarded_lm(
     *,
     batch_size: int = 8,
     max_length: int | None = None,
+    judge: Judge = "context",
     **hflm_kwargs: Any,
 ):
-    """An lm-eval ``HFLM`` over ``model`` whose requests run with ``guard`` attached."""
+    """An lm-eval ``HFLM`` over ``model`` whose requests run with ``guard`` attached.
+
+    ``judge``: the tokens of a loglikelihood request the gate decides on (see :func:`score_requests`).
+
+    Raises:
+        SaeguardError: lm-eval is not installed, or an unknown ``judge``.
+    """
+    _check_judge(judge)
     hflm = _hflm_class()
 
     class GuardedHFLM(hflm):  # type: ignore[misc, valid-type]
@@ -93,7 +107,13 @@ def guarded_lm(
             size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 8)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             scores = score_requests(
-                self.model, [(r[1], r[2]) for r in requests], self.max_length, size, pad, freeze=self.freeze
+                self.model,
+                [(r[1], r[2]) for r in requests],
+                self.max_length,
+                size,
+                pad,
+                freeze=self.freeze,
+                judge=judge,
             )
             for request, answer in zip(requests, scores, strict=True):
                 if request[0] is not None:
@@ -116,13 +136,20 @@ def score_requests(
     pad_id: int,
     *,
     freeze: bool = True,
+    judge: Judge = "context",
 ) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), greedy?) per (context ids, continuation ids) request.
 
     Inputs are lm-eval's: ``(context + continuation)[-(max_length + 1):][:-1]``, right-padded
-    with an attention mask. The gate counts the context's tokens only (``decision_end`` =
-    context length) and, with ``freeze``, keeps that decision for the continuation.
+    with an attention mask. With ``judge="context"`` the gate counts the context's tokens only
+    (``decision_end`` = context length); with ``judge="request"`` it counts every real token of
+    that input and decides at its end (what a server judging a whole ``echo`` prompt does). With
+    ``freeze`` the decision holds for the continuation.
+
+    Raises:
+        SaeguardError: an unknown ``judge``, or a request with no context or no continuation.
     """
+    _check_judge(judge)
     device = model_device(model)
     rows = []
     for context, continuation in requests:
@@ -135,9 +162,12 @@ def score_requests(
     for start in range(0, len(order), batch_size):
         batch = [rows[i] for i in order[start : start + batch_size]]
         ids, mask = pad_batch([r[0] for r in batch], pad_id)
-        context_len = torch.tensor([r[1] for r in batch])
-        counted = (torch.arange(ids.shape[1]).unsqueeze(0) < context_len.unsqueeze(1)) & mask.bool()
-        with token_scope(counted.to(device), context_len.to(device), freeze=freeze):
+        if judge == "request":
+            end = torch.tensor([len(r[0]) for r in batch])
+        else:
+            end = torch.tensor([r[1] for r in batch])
+        counted = (torch.arange(ids.shape[1]).unsqueeze(0) < end.unsqueeze(1)) & mask.bool()
+        with token_scope(counted.to(device), end.to(device), freeze=freeze):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         log_probs = torch.log_softmax(logits, -1).cpu()
         for row, (index, (_, first, continuation)) in enumerate(
@@ -149,6 +179,10 @@ def score_requests(
             greedy = bool((log_probs[row, positions].argmax(-1) == target).all())
             out[index] = (float(chosen.sum()), greedy)
     return [o for o in out if o is not None]
+
+
+def _check_judge(judge: str) -> None:
+    require(judge in get_args(Judge), f"unknown judge {judge!r}: use {' or '.join(get_args(Judge))}")
 
 
 @dataclass

@@ -346,7 +346,13 @@ def gate_decisions(
             yield TokenBatch(ids, mask, counted_mask(ids, mask, special) & scope.bool())
 
     rho = gate_rho(
-        model, guard.layer, guard.latents, batches(), statistic=guard.statistic, show_progress=False
+        model,
+        guard.layer,
+        guard.latents,
+        batches(),
+        statistic=guard.statistic,
+        rule=guard.rule,
+        show_progress=False,
     )
     require(rho.numel() == len(items), "a question has no counted user tokens: check the chat template")
     return rho, rho > guard.tau

@@ -1,9 +1,11 @@
 """Corpora: reading text sources and turning them into token batches.
 
 A corpus is a list of strings, a .txt file (one document per blank-line
-separated paragraph), a .jsonl file with a text field, or a Hugging Face
-``datasets`` spec ``hf:name[/config]:split[:field]``. Documents are streamed,
-so memory stays flat however large the corpus is.
+separated paragraph), a .jsonl file with a text field, a Hugging Face
+``datasets`` spec ``hf:name[/config]:split[:field]``, a built-in offline name
+(``wiki:biology``; ``saeguard data list``), or a :class:`CorpusMix` of several of
+these read one after another (``--retain mine.txt --retain wiki:geography``).
+Documents are streamed, so memory stays flat however large the corpus is.
 """
 
 from __future__ import annotations
@@ -18,33 +20,82 @@ import torch
 
 from saeguard.errors import SaeguardError, one_line, require
 
-CorpusSpec = str | Path | Sequence[str]
-
 _TEXT_FIELDS = ("text", "content", "document", "extract", "question")
 
 
-def resolve_corpus(spec: CorpusSpec, split: str = "train") -> CorpusSpec:
-    """Built-in offline corpus names (``wiki:biology``, ``cwe``...) become their documents."""
-    if isinstance(spec, str) and not Path(spec).expanduser().exists() and not spec.startswith("hf:"):
-        from saeguard.data.corpora import available_corpora, load_corpus
+@dataclass(frozen=True)
+class CorpusMix:
+    """Several corpora read as one, in order: e.g. your own retain file plus a built-in topic.
 
-        if spec in available_corpora() or spec.split(":")[0] in {
-            n.split(":")[0] for n in available_corpora()
-        }:
-            return load_corpus(spec, split)
+    ``parts`` are corpus specs of any single form (a list of documents, a file,
+    ``hf:...`` or a built-in name); built-in names are read from ``split``.
+    """
+
+    parts: tuple[CorpusSpec, ...]
+    split: str = "train"
+
+
+CorpusSpec = str | Path | Sequence[str] | CorpusMix
+
+
+def _is_builtin(spec: str) -> bool:
+    """A built-in offline corpus name (``wiki:biology``, ``cwe``...) that is not also a file path."""
+    if Path(spec).expanduser().exists() or spec.startswith("hf:"):
+        return False
+    from saeguard.data.corpora import available_corpora
+
+    names = available_corpora()
+    return spec in names or spec.split(":")[0] in {name.split(":")[0] for name in names}
+
+
+def resolve_corpus(spec: CorpusSpec, split: str = "train") -> CorpusSpec:
+    """Built-in offline corpus names (``wiki:biology``, ``cwe``...) become their documents.
+
+    Raises:
+        SaeguardError: a built-in family with an unknown topic, or its data missing
+            (the message says to run ``saeguard data fetch``).
+    """
+    if isinstance(spec, str) and _is_builtin(spec):
+        from saeguard.data.corpora import load_corpus
+
+        return load_corpus(spec, split)
     return spec
+
+
+def corpus_mix(specs: Sequence[str | Path], split: str = "train") -> CorpusSpec:
+    """One corpus from one or more specs (a repeated ``--forget``/``--retain``), built-ins resolved.
+
+    One spec gives that corpus; several give a :class:`CorpusMix` that reads them in order.
+
+    Raises:
+        SaeguardError: no spec at all, or a built-in name that cannot be loaded.
+    """
+    require(len(specs) > 0, "no corpus given: pass at least one file, hf:name:split or built-in name")
+    resolved = [resolve_corpus(spec, split) for spec in specs]
+    if len(resolved) == 1:
+        return resolved[0]
+    return CorpusMix(tuple(resolved), split)
 
 
 def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[str]:
     """Stream the documents of a corpus, skipping empty ones.
 
-    ``text_field`` names the JSONL/HF column; default: the first of ``text``,
-    ``content``, ``document``, ``extract``, ``question`` present.
+    A built-in name is read from its ``train`` split (a :class:`CorpusMix` says
+    which split); a mix yields its parts' documents in order. ``text_field`` names
+    the JSONL/HF column; default: the first of ``text``, ``content``, ``document``,
+    ``extract``, ``question`` present.
 
     Raises:
         SaeguardError: a missing or non-UTF-8 file, a bad JSONL line (with its number),
             a row without a text field, a non-string list entry, or an unloadable HF dataset.
     """
+    if isinstance(spec, CorpusMix):
+        for part in spec.parts:
+            yield from iter_documents(resolve_corpus(part, spec.split), text_field)
+        return
+    if isinstance(spec, str) and _is_builtin(spec):
+        yield from iter_documents(resolve_corpus(spec), text_field)
+        return
     if isinstance(spec, (list, tuple)):
         for doc in spec:
             require(isinstance(doc, str), "corpus entries must be strings")
@@ -59,7 +110,7 @@ def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[
     if not path.is_file():
         raise SaeguardError(
             f"corpus file {path} cannot be read: pass an existing .txt/.jsonl file, "
-            "a list of strings or hf:name:split"
+            "a list of strings, hf:name:split or a built-in name (saeguard data list)"
         )
     try:
         if path.suffix == ".jsonl":
@@ -204,6 +255,29 @@ def iter_chunks(
                 return
     if len(buffer) >= 2:
         yield ([bos] if bos is not None else []) + buffer
+
+
+def count_chunks(
+    documents: Sequence[str], tokenizer, seq_len: int, *, max_chunks: int | None = None, batch: int = 256
+) -> int:
+    """How many chunks :func:`iter_chunks` yields for ``documents`` (a progress total), without building them.
+
+    Tokenizes in batches of ``batch`` documents and stops early once ``max_chunks`` is reached.
+
+    Raises:
+        SaeguardError: ``seq_len`` < 2.
+    """
+    require(seq_len >= 2, f"seq_len must be at least 2, got {seq_len}")
+    body = seq_len - (1 if getattr(tokenizer, "bos_token_id", None) is not None else 0)
+    per_document = 1 if getattr(tokenizer, "eos_token_id", None) is not None else 0
+    tokens = 0
+    for start in range(0, len(documents), batch):
+        encoded = tokenizer(list(documents[start : start + batch]), add_special_tokens=False)["input_ids"]
+        tokens += sum(len(ids) + per_document for ids in encoded)
+        if max_chunks is not None and tokens // body >= max_chunks:
+            return max_chunks
+    full, rest = divmod(tokens, body)
+    return full + (1 if rest >= 2 else 0)
 
 
 def pad_batch(

@@ -42,7 +42,8 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str
 def model_fingerprint(model: nn.Module, layer: int) -> str:
     """Fingerprint of the weights the guard reads: embeddings and blocks 0..layer."""
     tensors: dict[str, torch.Tensor] = {}
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_embeddings = getattr(model, "get_input_embeddings", None)  # transformers models only
+    embeddings = get_embeddings() if get_embeddings is not None else None
     if embeddings is not None:
         tensors.update({f"embed.{k}": v for k, v in embeddings.state_dict().items()})
     for index, block in enumerate(_blocks(model)[: layer + 1]):

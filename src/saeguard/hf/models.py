@@ -131,12 +131,14 @@ def _convert_gguf(dest: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses GGUF-quantised models; after dequantisation the weights
-    # are plain fp32 tensors, so dropping the quantiser metadata is safe.
-    model.hf_quantizer = None
+    # are plain fp32 tensors, so dropping the quantiser metadata is safe. transformers does
+    # not declare these attributes (nn.Module types them Tensor | Module), hence Any.
+    dequantised: Any = model
+    dequantised.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if getattr(model, "is_quantized", False):
-        model.is_quantized = False
+        dequantised.is_quantized = False
     _ensure_pad(tokenizer)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -176,7 +178,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, device: str | torch.device) 
             f"could not load model {name!r}: {one_line(exc)}; pass a local model folder, "
             "a reachable hub name, or 'default'"
         ) from exc
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() stub expects the model first
     model.eval()
     return model, _ensure_pad(tokenizer)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -28,6 +28,11 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     return write_bytes_atomic(path, buffer.getvalue())
+
+
+def plottable(values: Iterable[float | None]) -> list[float]:
+    """``values`` with None (not measured) as NaN, which matplotlib leaves out of a plot."""
+    return [math.nan if value is None else value for value in values]
 
 
 def rho_label(statistic: GateStatisticKind | str | None) -> str:
@@ -60,6 +65,7 @@ def plot_rho(
     *,
     statistic: GateStatisticKind | str | None = None,
     bins: int = 40,
+    interval: tuple[float, float] | None = None,
 ) -> Path:
     """Overlaid density histograms of rho per named set (n in the legend), tau as a red line.
 
@@ -67,8 +73,10 @@ def plot_rho(
         distributions: set name -> rho values (one per input); empty sets are left out.
         tau: the gate threshold (inputs with rho > tau are flagged), or None.
         statistic: the guard's ``FitConfig.gate_statistic``; sets the axis label and range.
+        interval: tau's bootstrap 95% interval (``TauEstimate``), drawn as a red band.
     """
     every = [v for values in distributions.values() for v in values]
+    every += list(interval or ())
     low, high = rho_range(statistic, every, tau)
     edges = [low + (high - low) * i / bins for i in range(bins + 1)]
     fig = Figure(figsize=(6.4, 4.0))
@@ -82,6 +90,13 @@ def plot_rho(
                 density=True,
                 label=f"{name} (n={len(values)})",
             )
+    if interval is not None:
+        ax.axvspan(
+            *interval,
+            color="red",
+            alpha=0.15,
+            label=f"tau 95% interval [{interval[0]:.3g}, {interval[1]:.3g}]",
+        )
     if tau is not None:
         ax.axvline(tau, color="red", lw=1.5, label=f"tau = {tau:.3g}")
     ax.set_xlim(low, high)

@@ -73,7 +73,23 @@ class Sample:
     alert: bool = False
 
 
-Block = Figure | Table | Sample
+@dataclass(frozen=True)
+class Tokens:
+    """A line of tokens, each shaded by a weight in [0, 1] (e.g. a latent's activation / its maximum).
+
+    ``notes`` (one per token, or none) are shown on hover; ``mark`` outlines one token (the
+    token of interest, e.g. where a latent peaks). Token strings are escaped like any text.
+    """
+
+    kind: ClassVar[str] = "tokens"
+    label: str
+    tokens: Sequence[str]
+    weights: Sequence[float]
+    notes: Sequence[str] = ()
+    mark: int | None = None
+
+
+Block = Figure | Table | Sample | Tokens
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,7 @@ class Section:
     title: str
     paragraphs: Sequence[str] = ()
     blocks: Sequence[Block] = ()
+    links: Sequence[Link] = ()  # shown under the paragraphs (e.g. a latent's Neuronpedia page)
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,16 @@ def _check(page: Page) -> None:
                     f"a row of the {section.title!r} table has {len(bad[0]) if bad else 0} "
                     f"cells for {len(block.header)} columns: give one cell per column",
                 )
+            if isinstance(block, Tokens):
+                require(
+                    len(block.weights) == len(block.tokens)
+                    and (not block.notes or len(block.notes) == len(block.tokens)),
+                    f"a token line in {section.title!r} needs one weight (and note) per token",
+                )
+                require(
+                    all(0.0 <= w <= 1.0 for w in block.weights),
+                    f"token weights in {section.title!r} must lie in [0, 1]: divide by the maximum",
+                )
             if isinstance(block, Figure):
                 src = PurePosixPath(block.src)
                 require(
@@ -169,8 +196,12 @@ def render_markdown(page: Page) -> str:
         out.append(" · ".join(f"[{link.label}]({link.href})" for link in page.nav))
     for section in page.sections:
         out += [f"## {section.title}", *section.paragraphs]
+        out += [f"[{link.label}]({link.href})" for link in section.links]
         for block in section.blocks:
-            if isinstance(block, Figure):
+            if isinstance(block, Tokens):
+                text = "".join(f"**{t}**" if i == block.mark else t for i, t in enumerate(block.tokens))
+                out.append(f"{block.label}: {_md_cell(text)}")
+            elif isinstance(block, Figure):
                 out.append(f"![{block.alt or block.caption}]({block.src})\n\n*{block.caption}*")
             elif isinstance(block, Table):
                 lines = ["| " + " | ".join(_md_cell(h) for h in block.header) + " |"]

@@ -100,6 +100,15 @@ def _plan(config: CompareConfig) -> list[_Point]:
     return points
 
 
+def _pooled_flagged(results: Mapping[str, McqResult]) -> float:
+    """Share of items the gate flagged, pooled over the question sets of one guarded evaluation."""
+    flagged = 0.0
+    for result in results.values():
+        assert result.flagged_fraction is not None  # evaluate_mcq records it whenever a guard is given
+        flagged += result.flagged_fraction * result.n_items
+    return flagged / sum(r.n_items for r in results.values())
+
+
 def _slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", key)
 
@@ -135,11 +144,7 @@ def _measure(model, tokenizer, setup: CompareSetup, record: CompareRecord, *, gu
         setattr(record, f"{role}_perplexity", math.exp(loss))
         flagged[f"{role}_text"] = fraction
     if guard is not None:
-        flagged |= {
-            f"{group}_mcq": sum(r.flagged_fraction * r.n_items for r in res.values())
-            / sum(r.n_items for r in res.values())
-            for group, res in results.items()
-        }
+        flagged |= {f"{group}_mcq": _pooled_flagged(res) for group, res in results.items()}
         record.guard = {
             "latent_ids": [int(i) for i in guard.latents.ids],
             "tau": float(guard.tau),

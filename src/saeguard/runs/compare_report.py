@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from saeguard.io import write_json
 from saeguard.report import Figure as PageFigure
 from saeguard.report import Page, Section, Table, with_n, write_page
-from saeguard.report.figures import save_figure
+from saeguard.report.figures import plottable, save_figure
 from saeguard.runs.compare_types import RESULT_FILE, CompareRecord, CompareResult, MethodSummary
 from saeguard.runs.sweep import DatasetMetrics
 from saeguard.runs.sweep_report import pareto_front
@@ -55,13 +55,13 @@ def plot_compare(result: CompareResult, path: Path) -> Path:
         if not mine:
             continue
         marker, color = MARKERS.get(method, ("o", "black"))
-        xs, ys = [r.forget_accuracy for r in mine], [r.utility_accuracy for r in mine]
+        xs, ys = plottable(r.forget_accuracy for r in mine), plottable(r.utility_accuracy for r in mine)
         ax.scatter(xs, ys, marker=marker, color=color, s=36, alpha=0.75, label=LABELS.get(method, method))
         chosen = [r for r in mine if r.key in best]
         if chosen:
             ax.scatter(
-                [r.forget_accuracy for r in chosen],
-                [r.utility_accuracy for r in chosen],
+                plottable(r.forget_accuracy for r in chosen),
+                plottable(r.utility_accuracy for r in chosen),
                 marker=marker,
                 s=190,
                 facecolors="none",
@@ -69,7 +69,7 @@ def plot_compare(result: CompareResult, path: Path) -> Path:
                 linewidths=2.0,
             )
     if usable:
-        points = [(r.forget_accuracy, r.utility_accuracy) for r in usable]
+        points = [r.accuracies() for r in usable]
         front = sorted(pareto_front(points), key=lambda i: points[i][0])
         ax.plot(
             [points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8, label="Pareto front"
@@ -77,7 +77,12 @@ def plot_compare(result: CompareResult, path: Path) -> Path:
     base = result.base
     if base.forget_accuracy is not None:
         ax.scatter(
-            [base.forget_accuracy], [base.utility_accuracy], marker="*", s=220, c="black", label="base"
+            [base.forget_accuracy],
+            plottable([base.utility_accuracy]),
+            marker="*",
+            s=220,
+            c="black",
+            label="base",
         )
     threshold = result.config.utility_threshold
     line = threshold * (1.0 if base.utility_accuracy is None else base.utility_accuracy)

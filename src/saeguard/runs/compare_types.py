@@ -64,8 +64,10 @@ def _fit_from_dict(data: Mapping[str, Any]) -> FitConfig:
     unknown = sorted(set(data) - known)
     require(not unknown, f"unknown fit settings {unknown}: use some of {sorted(known)}")
     values = compare_fit().to_dict() | dict(data)
-    if isinstance(values["clamp"], Mapping):
-        values["clamp"] = Clamp(values["clamp"].get("value"), bool(values["clamp"].get("relative")))
+    stored = values["clamp"]
+    if isinstance(stored, Mapping):
+        value: Any = stored.get("value")  # read from JSON; Clamp checks it is a positive number
+        values["clamp"] = Clamp(value, bool(stored.get("relative")))
     return FitConfig.from_dict(values, where="compare setting fit")
 
 
@@ -171,17 +173,23 @@ class CompareConfig:
     @classmethod
     def quick(cls) -> CompareConfig:
         """One configuration per method, a few steps and questions: a smoke run in minutes."""
-        tiny = {"steps": [2], "batch_size": [2], "seq_len": [64]}
+        tiny: Grid = {"steps": [2], "batch_size": [2], "seq_len": [64]}
         return cls(
             mcq_limit=16,
             dsg=GuardGrid(n_features=[20], clamp=["10x"]),
             static=GuardGrid(n_features=[20], clamp=["10x"]),
             ungated=GuardGrid(n_features=[20], clamp=["10x"]),
             gradient={
-                "ga": {"learning_rate": [5e-5]} | tiny,
-                "graddiff": {"learning_rate": [5e-5], "retain_weight": [1.0]} | tiny,
-                "npo": {"learning_rate": [5e-5], "beta": [0.1], "retain_loss": ["nll"]} | tiny,
-                "rmu": {"learning_rate": [5e-5], "steering_coeff": [100], "alpha": [10], "layer": [3]} | tiny,
+                "ga": {"learning_rate": [5e-5], **tiny},
+                "graddiff": {"learning_rate": [5e-5], "retain_weight": [1.0], **tiny},
+                "npo": {"learning_rate": [5e-5], "beta": [0.1], "retain_loss": ["nll"], **tiny},
+                "rmu": {
+                    "learning_rate": [5e-5],
+                    "steering_coeff": [100],
+                    "alpha": [10],
+                    "layer": [3],
+                    **tiny,
+                },
             },
             fit=compare_fit(max_forget_chunks=8, max_retain_chunks=8, calibration_size=64),
             eval_chunks=4,
@@ -272,6 +280,11 @@ class CompareRecord:
     def usable(self) -> bool:
         return self.error is None and self.forget_accuracy is not None and self.utility_accuracy is not None
 
+    def accuracies(self) -> tuple[float, float]:
+        """(forget, utility) accuracy of a :attr:`usable` record."""
+        assert self.forget_accuracy is not None and self.utility_accuracy is not None, "not a usable record"
+        return self.forget_accuracy, self.utility_accuracy
+
 
 @dataclass
 class MethodSummary:
@@ -340,13 +353,11 @@ def summarize(
         if not mine:
             out.append(MethodSummary(method, 0, 0, None, "no finished configuration", 0.0))
             continue
-        score = unlearning_score(
-            [Outcome(r.key, r.forget_accuracy, r.utility_accuracy) for r in mine], utility_threshold=threshold
-        )
+        score = unlearning_score([Outcome(r.key, *r.accuracies()) for r in mine], utility_threshold=threshold)
         if score.best is not None:
             chosen, how = next(r for r in mine if r.key == score.best.label), "best eligible"
         else:
-            chosen = max(mine, key=lambda r: (r.utility_accuracy, -r.forget_accuracy))
+            chosen = max(mine, key=lambda r: (r.accuracies()[1], -r.accuracies()[0]))
             how = "highest utility (none eligible)"
         out.append(
             MethodSummary(

@@ -21,7 +21,7 @@ from saeguard.eval.score import UnlearningScore
 from saeguard.io import write_json
 from saeguard.report import Figure as PageFigure
 from saeguard.report import Link, Page, Section, Table, percent_with_n, with_n, write_page
-from saeguard.report.figures import plot_rho, rho_label, save_figure
+from saeguard.report.figures import plot_rho, plottable, rho_label, save_figure
 from saeguard.runs.sweep import DatasetMetrics, SweepRecord, read_records, sweep_score
 
 if TYPE_CHECKING:
@@ -49,15 +49,15 @@ def plot_pareto(
     records: Sequence[SweepRecord], path: Path, *, utility_threshold: float = 0.99, best: str | None = None
 ) -> None:
     usable = [
-        r
+        (r.forget_accuracy, r.utility_accuracy, r.point)
         for r in records
         if r.point is not None and r.forget_accuracy is not None and r.utility_accuracy is not None
     ]
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.subplots()
-    xs = [r.forget_accuracy for r in usable]
-    ys = [r.utility_accuracy for r in usable]
-    clamps = [Clamp.parse(r.point.clamp).value for r in usable]
+    xs = [x for x, _, _ in usable]
+    ys = [y for _, y, _ in usable]
+    clamps = [Clamp.parse(point.clamp).value for _, _, point in usable]
     scatter = ax.scatter(xs, ys, c=clamps, cmap="viridis", s=28, label="configurations")
     if usable:
         fig.colorbar(scatter, ax=ax, label="clamp")
@@ -65,11 +65,18 @@ def plot_pareto(
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "r--", lw=1, label="Pareto front")
     for r in records:
         if r.point is None and r.forget_accuracy is not None:
-            ax.scatter([r.forget_accuracy], [r.utility_accuracy], marker="*", s=160, c="black", label="base")
-        if best is not None and r.key == best:
             ax.scatter(
                 [r.forget_accuracy],
-                [r.utility_accuracy],
+                plottable([r.utility_accuracy]),
+                marker="*",
+                s=160,
+                c="black",
+                label="base",
+            )
+        if best is not None and r.key == best:
+            ax.scatter(
+                plottable([r.forget_accuracy]),
+                plottable([r.utility_accuracy]),
                 marker="o",
                 s=160,
                 facecolors="none",
@@ -99,9 +106,9 @@ def _items(metrics: Mapping[str, DatasetMetrics]) -> int:
 
 def _flagged(metrics: Mapping[str, DatasetMetrics]) -> str:
     """Share of items the gate flagged, pooled over the sets that recorded it, with its n."""
-    known = [m for m in metrics.values() if m.flagged_fraction is not None]
-    n = sum(m.n_items for m in known)
-    return with_n(sum(m.flagged_fraction * m.n_items for m in known) / n if n else None, n or None)
+    known = [(m.flagged_fraction, m.n_items) for m in metrics.values() if m.flagged_fraction is not None]
+    n = sum(count for _, count in known)
+    return with_n(sum(fraction * count for fraction, count in known) / n if n else None, n or None)
 
 
 def _table(records: Sequence[SweepRecord]) -> tuple[list[str], list[list[str]]]:

@@ -1,0 +1,106 @@
+"""Per-token gate evidence on one prompt: what the playground shades and ``saeguard explain`` prints.
+
+The gate (method.md §3) flags an input when rho, the mean over counted tokens of a
+per-token evidence e_t, exceeds tau. :func:`trace_prompt` runs the guard on the
+prompt's forward exactly as :meth:`~saeguard.core.guardrail.Guardrail.generate`
+encodes and judges it, and reads e_t back from the gate's own per-row history
+(the cumulative evidence ``cum_e``: e_t is its difference between positions), so
+the trace's rho is the gate's rho, not a recomputation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from saeguard.core.gate import token_scope
+from saeguard.core.guardrail import Guardrail
+from saeguard.core.state import thread_store
+from saeguard.hf.chat import Message
+from saeguard.hf.layers import model_device
+from saeguard.hf.prompts import encode_prompts
+
+
+@dataclass
+class PromptTrace:
+    """One guard's view of one prompt, token by token (all lists have one entry per token).
+
+    Attributes:
+        tokens: each token decoded on its own (text, for display).
+        token_ids: the prompt's ids (chat template included when used).
+        evidence: e_t per token (float; 0.0 where the token does not count).
+        counted: whether the gate reads the token (the user's own, non-special tokens).
+        fired: whether a selected latent fires on a counted token.
+        rho: the prompt's gate statistic, mean evidence over counted tokens (the gate's own value).
+        tau: the guard's threshold; flagged means rho > tau (or the guard clamps always).
+        statistic: ``fraction`` (e_t = fired) or ``activation`` (normalised activations).
+    """
+
+    tokens: list[str]
+    token_ids: list[int]
+    evidence: list[float]
+    counted: list[bool]
+    fired: list[bool]
+    rho: float
+    tau: float
+    flagged: bool
+    statistic: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values."""
+        return asdict(self)
+
+
+@torch.no_grad()
+def trace_prompt(
+    model: nn.Module,
+    tokenizer: Any,
+    guard: Guardrail,
+    prompt: str | Sequence[Message],
+    *,
+    chat: bool = True,
+) -> PromptTrace:
+    """Run ``guard`` on the prompt's forward and return its per-token evidence and decision.
+
+    Args:
+        prompt: a user message, or a whole conversation (``{"role", "content"}`` dicts; every
+            user turn counts), encoded as :meth:`Guardrail.generate` encodes it.
+        chat: wrap the prompt in the tokenizer's chat template (when the guard was fitted so).
+
+    Raises:
+        SaeguardError: see :func:`~saeguard.hf.prompts.encode_prompts`.
+    """
+    encoded = encode_prompts(tokenizer, [prompt], chat=chat and guard.config.chat_template)
+    device = model_device(model)
+    hook = guard.hook()
+    with hook.session(model), token_scope(encoded.content_mask.to(device)):
+        hook.reset()
+        hook.recording = True
+        try:
+            model(
+                input_ids=encoded.input_ids.to(device), attention_mask=encoded.attention_mask.to(device)
+            )
+            record = hook.records[0]
+            history = thread_store().histories[hook]
+        finally:
+            hook.reset()
+    cum_e = history.cum_e[0].cpu()
+    cum_n = history.cum_n[0].cpu()
+    evidence = torch.diff(cum_e, prepend=cum_e.new_zeros(1))
+    counted = torch.diff(cum_n, prepend=cum_n.new_zeros(1)) > 0
+    ids = [int(i) for i in encoded.input_ids[0]]
+    return PromptTrace(
+        tokens=[tokenizer.decode([i]) for i in ids],
+        token_ids=ids,
+        evidence=[float(e) for e in evidence],
+        counted=[bool(c) for c in counted],
+        fired=[bool(f) for f in record.fired[0]],
+        rho=float(record.rho[0]),
+        tau=guard.tau,
+        flagged=bool(record.flagged[0]),
+        statistic=guard.config.gate_statistic,
+    )

@@ -1,0 +1,164 @@
+"""What every request handler shares: the served model, its guards, the settings, API errors.
+
+Which guards apply is chosen per request: a model alias (``default+bio``, ``default+none``)
+or a ``guards`` list in the body; by default every loaded guard (or ``--default-guard``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from saeguard.core.guardrail import Guardrail
+from saeguard.hf.layers import max_positions
+from saeguard.server.schemas import ErrorBody, ErrorResponse, Policy
+
+NO_GUARD = "none"
+"""The alias for no guard at all: ``model="default+none"``."""
+
+
+class ApiError(Exception):
+    """A request the server refuses: an HTTP status and OpenAI's error body naming the field."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=code))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server behaves (``saeguard serve`` options; docs/serving.md).
+
+    Attributes:
+        model_id: the name clients use in ``model`` (aliases add ``+guard``).
+        on_flag: policy for a flagged request unless the request overrides it.
+        refusal: the text a refused request gets.
+        default_guards: guards applied when a request names none (None: all loaded).
+        api_key: when set, ``/v1``, ``/saeguard`` and ``/metrics`` need ``Authorization: Bearer KEY``.
+        workers: requests generating at once (threads sharing the model).
+        queue_size: admitted requests waiting for a worker; more get 503.
+        max_tokens: the largest ``max_tokens`` a request may ask for.
+        default_chat_tokens, default_completion_tokens: ``max_tokens`` when a request gives none.
+        max_body_bytes: larger request bodies get 413.
+        max_prompts: prompts in one ``/v1/completions`` request.
+    """
+
+    model_id: str = "default"
+    on_flag: Policy = "clamp"
+    refusal: str = "I can't help with that request."
+    default_guards: tuple[str, ...] | None = None
+    api_key: str | None = None
+    workers: int = 1
+    queue_size: int = 64
+    max_tokens: int = 1024
+    default_chat_tokens: int = 256
+    default_completion_tokens: int = 16
+    max_body_bytes: int = 1 << 20
+    max_prompts: int = 32
+
+
+@dataclass
+class Served:
+    """The model, its tokenizer and guards, and the settings: one per app."""
+
+    model: nn.Module
+    tokenizer: Any
+    guards: dict[str, Guardrail]
+    settings: ServerSettings
+
+    def __post_init__(self) -> None:
+        self.positions = max_positions(self.model)
+        self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
+        self.special_ids = set(self.tokenizer.all_special_ids)
+
+    def aliases(self) -> list[str]:
+        """The model ids a request may name: the model, each guard alone, and no guard."""
+        base = self.settings.model_id
+        return [base, *(f"{base}+{name}" for name in self.guards), f"{base}+{NO_GUARD}"]
+
+    def select(self, model: str | None, guards: list[str] | None) -> tuple[tuple[str, Guardrail], ...]:
+        """The guards a request asked for, in order (see the module docstring).
+
+        Raises:
+            ApiError: an unknown model or guard, a repeated guard, or guards given twice.
+        """
+        base, _, alias = (model or self.settings.model_id).partition("+")
+        if base != self.settings.model_id:
+            raise ApiError(
+                404,
+                f"model {model!r} does not exist: use {self.settings.model_id!r} or "
+                f"'{self.settings.model_id}+GUARD' (GET /v1/models lists them)",
+                param="model",
+                code="model_not_found",
+            )
+        if alias and guards is not None:
+            raise ApiError(
+                400, "give the guards in the model name ('id+guard') or in 'guards', not both", param="guards"
+            )
+        param = "model" if alias else "guards"
+        if alias:
+            names = [] if alias == NO_GUARD else alias.split("+")
+        elif guards is not None:
+            names = list(guards)
+        else:
+            names = list(self.settings.default_guards or self.guards)
+        loaded = ", ".join(self.guards) or "none"
+        for name in names:
+            if name not in self.guards:
+                raise ApiError(
+                    404 if alias else 400,
+                    f"unknown guard {name!r} in {param}: this server has {loaded}",
+                    param=param,
+                    code="guard_not_found",
+                )
+        if len(set(names)) != len(names):
+            raise ApiError(400, f"{param} names a guard twice: {names}", param=param)
+        return tuple((name, self.guards[name]) for name in names)
+
+    def new_tokens(
+        self,
+        requested: int | None,
+        prompt_tokens: int,
+        *,
+        default: int,
+        param: str,
+        prompt_param: str,
+        minimum: int = 1,
+    ) -> int:
+        """How many tokens to generate: ``requested`` checked, or ``default`` within the model's room.
+
+        ``minimum`` is 0 for scoring requests (``echo`` with ``max_tokens: 0``).
+
+        Raises:
+            ApiError: ``requested`` below ``minimum`` or over the server's limit, or a prompt with
+                no room left in the model's positions.
+        """
+        limit = self.settings.max_tokens
+        if requested is not None and requested < minimum:
+            raise ApiError(400, f"{param} must be at least {minimum}, got {requested}", param=param)
+        if requested is not None and requested > limit:
+            raise ApiError(400, f"{param} {requested} is over this server's limit of {limit}", param=param)
+        room = None if self.positions is None else self.positions - prompt_tokens
+        wanted = min(default, limit) if requested is None else requested
+        if room is not None and wanted > room:
+            if requested is None and room >= max(minimum, 1):
+                return room
+            raise ApiError(
+                400,
+                f"{prompt_param}: the prompt has {prompt_tokens} tokens and {param} is {wanted}: together "
+                f"over the model's {self.positions} positions; shorten the prompt or lower {param}",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
+        return wanted

@@ -1,0 +1,200 @@
+"""Request and response bodies of the server, in the OpenAI shape (chat completions, completions).
+
+Requests accept the fields OpenAI clients send; fields the server does not use are ignored,
+except ones whose meaning it cannot honour (``n`` > 1, tools), which are refused by the
+handlers. Two additions, sent by OpenAI clients through ``extra_body``: ``guards`` (the
+guard names to apply; ``[]`` for none) and ``on_flag`` (``clamp`` or ``refuse``). Every
+response carries a ``saeguard`` field with each guard's decision (see :class:`GuardReport`).
+Numbers and flags are strict: ``"5"`` is not a ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+Policy = Literal["clamp", "refuse"]
+"""What a flagged request gets: DSG's clamped generation, or the refusal text without generating."""
+
+FinishReason = Literal["stop", "length", "content_filter"]
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="model id, or 'id+guard+guard' ('id+none': no guard)")
+    max_tokens: StrictInt | None = None
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
+    n: StrictInt = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+    guards: list[StrictStr] | None = Field(None, description="guard names to apply (default: all loaded)")
+    on_flag: Policy | None = Field(None, description="policy on a flagged request (default: the server's)")
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart]
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        """The content as one string (text parts joined)."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage]
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    tools: list[dict] | None = None
+
+
+class CompletionRequest(_Request):
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    echo: StrictBool = False
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    suffix: StrictStr | None = None
+
+
+class TraceRequest(BaseModel):
+    """The playground's request for per-token gate evidence (``POST /saeguard/trace``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage]
+    guards: list[StrictStr] | None = None
+
+
+# -- responses ---------------------------------------------------------------------------------
+class GuardReport(BaseModel):
+    """One guard's decision on a request: the prompt's rho against tau, and any later flip."""
+
+    name: str
+    rho: float
+    tau: float
+    flagged: bool
+    flipped_at: int | None = Field(None, description="generated token where a passed prompt flipped")
+
+
+class ChoiceDecision(BaseModel):
+    index: int
+    refused: bool
+    guards: list[GuardReport]
+
+
+class SaeguardInfo(BaseModel):
+    """The ``saeguard`` field of every response."""
+
+    policy: Policy
+    flagged: bool = Field(description="some guard flagged some choice's prompt")
+    choices: list[ChoiceDecision]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    saeguard: SaeguardInfo
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions' logprobs: one entry per token (``None`` for the first echoed one)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: FinishReason
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    saeguard: SaeguardInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "saeguard"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorBody
