@@ -2,6 +2,7 @@
 # Create (once) and reuse the project environment in .venv, then run a job in it.
 #   bash scripts/dev.sh demo   # the main job on the embedded default model
 #   bash scripts/dev.sh test   # the test suite
+#   bash scripts/dev.sh check  # lint, format, types and import layers (what CI runs before the tests)
 #   bash scripts/dev.sh <saeguard sub-command ...>
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,29 @@ case "$job" in
     code=$?
     set -e
     # pytest exit 5 means no test ran: that is a failure, not a pass.
+    if [ "$code" -eq 5 ]; then
+      echo "no tests ran (pytest exit 5): failing" >&2
+    fi
     exit $code
+    ;;
+  check)
+    # Every check runs, so one report lists all failures; the exit status is 1 if any failed.
+    failed=()
+    run_check() {
+      local name=$1
+      shift
+      echo "== $name: $*" >&2
+      "$@" || failed+=("$name")
+    }
+    run_check lint "$VENV/bin/ruff" check src tests scripts
+    run_check format "$VENV/bin/ruff" format --check src tests scripts
+    run_check types "$VENV/bin/mypy"
+    run_check imports "$VENV/bin/lint-imports"
+    if [ ${#failed[@]} -gt 0 ]; then
+      echo "check failed: ${failed[*]}" >&2
+      exit 1
+    fi
+    echo "check passed" >&2
     ;;
   demo)
     "$VENV/bin/saeguard" data fetch

@@ -32,8 +32,26 @@ def default_sae_config(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH) -
     return SAETrainingConfig(layer=layer, width=width, k=DEFAULT_K, tokens=DEFAULT_TOKENS)
 
 
+SHIPPED_SAE = Path(__file__).parent / "resources" / "default_sae"
+"""The default SAE as trained by ``saeguard train-sae`` (fp16 SAELens folder; docs/default-sae.md)."""
+
+
+def shipped_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path | None:
+    """The SAE shipped inside the package for these settings, if there is one."""
+    folder = SHIPPED_SAE / f"layer{layer}-w{width}-k{k}"
+    return folder if (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file() else None
+
+
 def default_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path:
-    """Folder of the default SAE (SAELens layout) in the user cache; it may not exist yet."""
+    """Folder of the default SAE (SAELens layout): the shipped one, else the user cache (may not exist yet)."""
+    shipped = shipped_sae_dir(layer, width, k)
+    if shipped is not None:
+        return shipped
+    return trained_sae_dir(layer, width, k)
+
+
+def trained_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path:
+    """Where ``ensure_default_sae`` trains the default SAE when none ships for these settings."""
     return cache_dir() / "saes" / "smollm2-135m-instruct" / f"layer{layer}-w{width}-k{k}"
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from saeguard.config import FitConfig, preset
 from saeguard.defaults import DEFAULT_WIDTH, ensure_default_sae
-from saeguard.errors import require
+from saeguard.errors import SaeguardError
 from saeguard.eval.items import Scorer
 from saeguard.eval.known import KnownConfig, Orderings, known_items
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
@@ -113,15 +113,18 @@ def fit_demo_guard(
     from saeguard.core.guardrail import Guardrail
     from saeguard.data.corpora import load_corpus
     from saeguard.hf.fingerprint import model_fingerprint
+    from saeguard.hf.layers import layer_count, parse_layer
     from saeguard.io import cache_dir, json_fingerprint, text_fingerprint
 
     forget, retain = load_corpus(config.forget, "train"), retain_documents(config, "train")
     cached = None
     if cache is not None:
         sae_cfg = Path(sae) / "cfg.json"
+        layer = config.fit.layer  # None: the SAE's layer, not read yet, so every block counts
+        read_to = parse_layer(layer, model) if layer is not None else layer_count(model) - 1
         key = json_fingerprint(
             {
-                "model": model_fingerprint(model, config.fit.layer),
+                "model": model_fingerprint(model, read_to),
                 "sae": sae_cfg.read_text() if sae_cfg.is_file() else str(sae),
                 "sae_weights": _file_stamp(Path(sae) / "sae_weights.safetensors"),
                 "forget": text_fingerprint(forget),
@@ -251,11 +254,11 @@ def run_demo(
 def _default_sae_layer(fit: FitConfig) -> int:
     """The block index the default SAE is trained for: ``fit.layer`` as an int (``6`` or ``"6"``)."""
     layer = fit.layer
-    require(
-        isinstance(layer, int) or (isinstance(layer, str) and layer.strip().isdigit()),
-        f"the demo's default SAE needs a block index as layer, got {layer!r}: pass --layer N or --sae DIR",
-    )
-    return int(layer)  # type: ignore[arg-type]
+    if not (isinstance(layer, int) or (isinstance(layer, str) and layer.strip().isdigit())):
+        raise SaeguardError(
+            f"the demo's default SAE needs a block index as layer, got {layer!r}: pass --layer N or --sae DIR"
+        )
+    return int(layer)
 
 
 def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: bool = True):
@@ -263,8 +266,8 @@ def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: 
     from saeguard.data.mcq import build_mcq
     from saeguard.eval.items import as_items
 
-    mcq = McqConfig(scorer=config.scorer)  # type: ignore[arg-type]
-    known_config = KnownConfig(mcq=mcq, permutations=config.permutations)  # type: ignore[arg-type]
+    mcq = McqConfig(scorer=config.scorer)
+    known_config = KnownConfig(mcq=mcq, permutations=config.permutations)
     groups = {"forget": [config.forget_mcq], "retain": list(config.retain_mcq), "near": list(config.near_mcq)}
     accuracy: dict[str, dict[str, float | int]] = {}
     for group, names in groups.items():

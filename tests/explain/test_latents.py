@@ -51,7 +51,7 @@ def test_top_contexts_equal_a_brute_force_ranking(fitted, tokenizer, forget_corp
         assert scan.fired == fired
         assert [(c.chunk, c.position) for c in scan.contexts] == [(r[1], r[2]) for r in ranked]
         np.testing.assert_allclose([c.activation for c in scan.contexts], [r[0] for r in ranked], rtol=1e-5)
-    assert scans[0].fired > 0  # the planted latent fires on forget words
+    assert int(guard.latents.ids[0]) == PLANTED_LATENT and scans[0].fired > 0  # fires on forget words
 
 
 def test_ties_go_to_the_earlier_chunk_and_position(fitted, tokenizer):
@@ -72,8 +72,18 @@ def test_context_window_marks_the_top_token_and_its_activation(fitted, tokenizer
     context = scan.contexts[0]
     assert context.activations[context.mark] == context.activation
     assert len(context.tokens) == len(context.activations) <= config.before + config.after + 1
-    assert context.tokens[context.mark].strip() in {"cell", "virus", "gene", "protein", "enzyme", "bacteria",
-                                                     "dna", "rna", "mitochondria", "membrane"}
+    assert context.tokens[context.mark].strip() in {
+        "cell",
+        "virus",
+        "gene",
+        "protein",
+        "enzyme",
+        "bacteria",
+        "dna",
+        "rna",
+        "mitochondria",
+        "membrane",
+    }
 
 
 def test_reservoir_keeps_everything_under_capacity_and_a_uniform_sample_over_it():
@@ -106,13 +116,10 @@ def test_neuronpedia_links_only_for_known_saelens_releases():
     def record(**kwargs) -> SaeRecord:
         return SaeRecord(architecture="jumprelu", d_in=2304, d_sae=16384, fingerprint="x", **kwargs)
 
-    known = record(kind="pretrained", release="gemma-scope-2b-pt-res-canonical", sae_id="layer_3/width_16k/canonical")
+    known = record(
+        kind="pretrained", release="gemma-scope-2b-pt-res-canonical", sae_id="layer_3/width_16k/canonical"
+    )
     assert neuronpedia_url(known, 123) == "https://www.neuronpedia.org/gemma-2-2b/3-gemmascope-res-16k/123"
     assert neuronpedia_url(record(kind="pretrained", release="no-such-release", sae_id="x"), 1) is None
     assert neuronpedia_url(record(kind="disk", path="/tmp/sae"), 1) is None
     assert neuronpedia_url(None, 1) is None
-
-
-def test_planted_latent_is_explained_first(fitted):
-    _, guard = fitted
-    assert int(guard.latents.ids[0]) == PLANTED_LATENT

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,10 @@ from saeguard.baselines.registry import MethodConfig, get
 from saeguard.baselines.training import TrainResult, is_lora
 from saeguard.errors import SaeguardError, require
 from saeguard.io import staged_folder
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 __all__ = ["RECORD_NAME", "UnlearnedRecord", "config_from_dict", "load_unlearned", "save_unlearned"]
 
@@ -81,7 +85,7 @@ def save_unlearned(
         "result": asdict(result),
     }
     with staged_folder(path, replace=_is_ours) as staging:
-        model.save_pretrained(staging)
+        cast("PreTrainedModel | PeftModel", model).save_pretrained(str(staging))  # what unlearn trains
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")

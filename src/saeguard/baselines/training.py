@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, get_args
 
 import psutil
 import torch
@@ -57,6 +57,8 @@ class CheckedSettings:
     config repeats its choices in hand-written code. Nested settings validate too.
     """
 
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
+
     def validate(self: SettingsT) -> SettingsT:
         """Check every field (and nested settings); return ``self``.
 
@@ -64,7 +66,7 @@ class CheckedSettings:
             SaeguardError: ``<field> must be ..., got <value>`` for the first bad field.
         """
         hints = type_hints(type(self))
-        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+        for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
             check_field(spec, value, hints[spec.name])
             if isinstance(value, CheckedSettings):

@@ -16,11 +16,25 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from saeguard.cli import data_commands, demo_commands, eval_commands, guard_commands, train_commands
+    from saeguard.cli import (
+        data_commands,
+        demo_commands,
+        eval_commands,
+        explain_commands,
+        guard_commands,
+        train_commands,
+    )
 
-    for module in (guard_commands, demo_commands, data_commands, train_commands, eval_commands):
+    for module in (
+        guard_commands,
+        demo_commands,
+        data_commands,
+        train_commands,
+        eval_commands,
+        explain_commands,
+    ):
         module.register(app)
-    for module_name in ("compare_commands", "bench_commands"):
+    for module_name in ("compare_commands", "bench_commands", "experiment_commands"):
         try:
             module = __import__(f"saeguard.cli.{module_name}", fromlist=["register"])
         except ModuleNotFoundError as error:
@@ -52,7 +66,7 @@ def report_usage_error(error: BaseException) -> int:
         The exit status: the parser's own (2 for usage errors).
     """
     if type(error).__name__ == "NoArgsIsHelpError":  # `saeguard` or `saeguard data` alone: the help
-        error.show()  # type: ignore[attr-defined]
+        error.show()  # type: ignore[attr-defined]  # matched by name: click's or typer's own class
         return int(getattr(error, "exit_code", 2))
     message = error.format_message() if hasattr(error, "format_message") else str(error)
     message = " ".join(message.split())

@@ -22,6 +22,7 @@ from saeguard.cli.options import (
     resolve_device,
     resolve_sae,
 )
+from saeguard.eval.known import Orderings
 
 console = Console()
 
@@ -40,7 +41,7 @@ def compare(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Questions per MCQ set before the known filter")] = None,
     known: Annotated[
-        str | None, typer.Option(help="Known-set filter: 'all' (24 orders) or 'cyclic' (4 rotations)")
+        Orderings | None, typer.Option(help="Known-set filter: 'all' (24 orders) or 'cyclic' (4 rotations)")
     ] = None,
     method: Annotated[
         list[str] | None, typer.Option("--method", "-m", help="Only these methods (repeatable)")
@@ -67,8 +68,12 @@ def compare(
         except (OSError, ValueError) as error:
             raise SaeguardError(f"cannot read --config {config}: {error}; pass a JSON object") from None
         settings = CompareConfig.from_dict(data)
-    overrides = {"mcq_limit": limit, "known_permutations": known, "methods": method or None}
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    settings = replace(  # options given override the settings
+        settings,
+        mcq_limit=settings.mcq_limit if limit is None else limit,
+        known_permutations=known or settings.known_permutations,
+        methods=method or settings.methods,
+    )
     settings.validate()
     output = check_output(output, folder=True)
     device = resolve_device(device)  # a bad device fails before the default SAE trains

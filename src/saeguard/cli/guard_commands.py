@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +23,7 @@ from saeguard.cli.options import (
     Dtype,
     Model,
     Sae,
+    TorchDtype,
     calibration_warnings,
     check_output,
     check_replace,
@@ -28,6 +32,9 @@ from saeguard.cli.options import (
     resolve_device,
     resolve_sae,
 )
+
+if TYPE_CHECKING:
+    from saeguard.distributed import Launch
 
 console = Console()
 
@@ -57,27 +64,60 @@ def fit(
     *,
     settings: FitSettings,
 ) -> None:
-    """Select forget latents, calibrate the gate, write the artifact; then say what the fit did."""
-    from saeguard.core.artifact import is_guardrail_folder
-    from saeguard.core.fit_report import fit_report
-    from saeguard.core.guardrail import Guardrail
-    from saeguard.hf.corpus import corpus_mix
+    """Select forget latents, calibrate the gate, write the artifact; then say what the fit did.
 
+    Under ``torchrun --nproc-per-node N -m saeguard fit ...`` (or ``accelerate launch``)
+    the forward passes are divided over the N processes and rank 0 prints and writes.
+    """
+    from saeguard.core.artifact import is_guardrail_folder
+    from saeguard.distributed import process_group, rank_device, torchrun_launch
+
+    launch = torchrun_launch()  # WORLD_SIZE > 1: a data-parallel fit
     output = check_output(output, folder=True)  # before the model loads and the fit runs
     device = resolve_device(device)  # a bad device fails before the default SAE trains
     check_replace(output, force=force, is_ours=is_guardrail_folder, what="guardrail")
-    sae_spec = resolve_sae(sae, model)
-    lm, tokenizer = load_cli_model(model, device, dtype)
+    if launch is None:
+        _fit_and_report(forget, retain, output, sae, model, device, dtype, settings)
+        return
+    device = rank_device(launch, device)
+    with process_group(launch, device), _silenced(not launch.is_main):
+        _fit_and_report(forget, retain, output, sae, model, device, dtype, settings, launch=launch)
+
+
+def _fit_and_report(
+    forget: list[str],
+    retain: list[str],
+    output: Path,
+    sae: str | None,
+    model: str,
+    device: str,
+    dtype: TorchDtype,
+    settings: FitSettings,
+    *,
+    launch: Launch | None = None,
+) -> None:
+    """The fit itself; with a ``launch``, data-parallel, and only rank 0 writes and prints."""
+    from saeguard.core.fit_report import fit_report
+    from saeguard.core.guardrail import Guardrail
+    from saeguard.distributed import fit_data_parallel, main_process_first
+    from saeguard.hf.corpus import corpus_mix
+
+    with nullcontext() if launch is None else main_process_first():  # one rank fills the caches
+        sae_spec = resolve_sae(sae, model)
+        lm, tokenizer = load_cli_model(model, device, dtype)
     config = fit_length(settings.config, lm, given="seq_len" in settings.given)
+    forget_spec, retain_spec = corpus_mix(forget, "train"), corpus_mix(retain, "train")
     with calibration_warnings():  # printed after the summary, one yellow line
-        guard = Guardrail.fit(
-            lm,
-            tokenizer,
-            sae_spec,
-            forget=corpus_mix(forget, "train"),
-            retain=corpus_mix(retain, "train"),
-            config=config,
-        )
+        if launch is None:
+            guard = Guardrail.fit(
+                lm, tokenizer, sae_spec, forget=forget_spec, retain=retain_spec, config=config
+            )
+        else:
+            guard = fit_data_parallel(
+                lm, tokenizer, sae_spec, forget=forget_spec, retain=retain_spec, config=config
+            )
+            if not launch.is_main:
+                return
         path = guard.save(output)
         console.print(f"guardrail written to [bold]{path}[/bold]")
         _print_summary(guard.summary())
@@ -137,6 +177,19 @@ def inspect(
         typer.echo(json.dumps(summary, indent=2))
         return
     _print_summary(summary)
+
+
+@contextmanager
+def _silenced(enabled: bool) -> Iterator[None]:
+    """stdout and stderr go nowhere inside the block when ``enabled`` (ranks other than 0).
+
+    An error still reaches the user: it is printed after the block, by ``main``.
+    """
+    if not enabled:
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+        yield
 
 
 def _print_summary(summary: dict) -> None:

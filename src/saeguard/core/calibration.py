@@ -20,6 +20,7 @@ from saeguard.config import PromptShape
 from saeguard.core.gate import GateRule, GateStatistic
 from saeguard.core.provenance import TauEstimate
 from saeguard.core.sae import SelectedLatents
+from saeguard.core.statistics import Shard
 from saeguard.hf.corpus import TokenBatch, counted_mask, special_token_ids
 from saeguard.hf.layers import model_device, residual_at
 from saeguard.hf.prompts import encode_prompts
@@ -191,9 +192,17 @@ def prompt_rho(
     batch_size: int = 8,
     description: str = "gate rho",
     show_progress: bool = True,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
-    """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this."""
+    """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this.
+
+    The inputs are the same for any ``shard``; a shard computes only its contiguous
+    block of batches (the blocks in rank order are the whole result, in order).
+    """
     texts = calibration_prompts(documents, tokenizer, shape)
+    if shard is not None:
+        start, stop = shard.span(len(texts), batch_size)
+        texts = texts[start:stop]
     batches = prompt_batches(texts, tokenizer, batch_size, chat=shape.chat)
     return gate_rho(
         model,

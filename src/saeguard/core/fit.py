@@ -9,7 +9,9 @@ of fitting. Results are plain :class:`FitResult` state.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -31,7 +33,7 @@ from saeguard.core.provenance import (
 )
 from saeguard.core.sae import SelectedLatents, load_sae, sae_fingerprint, sae_hook_name, sae_source
 from saeguard.core.selection import select_by_frequency, select_features
-from saeguard.core.statistics import FeatureStatistics, collect_statistics, token_batches
+from saeguard.core.statistics import FeatureStatistics, Shard, collect_statistics, token_batches
 from saeguard.errors import SaeguardError, require
 from saeguard.hf.corpus import CorpusSpec, count_chunks, iter_chunks, iter_documents, special_token_ids
 from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint
@@ -156,8 +158,12 @@ def corpus_statistics(
     *,
     cache: str | Path | None = None,
     show_progress: bool = True,
+    shard: Shard | None = None,
 ) -> FeatureStatistics:
-    """Per-latent statistics of the forget or retain corpus, cached when ``cache`` is set."""
+    """Per-latent statistics of the forget or retain corpus, cached when ``cache`` is set.
+
+    With a ``shard`` only that rank's batches run (the partial sums; may hold no token).
+    """
     docs = inputs.documents(role)
     limit = config.max_forget_chunks if role == "forget" else config.max_retain_chunks
 
@@ -169,12 +175,13 @@ def corpus_statistics(
                 inputs.model,
                 inputs.sae,
                 inputs.layer,
-                batches,
+                batches if shard is None else shard.take(batches),
                 description=f"{role} statistics",
                 total=count_chunks(docs, inputs.tokenizer, config.seq_len, max_chunks=limit)
-                if show_progress
+                if show_progress and shard is None
                 else None,
                 show_progress=show_progress,
+                allow_empty=shard is not None,
             )
 
     if cache is None:
@@ -188,6 +195,7 @@ def corpus_statistics(
             text_fingerprint(docs),
             str(config.seq_len),
             str(limit),
+            *([] if shard is None else [f"shard {shard.rank}/{shard.count}"]),
         ]
     )
     path = Path(cache).expanduser() / f"stats-{key}.safetensors"
@@ -221,8 +229,13 @@ def calibration_rho(
     *,
     statistic: GateStatistic | None = None,
     show_progress: bool = True,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
-    """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus."""
+    """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus.
+
+    The inputs do not depend on ``shard``; a shard computes the rho of its contiguous
+    block of them (:meth:`Shard.span`).
+    """
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
         shape = config.prompt_shape()
@@ -239,9 +252,13 @@ def calibration_rho(
                 batch_size=config.batch_size,
                 description=f"{role} calibration",
                 show_progress=show_progress,
+                shard=shard,
             )
     else:
         chunks = iter_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
+        if shard is not None:
+            total = count_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
+            chunks = islice(chunks, *shard.span(total, config.batch_size))
         batches = token_batches(chunks, tokenizer, config.batch_size)
     with _eval_mode(inputs.model):
         return gate_rho(
@@ -253,7 +270,7 @@ def calibration_rho(
             rule=gate_rule_for(config),
             description=f"{role} calibration",
             total=count_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
-            if show_progress
+            if show_progress and shard is None
             else None,
             show_progress=show_progress,
         )
@@ -267,9 +284,23 @@ def fit_from_statistics(
     *,
     show_progress: bool = True,
     started: float | None = None,
+    shard: Shard | None = None,
+    gather_rho: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
-    """Selection (paper §3.2), calibration of tau (§3.3) and the clamp value (§3.4) for one config."""
+    """Selection (paper §3.2), calibration of tau (§3.3) and the clamp value (§3.4) for one config.
+
+    Data-parallel (``saeguard.distributed``): the statistics are the summed ones, this
+    process computes the calibration rho of its ``shard`` only, and ``gather_rho`` turns
+    that (n_rank,) block into all ranks' (n,) rho in input order.
+
+    Raises:
+        SaeguardError: a ``shard`` without ``gather_rho``, or no retain calibration input.
+    """
     started = time.perf_counter() if started is None else started
+    require(
+        shard is None or shard.count == 1 or gather_rho is not None,
+        "a sharded fit needs gather_rho to collect every rank's calibration rho",
+    )
     if config.selection == "frequency":
         selection = select_by_frequency(
             forget_stats,
@@ -290,11 +321,13 @@ def fit_from_statistics(
     mean_active = [float(v) for v in forget_stats.mean_nonzero[ids]]
     statistic = gate_statistic_for(config.gate_statistic, mean_active)
     retain_rho = calibration_rho(
-        inputs, latents, "retain", config, statistic=statistic, show_progress=show_progress
+        inputs, latents, "retain", config, statistic=statistic, show_progress=show_progress, shard=shard
     )
     forget_rho = calibration_rho(
-        inputs, latents, "forget", config, statistic=statistic, show_progress=show_progress
+        inputs, latents, "forget", config, statistic=statistic, show_progress=show_progress, shard=shard
     )
+    if gather_rho is not None:
+        retain_rho, forget_rho = gather_rho(retain_rho), gather_rho(forget_rho)
     require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
     model = inputs.model
     stats_by_role: dict[CorpusRole, FeatureStatistics] = {"forget": forget_stats, "retain": retain_stats}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 
@@ -25,8 +25,10 @@ R = TypeVar("R", bound="_Record")
 class _Record:
     """``to_dict``/``from_dict`` for flat dataclasses of JSON scalars and lists."""
 
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls: type[R], data: Any, where: str) -> R:
@@ -34,7 +36,7 @@ class _Record:
         require(isinstance(data, dict), f"{where} must be a JSON object, got {type(data).__name__}")
         hints = type_hints(cls)
         values = {}
-        for spec in fields(cls):  # type: ignore[arg-type]
+        for spec in fields(cls):
             if spec.name not in data:
                 require(
                     spec.default is not dataclasses.MISSING

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file
@@ -23,6 +25,42 @@ from saeguard.io import write_bytes_atomic
 from saeguard.progress import progress_bar
 
 _TOKEN_CHUNK = 4096
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which batches this process runs in a data-parallel fit: rank ``rank`` of ``count`` processes.
+
+    Every process builds the same batches as a single process would; a shard only
+    chooses which of them it runs, so the ranks together do exactly the
+    single-process work (``saeguard.distributed`` sums and gathers the results).
+
+    Raises:
+        SaeguardError: ``rank`` outside ``0..count-1``.
+    """
+
+    rank: int
+    count: int
+
+    def __post_init__(self) -> None:
+        require(
+            0 <= self.rank < self.count, f"shard rank {self.rank} is outside 0..{self.count - 1}: fix RANK"
+        )
+
+    def take(self, batches: Iterable[T]) -> Iterator[T]:
+        """Batches ``rank``, ``rank + count``, ...: for sums, where order does not matter (streams)."""
+        return islice(batches, self.rank, None, self.count)
+
+    def span(self, total: int, step: int) -> tuple[int, int]:
+        """``[start, stop)``: this rank's contiguous block of ``total`` items, cut at multiples of ``step``.
+
+        The blocks in rank order are items ``0..total`` in order, and each starts on a
+        batch boundary (``step`` = batch size), so every batch is the single-process one.
+        """
+        batches = -(-total // step)
+        first, last = batches * self.rank // self.count, batches * (self.rank + 1) // self.count
+        return min(first * step, total), min(last * step, total)
 
 
 @dataclass
@@ -139,12 +177,14 @@ def collect_statistics(
     description: str = "statistics",
     total: int | None = None,
     show_progress: bool = True,
+    allow_empty: bool = False,
 ) -> FeatureStatistics:
     """Mean, mean square and firing frequency of every latent over counted tokens.
 
     Runs ``model`` only up to block ``layer`` and encodes the counted tokens'
     residuals with the full ``sae`` in chunks of at most 4,096 tokens; nothing
-    dense is kept (docs/method.md §2.1).
+    dense is kept (docs/method.md §2.1). ``allow_empty``: a shard of a data-parallel
+    fit may hold no counted token (the check then runs on the summed statistics).
 
     Raises:
         SaeguardError: non-finite activations at ``layer``, or no counted token at all.
@@ -165,7 +205,7 @@ def collect_statistics(
             stats.sequence_count += int(batch.input_ids.shape[0])
             advance(int(batch.input_ids.shape[0]))
     require(
-        stats.token_count > 0,
+        allow_empty or stats.token_count > 0,
         f"{description}: the corpus has no document with at least 2 tokens: give it real text",
     )
     return stats

@@ -72,8 +72,8 @@ class Framing:
         message = self.message(text)
         require(
             not self.breaks or self.breaks[-1] < len(message),
-            f"turn break {self.breaks[-1] if self.breaks else 0} is past the end of the {len(message)}-character "
-            "message",
+            f"turn break {self.breaks[-1] if self.breaks else 0} is past the end of the "
+            f"{len(message)}-character message: cut inside the message",
         )
         cuts = [0, *self.breaks, len(message)]
         turns: list[dict[str, str]] = []

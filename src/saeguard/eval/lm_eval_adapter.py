@@ -72,7 +72,7 @@ def guarded_lm(
     _check_judge(judge)
     hflm = _hflm_class()
 
-    class GuardedHFLM(hflm):  # type: ignore[misc, valid-type]
+    class GuardedHFLM(hflm):  # type: ignore[misc, valid-type]  # lm-eval is optional: imported at call time
         """HFLM that attaches a saeguard guard around each request batch."""
 
         def __init__(self) -> None:

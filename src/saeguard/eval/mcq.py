@@ -40,6 +40,7 @@ from saeguard.eval.items import (
     option_ids,
     shared_prompt,
 )
+from saeguard.eval.score import wilson_interval
 from saeguard.hf.corpus import TokenBatch, counted_mask, pad_batch, pad_token_id, special_token_ids
 from saeguard.hf.fingerprint import model_identity
 from saeguard.hf.layers import model_device
@@ -103,6 +104,8 @@ class McqResult:
     predictions: list[McqPrediction] = field(default_factory=list)
     reused_base: int = 0  # items whose prediction was taken from the unguarded run (not flagged)
     seconds: float = 0.0
+    n_correct: int = 0  # questions answered correctly: accuracy = n_correct / n_items
+    accuracy_interval: list[float] = field(default_factory=list)  # Wilson 95% [low, high] of accuracy
     kind: str = "saeguard-mcq"
     version: int = 1
 
@@ -311,7 +314,9 @@ def score_items(
         with guard.attached(model) if guard is not None else nullcontext() as hook:
             if hook is not None:
                 hook.recording = True
-            with progress_bar(description, total=len(items), enabled=show_progress) as advance:
+            with progress_bar(
+                description, total=len(items), unit="questions", enabled=show_progress
+            ) as advance:
                 for start in range(0, len(items), config.batch_size):
                     batch = items[start : start + config.batch_size]
                     out.extend(scorer(model, tokenizer, batch, config, hook))
@@ -396,9 +401,16 @@ def evaluate_mcq(
         )
     else:
         predictions = score_items(
-            model, tokenizer, items, config, guard=guard, show_progress=show_progress, description=dataset
+            model,
+            tokenizer,
+            items,
+            config,
+            guard=guard,
+            show_progress=show_progress,
+            description=f"scoring {dataset}{' (guarded)' if guard is not None else ''}",
         )
     flags = [p.flagged for p in predictions if p.flagged is not None]
+    n_correct = sum(p.correct for p in predictions)
     result = McqResult(
         dataset=dataset,
         dataset_fingerprint=items_fingerprint(items),
@@ -406,11 +418,13 @@ def evaluate_mcq(
         model=model_identity(model),
         guard=guard_identity(guard),
         n_items=len(items),
-        accuracy=sum(p.correct for p in predictions) / len(predictions),
+        accuracy=n_correct / len(predictions),
         flagged_fraction=(sum(flags) / len(flags)) if guard is not None else None,
         predictions=predictions,
         reused_base=reused,
         seconds=time.perf_counter() - started,
+        n_correct=n_correct,
+        accuracy_interval=list(wilson_interval(n_correct, len(predictions))),
     )
     if output is not None:
         result.save(output)
@@ -431,7 +445,13 @@ def _reuse_base(model, tokenizer, items, guard, config, base: McqResult, show_pr
     chosen = [it for it, f in zip(items, flagged.tolist(), strict=True) if f]
     rescored = iter(
         score_items(
-            model, tokenizer, chosen, config, guard=guard, show_progress=show_progress, description=dataset
+            model,
+            tokenizer,
+            chosen,
+            config,
+            guard=guard,
+            show_progress=show_progress,
+            description=f"scoring {dataset} (guarded, the questions the gate flagged)",
         )
     )
     out = []

@@ -19,6 +19,34 @@ from saeguard.io import write_json
 UTILITY_THRESHOLD = 0.99
 
 
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the accuracy ``correct / total`` (scipy's binomtest).
+
+    Wilson (1927) rather than the normal approximation: it stays inside [0, 1]
+    and is sane at 0% and 100%, where small known sets often sit.
+
+    Returns:
+        ``(low, high)`` as fractions in [0, 1].
+
+    Raises:
+        SaeguardError: ``total`` < 1 or ``correct`` outside 0..total.
+    """
+    require(total >= 1, f"an accuracy interval needs at least one item, got {total}")
+    require(0 <= correct <= total, f"correct must be within 0..{total}, got {correct}")
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(correct), int(total)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def format_accuracy(correct: int, total: int) -> str:
+    """``41/67 = 61.2% [49.2-72.0]``: count, accuracy and Wilson 95% interval; ``-`` for no items."""
+    if total < 1:
+        return "-"
+    low, high = wilson_interval(correct, total)
+    return f"{correct}/{total} = {100 * correct / total:.1f}% [{100 * low:.1f}-{100 * high:.1f}]"
+
+
 @dataclass
 class Outcome:
     """One configuration's forget and pooled utility accuracy."""

@@ -105,6 +105,12 @@ class Scores:
         items = sum(s.n_items for s in chosen)
         return sum(s.correct for s in chosen) / items if items else None
 
+    def flagged(self, names: Sequence[str]) -> float | None:
+        """Share of the items of the sets ``names`` some gate flagged (None: no guard or no items)."""
+        chosen = [self.sets[n] for n in names if n in self.sets and self.sets[n].flagged is not None]
+        items = sum(s.n_items for s in chosen)
+        return sum(s.n_items * (s.flagged or 0.0) for s in chosen) / items if items else None
+
     def items(self, names: Sequence[str]) -> int:
         return sum(self.sets[n].n_items for n in names if n in self.sets)
 

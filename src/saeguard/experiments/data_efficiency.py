@@ -71,8 +71,10 @@ class DataEfficiencyConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     rmu_fractions: list[float] | None = field(default_factory=lambda: [0.05, 0.25, 1.0])  # None: all
     rmu: dict[str, Any] = field(
-        default_factory=lambda: {"steering_coeff": 100, "alpha": 10, "layer": 3, "steps": 40}
-        | {"batch_size": 4, "seq_len": 128, "learning_rate": 5e-5}
+        default_factory=lambda: (
+            {"steering_coeff": 100, "alpha": 10, "layer": 3, "steps": 40}
+            | {"batch_size": 4, "seq_len": 128, "learning_rate": 5e-5}
+        )
     )
     fit: FitConfig = field(default_factory=experiment_fit)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -253,9 +255,13 @@ def run_data_efficiency(
     run = _Run(model, tokenizer, sae, config, harness, forget, retain, context, cache_dir, show_progress)
     points = config.points()
     counts = run_grid(
-        records, points, evaluate=run.evaluate, failed=run.failed, description="data-efficiency",
+        records,
+        points,
+        evaluate=run.evaluate,
+        failed=run.failed,
+        description="data-efficiency",
         show_progress=show_progress,
-    )  # fmt: skip
+    )
     ordered = [records.done[p.key] for p in points]
     result = ExperimentResult(
         experiment="data-efficiency",
@@ -282,14 +288,14 @@ def run_data_efficiency(
         summary="Forget and utility accuracy of DSG and RMU fitted on a fraction of the forget documents, "
         "with the spread over seeds.",
         sections=[_table(ordered, config)],
-        figures={"data-efficiency.png": (_plot(ordered, config), "Accuracy against the forget-data fraction")},
+        figures={
+            "data-efficiency.png": (_plot(ordered, config), "Accuracy against the forget-data fraction")
+        },
     )
     return result
 
 
-def summary(
-    records: list[DataRecord], method: str, sets: list[str]
-) -> dict[float, tuple[float, float, int]]:
+def summary(records: list[DataRecord], method: str, sets: list[str]) -> dict[float, tuple[float, float, int]]:
     """Per fraction: mean and standard deviation of the pooled accuracy over seeds, and the seed count."""
     out: dict[float, list[float]] = {}
     for r in records:
@@ -309,22 +315,45 @@ def headlines(records: list[DataRecord], config: DataEfficiencyConfig) -> list[H
         gap = forget[fraction][0] - forget[1.0][0]
         target = f"<= {config.target_points:g} above full data" if fraction == 0.05 else ""
         out.append(
-            Headline(f"dsg: forget accuracy at {fraction:g} minus full data", gap, target,
-                     gap <= config.target_points if target else None)
-        )  # fmt: skip
-        out.append(Headline(f"dsg: utility at {fraction:g} minus full data", utility[fraction][0] - utility[1.0][0]))
+            Headline(
+                f"dsg: forget accuracy at {fraction:g} minus full data",
+                gap,
+                target,
+                gap <= config.target_points if target else None,
+            )
+        )
+        out.append(
+            Headline(f"dsg: utility at {fraction:g} minus full data", utility[fraction][0] - utility[1.0][0])
+        )
     return out
 
 
 def _table(records: list[DataRecord], config: DataEfficiencyConfig) -> Section:
-    header = ["method", "fraction", "seed", "documents", "forget acc", "utility acc", "forget flagged", "error"]
+    header = [
+        "method",
+        "fraction",
+        "seed",
+        "documents",
+        "forget acc",
+        "utility acc",
+        "forget flagged",
+        "error",
+    ]
     rows = []
     for r in records:
-        flagged = r.scores.sets[config.forget_mcq[0]].flagged if r.scores else None
+        flagged = r.scores.flagged(config.forget_mcq) if r.scores else None
         rows.append(
-            [r.method, f"{r.fraction:g}", str(r.seed), str(r.documents), accuracy_cell(r.scores, config.forget_mcq),
-             accuracy_cell(r.scores, config.utility_mcq), num(flagged), r.error or ""]
-        )  # fmt: skip
+            [
+                r.method,
+                f"{r.fraction:g}",
+                str(r.seed),
+                str(r.documents),
+                accuracy_cell(r.scores, config.forget_mcq),
+                accuracy_cell(r.scores, config.utility_mcq),
+                num(flagged),
+                r.error or "",
+            ]
+        )
     return Section("Every point", blocks=[Table(header, rows, caption="n = known items.")])
 
 
@@ -335,8 +364,14 @@ def _plot(records: list[DataRecord], config: DataEfficiencyConfig) -> Figure:
         for method in config.methods:
             stats = summary(records, method, sets)
             xs = list(stats)
-            ax.errorbar(xs, [m for m, _, _ in stats.values()], yerr=[s for _, s, _ in stats.values()],
-                        marker="o", capsize=3, label=method)  # fmt: skip
+            ax.errorbar(
+                xs,
+                [m for m, _, _ in stats.values()],
+                yerr=[s for _, s, _ in stats.values()],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         if title == "forget":
             ax.axhline(CHANCE, color="gray", lw=0.8, ls=":", label="chance")
         ax.set_xscale("log")

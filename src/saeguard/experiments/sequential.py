@@ -358,13 +358,13 @@ def _table(records: list[SequentialRecord], config: SequentialConfig) -> Section
     header = ["method", "step", *[t.name for t in config.topics], "utility", "utility flagged", "error"]
     rows = []
     for r in records:
-        flagged = r.scores.sets[config.utility_mcq[0]].flagged if r.scores and config.utility_mcq else None
+        flagged = r.scores.flagged(config.utility_mcq) if r.scores else None
         cells = [accuracy_cell(r.scores, [t.mcq]) for t in config.topics]
         rows.append(
             [r.method, str(r.step), *cells, accuracy_cell(r.scores, config.utility_mcq)]
             + [num(flagged), r.error or ""]
         )
-    caption = "Accuracy on known items (n = items); 'utility flagged': share of the first kept set flagged."
+    caption = "Accuracy on known items (n = items); 'utility flagged': share of kept-subject questions flagged."
     return Section("Every step", blocks=[Table(header, rows, caption=caption)])
 
 
@@ -385,6 +385,6 @@ def _plot(records: list[SequentialRecord], config: SequentialConfig) -> Figure:
         ax.set_xlabel("requests so far")
         ax.set_xticks(range(1, len(config.topics) + 1))
         ax.set_ylim(-0.02, 1.05)
-    axes[0].set_ylabel("accuracy on known items")
+    axes[0].set_ylabel("accuracy")
     axes[-1].legend(fontsize=7, loc="lower right")
     return fig

@@ -220,15 +220,22 @@ def trace_page(trace: LatentTrace, nav: Sequence[Link] = ()) -> Page:
         ],
     )
     clamped = sum(trace.clamped)
+    reach = Tokens(
+        label="clamped",
+        tokens=t.tokens,
+        weights=[1.0 if c else 0.0 for c in trace.clamped],
+        notes=["clamped" if c else "" for c in trace.clamped],
+    )
     section = Section(
         f"Decision: {decision}",
         paragraphs=[
             f"rho = {_num(t.rho)} against tau = {_num(t.tau)} ({t.statistic} statistic): the prompt is "
             f"{decision}. {len(counted)} of {len(t.tokens)} tokens count; the clamp rewrote {clamped} "
             f"(scope {trace.clamp_scope}, value -{_num(trace.clamp_value)}).",
-            "Shading: each token's gate evidence (hover for the latents active on it).",
+            "Shading: each token's gate evidence (hover for the latents active on it), then the tokens "
+            "the clamp rewrote.",
         ],
-        blocks=[line]
+        blocks=[line, reach]
         + (
             [
                 Table(

@@ -81,9 +81,7 @@ def trace_prompt(
         hook.reset()
         hook.recording = True
         try:
-            model(
-                input_ids=encoded.input_ids.to(device), attention_mask=encoded.attention_mask.to(device)
-            )
+            model(input_ids=encoded.input_ids.to(device), attention_mask=encoded.attention_mask.to(device))
             record = hook.records[0]
             history = thread_store().histories[hook]
         finally:

@@ -11,13 +11,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from saeguard.baselines import SMALL_GRIDS
-from saeguard.config import Clamp, FitConfig
+from saeguard.config import Clamp, FitConfig, GateMode, SelectionMethod
 from saeguard.errors import require
 from saeguard.eval.items import Scorer
-from saeguard.eval.known import KnownConfig
+from saeguard.eval.known import KnownConfig, Orderings
 from saeguard.eval.mcq import McqConfig
 from saeguard.eval.score import Outcome, unlearning_score
 from saeguard.eval.text import TextConfig
@@ -27,9 +27,18 @@ from saeguard.runs.sweep import DatasetMetrics
 GUARD_METHODS = ("dsg", "static", "ungated")
 GRADIENT_METHODS = ("ga", "graddiff", "npo", "rmu")
 METHODS = GUARD_METHODS + GRADIENT_METHODS
+
+
+class GuardFit(TypedDict):
+    """The FitConfig settings that make an SAE method: how latents are chosen, whether a gate decides."""
+
+    selection: SelectionMethod
+    gate: GateMode
+
+
 #: How each SAE method drives the core: Farrell et al.'s static clamp selects by firing
 #: frequency and clamps wherever a latent fires; "ungated" is DSG's selection without the gate.
-GUARD_FIT = {
+GUARD_FIT: dict[str, GuardFit] = {
     "dsg": {"selection": "fisher", "gate": "dynamic"},
     "static": {"selection": "frequency", "gate": "always"},
     "ungated": {"selection": "fisher", "gate": "always"},
@@ -137,7 +146,7 @@ class CompareConfig:
     eval_chunks: int = 16  # per held-out corpus, for perplexity
     scorer: Scorer = "cloze"
     known_filter: bool = True  # evaluate on the known items of each set (SAEBench)
-    known_permutations: str = "all"  # "cyclic": the 4 rotations instead of the 24 orders (6x cheaper)
+    known_permutations: Orderings = "all"  # "cyclic": the 4 rotations instead of the 24 orders (6x cheaper)
     utility_threshold: float = 0.99
     train_device: str = "auto"
 
@@ -168,7 +177,7 @@ class CompareConfig:
         )
 
     def known_config(self) -> KnownConfig:
-        return KnownConfig(mcq=self.mcq_config(), permutations=self.known_permutations)  # type: ignore[arg-type]
+        return KnownConfig(mcq=self.mcq_config(), permutations=self.known_permutations)
 
     @classmethod
     def quick(cls) -> CompareConfig:

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from saeguard.core.guardrail import Guardrail
-from saeguard.hf.layers import max_positions
+from saeguard.hf.layers import config_value, max_positions
 from saeguard.server.schemas import ErrorBody, ErrorResponse, Policy
 
 NO_GUARD = "none"
@@ -79,7 +79,7 @@ class Served:
 
     def __post_init__(self) -> None:
         self.positions = max_positions(self.model)
-        self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
+        self.vocab_size = config_value(self.model, ("vocab_size",)) or len(self.tokenizer)
         self.special_ids = set(self.tokenizer.all_special_ids)
 
     def aliases(self) -> list[str]:
@@ -154,6 +154,14 @@ class Served:
         if room is not None and wanted > room:
             if requested is None and room >= max(minimum, 1):
                 return room
+            if requested is None:
+                raise ApiError(
+                    400,
+                    f"{prompt_param}: the prompt has {prompt_tokens} tokens, which leaves no room to "
+                    f"generate in the model's {self.positions} positions; shorten the prompt",
+                    param=prompt_param,
+                    code="context_length_exceeded",
+                )
             raise ApiError(
                 400,
                 f"{prompt_param}: the prompt has {prompt_tokens} tokens and {param} is {wanted}: together "

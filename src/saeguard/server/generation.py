@@ -90,7 +90,9 @@ class _Cancelled(StoppingCriteria):
         self.event = event
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class _PromptWatch:
@@ -149,7 +151,9 @@ def _applied(model: nn.Module, hooks: Sequence[tuple[str, GateHook]], job: Job) 
                 hook.reset()
 
 
-def _reports(hooks: Sequence[tuple[str, GateHook]], records: dict[str, list[GateRecord]]) -> list[GuardReport]:
+def _reports(
+    hooks: Sequence[tuple[str, GateHook]], records: dict[str, list[GateRecord]]
+) -> list[GuardReport]:
     """Each guard's decision on the row, as :func:`row_decisions` reads ``Guardrail.generate``'s records."""
     reports = []
     for name, hook in hooks:
@@ -310,7 +314,9 @@ def run_job(
     generated = [int(t) for t in output.sequences[0, len(job.ids) :]]
     text, stopped = cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True), job.stop)
     ended = bool(generated) and generated[-1] in _eos_ids(model, tokenizer)
-    finish: FinishReason = "length" if len(generated) >= job.max_new_tokens and not (stopped or ended) else "stop"
+    finish: FinishReason = (
+        "length" if len(generated) >= job.max_new_tokens and not (stopped or ended) else "stop"
+    )
     scores = None
     if job.logprobs is not None:
         log_probs = torch.log_softmax(torch.cat(list(output.logits)).float(), -1).cpu()

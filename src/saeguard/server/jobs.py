@@ -84,15 +84,10 @@ def chat_job(served: Served, body: ChatCompletionRequest) -> Job:
 def _prompt_ids(served: Served, body: CompletionRequest) -> list[list[int]]:
     """The request's prompts as token ids (text gets the tokenizer's special tokens, e.g. BOS)."""
     prompt = body.prompt
-    if isinstance(prompt, str):
-        texts: list[str] | None = [prompt]
-    elif prompt and all(isinstance(p, str) for p in prompt):
-        texts = [str(p) for p in prompt]
-    else:
-        texts = None
-    if texts is not None:
-        return [encode_prompt(served.tokenizer, text, chat=False)[0] for text in texts]
-    rows = [list(p) for p in prompt] if prompt and isinstance(prompt[0], list) else [list(prompt)]
+    items: list = [prompt] if isinstance(prompt, str) else list(prompt)
+    if items and all(isinstance(p, str) for p in items):
+        return [encode_prompt(served.tokenizer, text, chat=False)[0] for text in items]
+    rows: list[list[int]] = [list(p) for p in items] if items and isinstance(items[0], list) else [items]
     for row in rows:
         for token in row:
             if not isinstance(token, int) or not 0 <= token < served.vocab_size:
@@ -118,7 +113,9 @@ def completion_jobs(served: Served, body: CompletionRequest) -> list[Job]:
         raise ApiError(400, "prompt must be non-empty text or token ids", param="prompt")
     if len(rows) > served.settings.max_prompts:
         raise ApiError(
-            400, f"prompt holds {len(rows)} prompts; this server takes {served.settings.max_prompts}", "prompt"
+            400,
+            f"prompt holds {len(rows)} prompts; this server takes {served.settings.max_prompts}",
+            param="prompt",
         )
     if body.stream and (len(rows) > 1 or body.echo or body.logprobs is not None):
         raise ApiError(400, "stream takes one prompt, without echo or logprobs", param="stream")

@@ -18,7 +18,10 @@ class Metrics:
     def __init__(self, guards: Iterable[str], queue_depth: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "saeguard_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+            "saeguard_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "saeguard_request_seconds",
@@ -28,15 +31,23 @@ class Metrics:
             registry=self.registry,
         )
         self.decisions = Counter(
-            "saeguard_guard_decisions", "Prompts judged, by guard and decision", ["guard", "flagged"],
+            "saeguard_guard_decisions",
+            "Prompts judged, by guard and decision",
+            ["guard", "flagged"],
             registry=self.registry,
         )
         self.flagged_fraction = Gauge(
-            "saeguard_guard_flagged_fraction", "Fraction of judged prompts a guard flagged", ["guard"],
+            "saeguard_guard_flagged_fraction",
+            "Fraction of judged prompts a guard flagged",
+            ["guard"],
             registry=self.registry,
         )
-        self.refusals = Counter("saeguard_refusals", "Requests answered with the refusal", registry=self.registry)
-        queue = Gauge("saeguard_queue_depth", "Requests running or waiting for a worker", registry=self.registry)
+        self.refusals = Counter(
+            "saeguard_refusals", "Requests answered with the refusal", registry=self.registry
+        )
+        queue = Gauge(
+            "saeguard_queue_depth", "Requests running or waiting for a worker", registry=self.registry
+        )
         queue.set_function(queue_depth)
         self._counts = {name: [0, 0] for name in guards}  # flagged, judged
         self._lock = threading.Lock()

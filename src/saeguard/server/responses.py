@@ -87,7 +87,9 @@ def _chat_logprobs(scores: list[TokenScore], text: Texts) -> ChoiceLogprobs:
                 token=text(s.token_id),
                 logprob=s.logprob,
                 bytes=list(text(s.token_id).encode()),
-                top_logprobs=[TopLogprob(token=text(i), logprob=v, bytes=list(text(i).encode())) for i, v in s.top],
+                top_logprobs=[
+                    TopLogprob(token=text(i), logprob=v, bytes=list(text(i).encode())) for i, v in s.top
+                ],
             )
             for s in scores
         ]
@@ -102,7 +104,9 @@ def chat_completion(model: str, job: Job, outcome: Outcome, text: Texts) -> Chat
         id=new_id("chatcmpl"),
         created=now(),
         model=model,
-        choices=[ChatChoice(index=0, message=message, finish_reason=outcome.finish_reason, logprobs=logprobs)],
+        choices=[
+            ChatChoice(index=0, message=message, finish_reason=outcome.finish_reason, logprobs=logprobs)
+        ],
         usage=_usage(len(job.ids), len(outcome.token_ids)),
         saeguard=saeguard_info(job.policy, [(outcome.reports, outcome.refused)]),
     )
@@ -127,7 +131,9 @@ def _completion_logprobs(job: Job, outcome: Outcome, prompt_text: str, text: Tex
     )
 
 
-def completion(model: str, jobs: Sequence[Job], outcomes: Sequence[Outcome], echo: bool, text: Texts) -> Completion:
+def completion(
+    model: str, jobs: Sequence[Job], outcomes: Sequence[Outcome], echo: bool, text: Texts
+) -> Completion:
     """The body of a non-streamed completion, one choice per prompt."""
     choices = []
     for index, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):

@@ -89,7 +89,7 @@ class GuardReport(BaseModel):
     rho: float
     tau: float
     flagged: bool
-    flipped_at: int | None = Field(None, description="generated token where a passed prompt flipped")
+    flipped_at: int | None = None  # the generated token where a passed prompt's gate flipped
 
 
 class ChoiceDecision(BaseModel):

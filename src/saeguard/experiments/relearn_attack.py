@@ -1,0 +1,259 @@
+"""The relearning attack's machinery: the fine-tuning run with checkpoints, and what each measures.
+
+One fine-tuning run per (start model, learning rate) through the baselines' training loop
+(``baselines.training.train_loop``) with a plain next-token loss on forget text; the forget
+batch stream calls back before serving step s, so the weights are measured after exactly s
+updates without a second loop. Each checkpoint records the harness's scores, the held-out
+forget NLL and the drift of the guard layer's residual from the original weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saeguard.baselines import TrainConfig, grid_configs, unlearn
+from saeguard.baselines.likelihood import mean_nll
+from saeguard.baselines.training import make_cyclers, prepare_trainable, seed_everything, train_loop
+from saeguard.core.guardrail import Guardrail
+from saeguard.core.hooks import GateHook
+from saeguard.errors import require
+from saeguard.experiments.common import Harness, Scores, scores_or_none, train_device
+from saeguard.hf.corpus import TokenBatch
+from saeguard.hf.layers import model_device, residual_at
+
+if TYPE_CHECKING:
+    from saeguard.experiments.relearn import RelearnConfig
+
+VARIANTS = ("unguarded", "test-time-dsg", "train-time-dsg", "rmu")
+#: Which fine-tuning run measures each variant: the unguarded and test-time rows share one.
+RUN_OF = {"unguarded": "plain", "test-time-dsg": "plain", "train-time-dsg": "train-time", "rmu": "rmu"}
+
+
+@dataclass(frozen=True)
+class RelearnPoint:
+    variant: str
+    learning_rate: float
+    step: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}:lr={self.learning_rate:g},step={self.step}"
+
+
+@dataclass
+class Drift:
+    """The residual at the guard's layer on held-out forget tokens, fine-tuned vs original weights."""
+
+    cosine: float  # mean per-token cosine similarity
+    norm_ratio: float  # mean per-token ||h_tuned|| / ||h_original||
+    latent_activation_ratio: float  # selected latents' summed activation, tuned / original
+    firing_overlap: float  # Jaccard of the tokens where some selected latent fires
+
+
+@dataclass
+class RelearnRecord:
+    """One variant at one checkpoint of one learning rate."""
+
+    key: str
+    context: str
+    variant: str
+    learning_rate: float
+    step: int
+    scores: Scores | None = None
+    forget_nll: float | None = None  # held-out forget text, the model without any guard
+    drift: Drift | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    kind: str = "saeguard-relearn-record"
+    version: int = 1
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RelearnRecord:
+        drift = data.get("drift")
+        return cls(
+            **(
+                dict(data)
+                | {"scores": scores_or_none(data.get("scores")), "drift": Drift(**drift) if drift else None}
+            )
+        )
+
+
+def relearn_loss(
+    model: nn.Module, forget: TokenBatch, _retain: TokenBatch
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The attack's loss: plain next-token NLL of the forget batch (the retain batch is unused)."""
+    nll = mean_nll(model, forget)
+    return nll, {"forget_nll": float(nll.detach())}
+
+
+class CheckpointStream(Iterator[TokenBatch]):
+    """Batches for ``train_loop`` that call ``at_step(s)`` before serving step s's batch, s in ``steps``.
+
+    ``train_loop`` draws one batch per step after the previous optimiser step, so the
+    callback sees the weights after exactly s updates.
+    """
+
+    def __init__(
+        self, batches: Iterator[TokenBatch], steps: set[int], at_step: Callable[[int], None]
+    ) -> None:
+        self.batches, self.steps, self.at_step, self.served = batches, steps, at_step, 0
+
+    def __next__(self) -> TokenBatch:
+        if self.served in self.steps:
+            self.at_step(self.served)
+        self.served += 1
+        return next(self.batches)
+
+
+@dataclass
+class Attack:
+    """The model, harness, guard and texts of one relearning experiment; ``prepare`` runs one group."""
+
+    model: nn.Module
+    tokenizer: Any
+    config: RelearnConfig
+    harness: Harness
+    guard: Guardrail | None
+    forget_docs: list[str]
+    relearn_docs: list[str]
+    retain_docs: list[str]
+    heldout: list[TokenBatch]
+    context: str
+    say: Callable[[str], None]
+    reference: list[torch.Tensor] = field(default_factory=list)  # original residuals on ``heldout``
+    rmu_model: nn.Module | None = None
+
+    def start_model(self, run: str) -> nn.Module:
+        if run != "rmu":
+            return self.model
+        if self.rmu_model is None:
+            self.say("unlearning with RMU before the attack")
+            base = TrainConfig(seed=self.config.fit.seed, device=train_device(self.model))
+            method = grid_configs("rmu", {k: [v] for k, v in self.config.rmu.items()}, base=base)[0]
+            self.rmu_model, _ = unlearn(
+                copy.deepcopy(self.model), self.tokenizer, "rmu", self.forget_docs, self.retain_docs, method
+            )
+        return self.rmu_model
+
+    def prepare(self, members: list[RelearnPoint]) -> dict[str, RelearnRecord]:
+        """One fine-tuning run for the group's variants; every wanted checkpoint measured on the way."""
+        run, rate = RUN_OF[members[0].variant], members[0].learning_rate
+        wanted = {(p.variant, p.step) for p in members}
+        steps = max(p.step for p in members)
+        train = replace(
+            TrainConfig(seed=self.config.fit.seed, device=train_device(self.model)),
+            learning_rate=rate,
+            **self.config.train,
+        )
+        train = replace(train, steps=max(steps, 1)).validate()
+        seed_everything(train.seed)
+        tuned = copy.deepcopy(self.start_model(run)).to(train.torch_device(), train.torch_dtype())
+        forget_batches, retain_batches = make_cyclers(
+            self.tokenizer, self.relearn_docs, self.retain_docs, train
+        )
+        tuned, params = prepare_trainable(tuned, train)
+        hooks: list[GateHook] = []
+        records: dict[str, RelearnRecord] = {}
+
+        def checkpoint(step: int) -> None:
+            for hook in hooks:
+                hook.detach()
+            hooks.clear()
+            for variant in (v for v in self.config.variants if RUN_OF[v] == run and (v, step) in wanted):
+                point = RelearnPoint(variant, rate, step)
+                self.say(f"{point.key}: measuring")
+                records[point.key] = self.measure(point, tuned)
+            if run == "train-time" and self.guard is not None:
+                hooks.append(self.guard.attach(tuned))
+
+        self.say(f"{run} fine-tuning at lr {rate:g} for {steps} steps")
+        if steps == 0:
+            checkpoint(0)
+            return records
+        stream = CheckpointStream(forget_batches, {s for _, s in wanted}, checkpoint)
+        try:
+            if run == "train-time" and self.guard is not None and 0 not in {s for _, s in wanted}:
+                hooks.append(self.guard.attach(tuned))
+            train_loop(tuned, params, stream, retain_batches, relearn_loss, train, method="relearn")
+            checkpoint(steps)
+        finally:
+            for hook in hooks:
+                hook.detach()
+        return records
+
+    def measure(self, point: RelearnPoint, tuned: nn.Module) -> RelearnRecord:
+        started = time.perf_counter()
+        guarded = point.variant in ("test-time-dsg", "train-time-dsg")
+        require(not guarded or self.guard is not None, f"{point.variant} needs an SAE: pass one (--sae DIR)")
+        guards = [self.guard] if guarded and self.guard is not None else []
+        scores = self.harness.score(guards, model=tuned, names=["dsg"] * len(guards))
+        return RelearnRecord(
+            point.key,
+            self.context,
+            point.variant,
+            point.learning_rate,
+            point.step,
+            scores,
+            forget_nll=self.nll(tuned),
+            drift=self.drift(tuned),
+            seconds=time.perf_counter() - started,
+        )
+
+    @torch.no_grad()
+    def nll(self, model: nn.Module) -> float:
+        device = model_device(model)
+        moved = [
+            TokenBatch(b.input_ids.to(device), b.attention_mask.to(device), b.counted.to(device))
+            for b in self.heldout
+        ]
+        was_training = model.training
+        model.eval()
+        values = [(float(mean_nll(model, b)), int(b.counted[:, 1:].sum())) for b in moved]
+        model.train(was_training)
+        return sum(v * n for v, n in values) / max(1, sum(n for _, n in values))
+
+    @torch.no_grad()
+    def drift(self, model: nn.Module) -> Drift | None:
+        if self.guard is None:
+            return None
+        device = model_device(model)
+        latents = self.guard.latents.to(device)
+        if not self.reference:
+            self.reference = [self._residual(self.model, b) for b in self.heldout]
+        cosine = norm = before_act = after_act = 0.0
+        both = either = tokens = 0
+        for batch, original in zip(self.heldout, self.reference, strict=True):
+            tuned = self._residual(model, batch)
+            cosine += float(F.cosine_similarity(tuned, original, dim=-1).sum())
+            norm += float((tuned.norm(dim=-1) / original.norm(dim=-1).clamp(min=1e-12)).sum())
+            before, after = latents.activations(original.to(device)), latents.activations(tuned.to(device))
+            before_act, after_act = before_act + float(before.sum()), after_act + float(after.sum())
+            fired_before, fired_after = (before > 0).any(-1), (after > 0).any(-1)
+            both += int((fired_before & fired_after).sum())
+            either += int((fired_before | fired_after).sum())
+            tokens += int(original.shape[0])
+        return Drift(
+            cosine / tokens, norm / tokens, after_act / max(before_act, 1e-12), both / max(either, 1)
+        )
+
+    def _residual(self, model: nn.Module, batch: TokenBatch) -> torch.Tensor:
+        """(counted tokens, d) float32 residual after the guard's layer."""
+        assert self.guard is not None
+        device = model_device(model)
+        hidden = residual_at(
+            model, self.guard.layer, batch.input_ids.to(device), batch.attention_mask.to(device)
+        )
+        return hidden[batch.counted.to(device)].float()
+
+    def failed(self, point: RelearnPoint, error: str) -> RelearnRecord:
+        return RelearnRecord(
+            point.key, self.context, point.variant, point.learning_rate, point.step, error=error
+        )

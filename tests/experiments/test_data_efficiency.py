@@ -1,0 +1,78 @@
+"""Data efficiency: fractions and seeds are recorded; the 100% point is the full-data fit exactly."""
+
+from __future__ import annotations
+
+import math
+
+from saeguard import Guardrail
+from saeguard.experiments.common import load_documents
+from saeguard.experiments.data_efficiency import DataEfficiencyConfig, run_data_efficiency, subset
+from saeguard.testing import FORGET_WORDS, corpus
+
+from .conftest import UTILITY_WORDS
+
+
+def test_subset_draws_a_seeded_ordered_share_and_everything_at_one():
+    docs = [f"doc {i}" for i in range(40)]
+    assert subset(docs, 1.0, 3) == docs
+    part = subset(docs, 0.1, 0)
+    assert len(part) == 4 and part == sorted(part, key=docs.index)
+    assert part == subset(docs, 0.1, 0) and part != subset(docs, 0.1, 1)
+    assert len(subset(docs, 0.001, 0)) == 1  # never empty
+
+
+def test_fractions_and_seeds_are_recorded_and_full_data_equals_the_plain_fit(
+    world, tiny_fit, tiny_eval, tmp_path
+):
+    # retain text that mentions two biology words now and then, so tau is not trivially 0
+    mixed = world.write("mixed.txt", corpus(UTILITY_WORDS * 6 + FORGET_WORDS[:2], 16, 30, seed=4))
+    config = DataEfficiencyConfig(
+        forget=[world.bio],
+        retain=[mixed],
+        forget_mcq=[world.bio_mcq],
+        utility_mcq=[world.utility_mcq],
+        fractions=[0.25, 1.0],
+        seeds=[0, 1],
+        rmu_fractions=[1.0],
+        rmu={"layer": 1, "steps": 2, "batch_size": 2, "seq_len": 16, "steering_coeff": 10.0},
+        fit=tiny_fit,
+        eval=tiny_eval,
+    )
+    result = run_data_efficiency(
+        world.model,
+        world.tokenizer,
+        world.sae,
+        config,
+        tmp_path / "out",
+        cache_dir=tmp_path / "c",
+        show_progress=False,
+    )
+    docs = load_documents([world.bio], "train", role="forget", seed=tiny_fit.seed)
+    keys = [r.key for r in result.records]
+    assert keys == [
+        "dsg:fraction=0.25,seed=0",
+        "dsg:fraction=0.25,seed=1",
+        "dsg:fraction=1,seed=0",
+        "rmu:fraction=1,seed=0",
+    ]
+    assert all(r.error is None for r in result.records), [r.error for r in result.records]
+    assert [(r.fraction, r.seed, r.documents) for r in result.records[:3]] == [
+        (0.25, 0, math.ceil(0.25 * len(docs))),
+        (0.25, 1, math.ceil(0.25 * len(docs))),
+        (1.0, 0, len(docs)),
+    ]
+    retain = load_documents([mixed], "train", role="retain", seed=tiny_fit.seed)
+    full = Guardrail.fit(
+        world.model,
+        world.tokenizer,
+        world.sae,
+        forget=docs,
+        retain=retain,
+        config=tiny_fit,
+        show_progress=False,
+    )
+    recorded = result.records[2].scores.guards[0]
+    assert recorded.latent_ids == [int(i) for i in full.latents.ids]
+    assert recorded.tau == full.tau > 0 and recorded.clamp_value == full.clamp_value
+    assert result.records[3].scores.guards == []  # RMU: weights, no guard
+    assert any(h.label == "dsg: forget accuracy, all documents" for h in result.headlines)

@@ -1,0 +1,71 @@
+"""The relearning attack: fine-tuning lowers forget NLL; every variant is measured at every checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from saeguard.experiments.relearn import CheckpointStream, RelearnConfig, run_relearn
+
+
+def test_checkpoint_stream_calls_back_before_serving_each_checkpoint_step():
+    seen: list[tuple[int, int]] = []
+    served = iter(range(100))
+    stream = CheckpointStream(served, {0, 2}, lambda step: seen.append((step, len(seen))))  # type: ignore[arg-type]
+    assert [next(stream) for _ in range(4)] == [0, 1, 2, 3]
+    assert [step for step, _ in seen] == [0, 2]
+
+
+def test_relearning_lowers_forget_nll_and_records_every_variant_per_checkpoint(
+    world, tiny_fit, tiny_eval, tmp_path
+):
+    config = RelearnConfig(
+        forget=[world.bio],
+        retain=[world.retain],
+        forget_mcq=[world.bio_mcq],
+        utility_mcq=[world.utility_mcq],
+        learning_rates=[3e-3],
+        checkpoints=[0, 3, 6],
+        train={"batch_size": 4, "seq_len": 16},
+        rmu={"layer": 1, "steps": 2, "batch_size": 2, "seq_len": 16, "steering_coeff": 10.0, "alpha": 1.0},
+        drift_chunks=2,
+        fit=tiny_fit,
+        eval=tiny_eval,
+    )
+    before = [p.detach().clone() for p in world.model.parameters()]
+    result = run_relearn(
+        world.model,
+        world.tokenizer,
+        world.sae,
+        config,
+        tmp_path / "out",
+        cache_dir=tmp_path / "c",
+        show_progress=False,
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, world.model.parameters(), strict=True)
+    )  # copies trained
+    done = {(r.variant, r.step): r for r in result.records}
+    assert set(done) == {
+        (v, s) for v in ("unguarded", "test-time-dsg", "train-time-dsg", "rmu") for s in (0, 3, 6)
+    }
+    assert all(r.error is None and r.scores is not None and r.drift is not None for r in done.values())
+
+    plain = [done["unguarded", s].forget_nll for s in (0, 3, 6)]
+    assert plain[2] < plain[1] < plain[0]  # the attack learns the forget text
+    assert done["rmu", 6].forget_nll < done["rmu", 0].forget_nll
+    for step in (0, 3, 6):  # unguarded and test-time DSG are one fine-tuning run
+        assert done["test-time-dsg", step].forget_nll == done["unguarded", step].forget_nll
+    # test-time DSG: the original guard on the tuned weights; it flags biology questions at the start
+    guard = done["test-time-dsg", 0].scores.guards[0]
+    assert guard.flagged[world.bio_mcq] == 1.0 and guard.flagged[world.utility_mcq] == 0.0
+    assert (
+        done["unguarded", 0].scores.guards == [] and done["train-time-dsg", 6].scores.guards[0].name == "dsg"
+    )
+    # drift: none before the first step, some after
+    start, end = done["unguarded", 0].drift, done["unguarded", 6].drift
+    assert math.isclose(start.cosine, 1.0, rel_tol=1e-5) and math.isclose(start.firing_overlap, 1.0)
+    assert end.cosine < 1.0 - 1e-4
+    assert [h.label for h in result.headlines if "test-time" in h.label]
+    assert (tmp_path / "out" / "relearn.png").is_file() and (tmp_path / "out" / "index.html").is_file()

@@ -1,0 +1,125 @@
+"""A real server on 127.0.0.1 (a free port) in a background thread, over a tiny guarded Llama.
+
+Two guards: ``bio`` flags the forget words (saeguard.testing.FORGET_WORDS), ``lore`` the retain
+words; the tiny model and tokenizer are also saved to disk for ``serve --model PATH`` and lm-eval.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+import uvicorn  # noqa: E402
+
+from saeguard import Guardrail  # noqa: E402
+from saeguard.errors import CalibrationWarning  # noqa: E402
+from saeguard.server import ServerSettings, create_app  # noqa: E402
+from saeguard.testing import (  # noqa: E402
+    FORGET_WORDS,
+    RETAIN_WORDS,
+    corpus,
+    make_tokenizer,
+    plant_forget_direction,
+    random_sae,
+    tiny_llama,
+)
+
+FLAGGED = ["what is the cell virus gene protein", "what is dna in a cell", "the enzyme of the bacteria"]
+BENIGN = ["the king of the city", "a poem about the river", "what is the mountain"]
+FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, gate_percentile=90, show_progress=False)
+
+
+@dataclass
+class Live:
+    """A running server and what it serves."""
+
+    url: str
+    model: Any
+    tokenizer: Any
+    guards: dict[str, Guardrail]
+
+    def client(self, **kwargs: Any) -> Any:
+        """The official OpenAI client pointed at this server."""
+        kwargs.setdefault("api_key", "unused")
+        return openai.OpenAI(base_url=f"{self.url}/v1", max_retries=0, timeout=60, **kwargs)
+
+
+@contextmanager
+def running(model: Any, tokenizer: Any, guards: dict[str, Guardrail], **settings: Any) -> Iterator[Live]:
+    """Serve ``create_app(...)`` with uvicorn on a free loopback port until the block ends."""
+    app = create_app(model, tokenizer, guards, ServerSettings(model_id="tiny", **settings))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", model, tokenizer, guards)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def tiny() -> tuple[Any, Any, dict[str, Guardrail]]:
+    """(model, tokenizer, {"bio": guard, "lore": guard}) fitted once for the server tests."""
+    torch.set_num_threads(1)
+    tokenizer = make_tokenizer()
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        bio = Guardrail.fit(
+            model,
+            tokenizer,
+            sae,
+            forget=corpus(FORGET_WORDS, 24, 40, 1),
+            retain=corpus(RETAIN_WORDS, 24, 40, 2),
+            **FIT,
+        )
+        lore = Guardrail.fit(
+            model,
+            tokenizer,
+            sae,
+            forget=corpus(RETAIN_WORDS, 24, 40, 3),
+            retain=corpus(FORGET_WORDS, 24, 40, 4),
+            **FIT,
+        )
+    return model, tokenizer, {"bio": bio, "lore": lore}
+
+
+@pytest.fixture(scope="session")
+def live(tiny) -> Iterator[Live]:
+    """The shared server: both guards, policy clamp, four workers."""
+    model, tokenizer, guards = tiny
+    with running(model, tokenizer, guards, workers=4) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def saved_model(tiny, tmp_path_factory) -> Path:
+    """The tiny model and tokenizer saved with save_pretrained (for --model PATH and lm-eval)."""
+    model, tokenizer, _ = tiny
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
