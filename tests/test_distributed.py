@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from saeguard.cli import main
-from saeguard.core.statistics import Shard
+from saeguard.config import FitConfig
+from saeguard.core.fit import FitInputs, calibration_rho, corpus_statistics, fit_from_statistics, prepare_fit
+from saeguard.core.sae import SelectedLatents
+from saeguard.core.statistics import FeatureStatistics, Shard
 from saeguard.distributed import Launch, torchrun_launch
 from saeguard.errors import SaeguardError
 from saeguard.testing import (
@@ -66,9 +70,71 @@ def test_bad_launcher_variables_are_a_one_line_error(environ):
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
+def planted() -> tuple[torch.nn.Module, Any]:
+    return plant_forget_direction(tiny_llama(max_positions=256), random_sae("jumprelu"))
+
+
+def _inputs(planted, tokenizer, forget_corpus, retain_corpus, config: FitConfig) -> FitInputs:
+    model, sae = planted
+    return prepare_fit(model, tokenizer, sae, forget_corpus, retain_corpus, config)
+
+
+def test_shard_statistics_sum_to_the_single_process_statistics(
+    planted, tokenizer, forget_corpus, retain_corpus
+):
+    config = FitConfig(layer=1, seq_len=32, batch_size=3)
+    inputs = _inputs(planted, tokenizer, forget_corpus, retain_corpus, config)
+    whole = corpus_statistics(inputs, "retain", config, show_progress=False)
+    parts = [
+        corpus_statistics(inputs, "retain", config, show_progress=False, shard=Shard(rank, 3))
+        for rank in range(3)
+    ]
+    assert whole.sequence_count == 32 and [p.sequence_count for p in parts] == [12, 11, 9]
+    assert sum(p.token_count for p in parts) == whole.token_count
+    for name in ("activation_sum", "squared_sum", "nonzero_count"):
+        summed = sum(getattr(p, name) for p in parts)
+        assert torch.allclose(summed, getattr(whole, name), rtol=1e-12, atol=0), name
+
+
+def test_a_shard_without_batches_gives_empty_statistics_not_an_error(
+    planted, tokenizer, forget_corpus, retain_corpus
+):
+    config = FitConfig(layer=1, seq_len=32, batch_size=64)  # one batch: rank 1 of 2 runs nothing
+    inputs = _inputs(planted, tokenizer, forget_corpus, retain_corpus, config)
+    empty = corpus_statistics(inputs, "forget", config, show_progress=False, shard=Shard(1, 2))
+    assert (empty.token_count, empty.sequence_count) == (0, 0)
+    assert empty.activation_sum.equal(FeatureStatistics.empty(64).activation_sum)
+
+
+@pytest.mark.parametrize("calibration", ["prompts", "chunks"])
+def test_shard_rho_blocks_in_rank_order_are_the_single_process_rho(
+    calibration, planted, tokenizer, forget_corpus, retain_corpus
+):
+    config = FitConfig(layer=1, seq_len=32, batch_size=5, calibration=calibration, calibration_long_tokens=48)
+    inputs = _inputs(planted, tokenizer, forget_corpus, retain_corpus, config)
+    latents = SelectedLatents.from_sae(inputs.sae, [37, 4, 9])
+    whole = calibration_rho(inputs, latents, "retain", config, show_progress=False)
+    blocks = [
+        calibration_rho(inputs, latents, "retain", config, show_progress=False, shard=Shard(rank, 2))
+        for rank in range(2)
+    ]
+    assert whole.numel() == {"prompts": 92, "chunks": 32}[calibration]  # prompts: short, long, multi-turn
+    assert blocks[0].numel() > 0 and blocks[1].numel() > 0
+    assert torch.cat(blocks).equal(whole)  # same inputs, same batches: bit for bit
+
+
+def test_a_sharded_fit_without_gather_rho_is_refused(planted, tokenizer, forget_corpus, retain_corpus):
+    config = FitConfig(layer=1, seq_len=32)
+    inputs = _inputs(planted, tokenizer, forget_corpus, retain_corpus, config)
+    stats = corpus_statistics(inputs, "forget", config, show_progress=False)
+    with pytest.raises(SaeguardError, match="needs gather_rho"):
+        fit_from_statistics(inputs, stats, stats, config, show_progress=False, shard=Shard(0, 2))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, planted) -> Path:
     """A tiny Llama and tokenizer (model/), a JumpReLU SAE (sae/) and forget/retain text on disk."""
-    model, sae = plant_forget_direction(tiny_llama(max_positions=256), random_sae("jumprelu"))
+    model, sae = planted
     model.save_pretrained(tmp_path / "model")
     make_tokenizer().save_pretrained(tmp_path / "model")
     sae.save_model(tmp_path / "sae")

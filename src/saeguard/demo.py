@@ -25,6 +25,7 @@ from saeguard.eval.items import Scorer
 from saeguard.eval.known import KnownConfig, Orderings, known_items
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
 from saeguard.eval.text import TextConfig, text_metrics
+from saeguard.explain.demo import explain_demo
 from saeguard.io import to_jsonable, write_json
 
 FORGET_QUESTIONS = (
@@ -236,6 +237,15 @@ def run_demo(
         for i, prompt in enumerate(prompts)
     ]
     seconds["generate"] = time.perf_counter() - began
+    explain_demo(  # fluency beside each generation, and the explain report in output/explain
+        model,
+        tokenizer,
+        guard,
+        generations,
+        output,
+        forget=load_corpus(config.forget, "heldout"),
+        retain=retain_documents(config, "heldout"),
+    )
     seconds["total"] = time.perf_counter() - started
 
     result = DemoResult(

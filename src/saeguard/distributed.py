@@ -12,7 +12,8 @@ should write the artifact.
 The result equals the single-process fit: each batch is the same, so its sums and
 its rho are the same; only the order in which the float64 per-batch sums are added
 differs (relative differences of ~1e-16 in the statistics, none in rho).
-``accelerate launch`` sets the same variables as ``torchrun`` and works the same way.
+``accelerate launch --multi_gpu`` starts the processes through torchrun and works the
+same way; on CPUs use torchrun (accelerate's multi-CPU launch goes through mpirun).
 """
 
 from __future__ import annotations

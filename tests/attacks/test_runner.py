@@ -69,9 +69,12 @@ def test_a_rerun_resumes_and_another_guard_is_refused(
     first = _run(model, tok, make_planted_guard(), [MultiTurn(2)], sets, path)
     calls: list[str] = []
     real = runner_module.evaluate_attack
-    monkeypatch.setattr(
-        runner_module, "evaluate_attack", lambda *a, **k: calls.append(a[3].key) or real(*a, **k)
-    )
+
+    def spy(*args, **kwargs):
+        calls.append(args[3].key)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_attack", spy)
     again = _run(model, tok, make_planted_guard(), [MultiTurn(2), MultiTurn(3)], sets, path)
     assert calls == [MultiTurn(3).key]  # only the new setting
     assert [r.outcomes for r in again[:2]] == [r.outcomes for r in first]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from saeguard import token_scope
+from saeguard import SaeguardError, token_scope
 from saeguard.eval.items import question_text
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
 from saeguard.testing import EVAL_VOCAB, make_guard, make_items, make_tokenizer
@@ -135,3 +135,25 @@ def test_loglikelihood_and_gate_do_not_depend_on_the_batch_size(llama, tok):
         guarded = score_requests(llama, requests, 256, 4, gpt2_style.pad_token_id)
     plain = score_requests(llama, requests, 256, 4, gpt2_style.pad_token_id)
     assert guarded != plain  # the guard acted on some request
+
+
+def test_judging_the_request_also_reads_the_continuation(llama, tok):
+    """judge="request" (a server's view over HTTP) flags a request whose evidence is in the continuation."""
+    from saeguard.eval.lm_eval_adapter import score_requests
+
+    guard = make_guard(llama, tok, ids=(7,), tau=0.3, clamp_value=300.0)
+    # latent 7 of this random guard fires on none of the context's words and on each of the continuation's
+    context, continuation = (
+        tok("cell virus gene protein")["input_ids"],
+        tok(" poem novel ocean trade")["input_ids"],
+    )
+    scores = {}
+    for judge in ("context", "request"):
+        with guard.attached(llama) as hook:
+            hook.recording = True
+            scores[judge] = score_requests(llama, [(context, continuation)], 256, 1, 0, judge=judge)
+            flagged = bool(hook.records[0].prompt_flagged[0])
+        assert flagged == (judge == "request")
+    assert scores["request"] != scores["context"]
+    with pytest.raises(SaeguardError, match="unknown judge"):
+        score_requests(llama, [(context, continuation)], 256, 1, 0, judge="answer")

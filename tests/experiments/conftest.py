@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,14 @@ def topic_items(words: list[str], n: int, seed: int, prefix: str) -> list[McqIte
 def _items_file(path: Path, items: list[McqItem]) -> str:
     path.write_text("".join(json.dumps(item.to_dict()) + "\n" for item in items), encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_calibration_is_expected():
+    """The tiny setups calibrate tau on 16 retain prompts on purpose (speed); the fit warns about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the retain side is too small")
+        yield
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Chat completions through the official OpenAI client: the server's text and decision are guard.generate's."""
+"""Chat completions through the official OpenAI client: text and decision equal guard.generate's."""
 
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def load_prompts(path: str | Path) -> list[FreePrompt]:
             label in get_args(PromptLabel),
             f"{path}:{number}: label {label!r} is not 'forget' or 'benign'",
         )
-        prompts.append(FreePrompt(str(row.get("id") or f"{path.stem}:{number}"), row["prompt"], label))
+        kind: PromptLabel = "benign" if label == "benign" else "forget"
+        prompts.append(FreePrompt(str(row.get("id") or f"{path.stem}:{number}"), row["prompt"], kind))
     require(bool(prompts), f"--prompts {path} holds no prompt: add one per line")
     ids = [p.id for p in prompts]
     require(len(set(ids)) == len(ids), f"--prompts {path} repeats an id: make ids unique")

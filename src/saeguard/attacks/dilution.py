@@ -37,7 +37,7 @@ def offline_source(name: str) -> list[str]:
     from saeguard.data.corpora import load_corpus, load_docs
     from saeguard.data.mcq import GENERAL_LEXNAMES
 
-    require(name in SOURCES, f"unknown padding source {name!r}: use one of {', '.join(SOURCES)}")
+    check_sources([name])
     if name == "austen":
         return load_corpus("austen", "heldout")
     if name == "wiki":
@@ -55,7 +55,7 @@ class BenignText:
 
     tokenizer: Any
     sources: dict[str, Sequence[str]] = field(default_factory=dict)
-    load: Callable[[str], Sequence[str]] = offline_source
+    load: Callable[[str], Sequence[str]] | None = None  # None: offline_source
 
     def texts(self, source: str) -> Sequence[str]:
         """The texts of ``source`` (loaded once).
@@ -64,7 +64,7 @@ class BenignText:
             SaeguardError: an unknown source, or one without text.
         """
         if source not in self.sources:
-            self.sources[source] = self.load(source)
+            self.sources[source] = (self.load or offline_source)(source)
         texts = self.sources[source]
         require(bool(texts), f"padding source {source!r} has no text")
         return texts

@@ -120,11 +120,14 @@ def plot_dilution(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
             color=line[0].get_color(),
             label=label,
         )
+    ticks = sorted({r["params"]["tokens"] for members in lines.values() for r in members})
     for ax, title in (
         (success_ax, "attack success"),
         (firing_ax, "gate fired: forget (o), retain (x, dashed)"),
     ):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("benign padding (tokens)")
         ax.set_title(title, fontsize=10)
@@ -158,7 +161,7 @@ def plot_settings(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of questions")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
     return save_figure(fig, path)
 
 

@@ -85,7 +85,8 @@ def save_unlearned(
         "result": asdict(result),
     }
     with staged_folder(path, replace=_is_ours) as staging:
-        cast("PreTrainedModel | PeftModel", model).save_pretrained(str(staging))  # what unlearn trains
+        saved = cast("PreTrainedModel | PeftModel", model)  # what unlearn trains
+        saved.save_pretrained(staging)  # type: ignore[arg-type]  # peft annotates str; it takes a Path
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")

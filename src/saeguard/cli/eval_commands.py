@@ -76,8 +76,9 @@ def _items(spec: str, limit: int | None):
 
 def eval_command(
     mcq: Annotated[
-        list[str], typer.Option(help="Question set: .jsonl, hf:cais/wmdp/wmdp-bio:test, or wiki:biology")
-    ],
+        list[str] | None,
+        typer.Option(help="Question set: .jsonl, hf:cais/wmdp/wmdp-bio:test, or wiki:biology"),
+    ] = None,
     guard: Annotated[Path | None, typer.Option(help="Guardrail folder; omit for the plain model")] = None,
     model: Model = DEFAULT_MODEL,
     scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = DEFAULT_SCORER,
@@ -95,8 +96,30 @@ def eval_command(
     ] = None,
     device: Device = AUTO_DEVICE,
     dtype: Dtype = DEFAULT_DTYPE,
+    muse: Annotated[
+        str | None,
+        typer.Option(
+            help="MUSE Books instead of MCQs: forget this Austen novel (e.g. prideprejudice), keep the "
+            "others; the original model, DSG (--guard, or fitted with the default SAE) and "
+            "GA/GradDiff/NPO/RMU side by side (--limit: samples per metric); docs/muse.md"
+        ),
+    ] = None,
 ) -> None:
     """MCQ accuracy with and without a guardrail: counts, Wilson 95% intervals, all items and known items."""
+    if muse is not None:  # issue 16: MUSE-style metrics, DSG beside the gradient baselines
+        from saeguard.core.guardrail import Guardrail
+        from saeguard.runs.muse_books import books_config, run_books
+
+        books = books_config(muse, limit)  # a bad book fails before any model loads
+        output = check_output(output or Path("reports/muse"), folder=True)
+        sae_spec = None if guard is not None else resolve_sae(None, model)
+        lm, tokenizer = load_cli_model(model, device, dtype)
+        loaded = Guardrail.load(guard, lm, strict=False) if guard is not None else None
+        run_books(lm, tokenizer, books, sae=sae_spec, guard=loaded, output=output, log=console.print)
+        console.print(f"report: {output / 'index.html'}")
+        return
+    if not mcq:
+        raise typer.BadParameter("give at least one --mcq question set (or --muse BOOK)", param_hint="--mcq")
     from saeguard.core.guardrail import Guardrail
     from saeguard.eval.known import KnownConfig
     from saeguard.eval.mcq import McqConfig
@@ -112,7 +135,7 @@ def eval_command(
         _evaluate_set(lm, tokenizer, spec, _items(spec, limit), loaded, config, known_config, output)
         for spec in mcq
     ]
-    console.print(_table(rows, scorer, known_config))
+    console.print(_table(rows, scorer, known_config), width=max(console.width, 150))  # no ellipses in logs
     for row in rows:
         for warning in row.warnings:
             typer.secho(f"WARNING: {row.spec}: {warning}", fg=typer.colors.YELLOW, err=True)
@@ -185,7 +208,7 @@ def _evaluate_set(
     row = _SetRow(spec, config.scorer, len(items), (base_all.n_correct, base_all.n_items))
     chosen, base = items, base_all
     if known_config is not None:
-        if not known_cache_path(lm, tokenizer, as_mcq_items(items, spec), known_config).is_file():
+        if not known_cache_path(lm, tokenizer, as_mcq_items(items, source=spec), known_config).is_file():
             estimate = estimate_known_cost(lm, tokenizer, items, config=known_config, dataset=spec)
             if estimate.seconds >= ESTIMATE_ABOVE_SECONDS:
                 note(
@@ -240,7 +263,7 @@ def _table(rows: list[_SetRow], scorer: str, known_config: KnownConfig | None) -
     filtered = known_config is not None
     scope = "known" if filtered else "all items"
     title = f"MCQ accuracy ({SCORERS[scorer]})"
-    if filtered:
+    if known_config is not None:
         title += f"; known = answered right under all {len(known_config.orders)} option orders"
     table = Table(title=title, caption="correct/questions = accuracy [Wilson 95% interval]")
     for column in ("set", "items", "known", "unguarded, all items", f"unguarded, {scope}"):

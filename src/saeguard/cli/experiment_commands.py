@@ -1,4 +1,4 @@
-"""`saeguard experiment NAME`: the paper's experiments (sequential, relearn, data-efficiency, zero-shot, ablation)."""
+"""`saeguard experiment NAME`: the paper's experiments as commands (issue 15)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def experiment(
     sae: Sae = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Folder for records, plots and report; default runs/NAME"),
+        typer.Option(
+            "--output", "-o", help="Folder for records, plots and report; default runs/NAME (runs/NAME-quick)"
+        ),
     ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer points, questions and steps: a run in minutes")
@@ -64,9 +66,10 @@ def experiment(
             raise SaeguardError(f"cannot read --config {config}: {error}; pass a JSON object") from None
         settings = settings_from_dict(settings, data, f"{name} settings")
     settings.validate()
-    output = check_output(output or Path("runs") / name, folder=True)
+    output = check_output(output or Path("runs") / (f"{name}-quick" if quick else name), folder=True)
     device = resolve_device(device)  # a bad device fails before the default SAE trains
-    sae_spec = resolve_sae(sae, model) if model == DEFAULT_MODEL or not is_default_sae(sae) else None
+    needs_sae = settings.needs_sae and (model == DEFAULT_MODEL or not is_default_sae(sae))
+    sae_spec = resolve_sae(sae, model) if needs_sae or not is_default_sae(sae) else None
     if threads is not None:
         torch.set_num_threads(threads)
     lm, tokenizer = load_cli_model(model, device, dtype)

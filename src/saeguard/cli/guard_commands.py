@@ -34,6 +34,7 @@ from saeguard.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from saeguard.core.fit_report import FitReport
     from saeguard.distributed import Launch
 
 console = Console()
@@ -120,10 +121,7 @@ def _fit_and_report(
                 return
         path = guard.save(output)
         console.print(f"guardrail written to [bold]{path}[/bold]")
-        _print_summary(guard.summary())
-        report = fit_report(guard)
-        for line in report.lines() if report is not None else []:
-            console.print(line, highlight=False)
+        _print_summary(guard.summary(), fit_report(guard))
 
 
 def generate(
@@ -153,30 +151,35 @@ def generate(
     decisions = row_decisions(records)
     for row, text in enumerate(texts):
         console.rule(f"prompt {row + 1}", characters="-")
-        console.print(f"[bold]prompt:[/bold] {escape(prompt[row])}")
+        console.print(f"[bold]prompt:[/bold] {escape(prompt[row])}", soft_wrap=True)
         if row < len(decisions):
             line = decision_line(decisions[row], loaded.tau, flipped_token(tokenizer, text, decisions[row]))
-            console.print(f"[bold]gate:[/bold] {escape(line)}")
-        console.print(f"[bold]guarded:[/bold] {escape(text)}")
+            console.print(f"[bold]gate:[/bold] {escape(line)}", soft_wrap=True)
+        console.print(f"[bold]guarded:[/bold] {escape(text)}", soft_wrap=True)
         if plain is not None:
-            console.print(f"[bold]unguarded:[/bold] {escape(plain[row])}")
+            console.print(f"[bold]unguarded:[/bold] {escape(plain[row])}", soft_wrap=True)
 
 
 def inspect(
     guard: Annotated[Path, typer.Argument(help="Guardrail folder")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """Features, scores, tau and the calibration distributions of an artifact."""
+    """Features, scores, tau, the fit's corpus sizes and the calibration distributions of an artifact."""
+    from saeguard.core.fit_report import fit_report
     from saeguard.core.guardrail import Guardrail
 
     loaded = Guardrail.load(guard)
     summary = loaded.summary()
+    report = fit_report(loaded)
     if loaded.provenance is not None:
         summary["selection"] = loaded.provenance.selection.to_dict()
     if as_json:
+        summary["fit_report"] = report.to_dict() if report is not None else None
         typer.echo(json.dumps(summary, indent=2))
         return
-    _print_summary(summary)
+    _print_summary(summary, report)
+    if report is not None and report.warning is not None:
+        typer.secho(f"WARNING: {report.warning}", fg=typer.colors.YELLOW, err=True)
 
 
 @contextmanager
@@ -192,7 +195,8 @@ def _silenced(enabled: bool) -> Iterator[None]:
         yield
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict, report: FitReport | None = None) -> None:
+    """The guard's settings, its selected latents (when in ``summary``) and what its fit did."""
     console.print(
         f"layer {summary['layer']}  features {summary['n_features']}  tau {summary['tau']:.4f}  "
         f"clamp {summary['clamp']} (c = {summary['clamp_value']:.3g})  SAE {summary['architecture']}"
@@ -212,11 +216,13 @@ def _print_summary(summary: dict) -> None:
                 f"{selection['retain_frequency'][i]:.3f}",
             )
         console.print(table)
+    for line in report.lines() if report is not None else []:
+        console.print(line, highlight=False, soft_wrap=True)
     for name, calib in (summary.get("calibration") or {}).items():
         if calib.get("count"):
             console.print(
-                f"{name}: {calib['count']} inputs, mean rho {calib['mean']:.3f}, "
-                f"flagged {100 * calib['flagged_fraction']:.1f}%"
+                f"{name} calibration: {calib['count']} inputs, mean rho {calib['mean']:.3f}, "
+                f"{100 * calib['flagged_fraction']:.1f}% above tau"
             )
 
 

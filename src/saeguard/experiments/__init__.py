@@ -42,7 +42,7 @@ class Experiment:
     """
 
     name: str
-    config: type
+    config: Any  # the settings class: ``cls()``, ``cls.quick()``, ``validate()``, ``needs_sae``, ``fit``
     run: Any
 
 

@@ -3,7 +3,8 @@
 Each axis is varied alone around the centre (the experiment's fit settings); every other
 setting stays at the centre. "dynamic" is DSG (clamp only inputs the gate flags); "static"
 is the same selected latents with the gate forced on (``gate="always"``: every input is
-clamped wherever a selected latent fires), so the two differ by the gate alone. One
+clamped wherever a selected latent fires), so with the paper's clamp scope ("fired") the two
+differ by the gate alone. One
 statistics pass serves every point; selection and calibration run once per (p_ratio, N),
 tau and c are re-derived per point (``core.fit.retune``), as ``runs.sweep`` does.
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from matplotlib.figure import Figure
 from torch import nn
@@ -79,6 +80,8 @@ class AblationConfig:
             fit=quick_fit(),
             eval=EvalSettings(mcq_limit=40),
         )
+
+    needs_sae: ClassVar[bool] = True
 
     def validate(self) -> None:
         unknown = sorted(set(self.gates) - set(GATES))
@@ -153,8 +156,12 @@ class AblationRecord:
 
 
 def static(guard: Guardrail) -> Guardrail:
-    """``guard`` with its gate forced on: every input clamped where a selected latent fires."""
-    return replace(guard, config=replace(guard.config, gate="always"))
+    """``guard`` with its gate forced on: every input clamped where a selected latent fires.
+
+    The clamp scope is the paper's ("fired"): with the gate forced on, clamping every token of
+    every input ("input" scope) would not be a static feature clamp but a blanket edit.
+    """
+    return replace(guard, config=replace(guard.config, gate="always", clamp_scope="fired"))
 
 
 def run_ablation(
@@ -288,23 +295,19 @@ def run_ablation(
 
 
 def along(records: list[AblationRecord], axis: str, gate: str, centre: FitConfig) -> list[AblationRecord]:
-    """The records of ``gate`` that differ from the centre on ``axis`` only, ordered by its value."""
-    fixed = {
-        "clamp": str(centre.clamp),
-        "gate_percentile": centre.gate_percentile,
-        "ratio_percentile": centre.ratio_percentile,
-        "n_features": centre.n_features,
-    }
+    """The records of ``gate`` that differ from the centre on ``axis`` only, ordered by its value.
+
+    The static clamp has no gate percentile: nothing lies along that axis for it.
+    """
+    if axis == "gate_percentile" and gate == "always":
+        return []
+    fixed = {a: str(centre.clamp) if a == "clamp" else getattr(centre, a) for a in AXES if a != axis}
+    if gate == "always":
+        fixed.pop("gate_percentile")
     mine = [
         r
         for r in records
-        if r.gate == gate
-        and r.scores is not None
-        and all(
-            getattr(r, a) == v
-            for a, v in fixed.items()
-            if a != axis and not (a == "gate_percentile" and gate == "always")
-        )
+        if r.gate == gate and r.scores is not None and all(getattr(r, a) == v for a, v in fixed.items())
     ]
     return sorted(mine, key=lambda r: r.value(axis))
 
@@ -357,9 +360,7 @@ def _table(records: list[AblationRecord], config: AblationConfig) -> Section:
                 r.error or "",
             ]
         )
-    return Section(
-        "Every point", blocks=[Table(header, rows, caption="n = known items.")]
-    )
+    return Section("Every point", blocks=[Table(header, rows, caption="n = known items.")])
 
 
 def _plot(records: list[AblationRecord], config: AblationConfig) -> Figure:

@@ -43,7 +43,9 @@ T = TypeVar("T")
 
 def experiment_fit(**changes: Any) -> FitConfig:
     """The experiments' fit: ``preset("demo")`` (the README's setting) with fewer statistics chunks."""
-    return replace(preset("demo"), max_forget_chunks=200, max_retain_chunks=400, **changes).validate()
+    return replace(
+        preset("demo"), **({"max_forget_chunks": 200, "max_retain_chunks": 400} | changes)
+    ).validate()
 
 
 def quick_fit(**changes: Any) -> FitConfig:

@@ -92,6 +92,10 @@ class DataEfficiencyConfig:
             eval=EvalSettings(mcq_limit=40),
         )
 
+    @property
+    def needs_sae(self) -> bool:
+        return "dsg" in self.methods
+
     def validate(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
         require(not unknown and bool(self.methods), f"unknown methods {unknown}: use some of {list(METHODS)}")

@@ -15,6 +15,7 @@ model's on held-out forget text (cosine, norm ratio, the selected latents' activ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -110,6 +111,10 @@ class RelearnConfig:
             checkpoints=[0, 5, 10], rmu=rmu, drift_chunks=4, fit=quick_fit(), eval=EvalSettings(mcq_limit=40)
         )
 
+    @property
+    def needs_sae(self) -> bool:
+        return any(v in ("test-time-dsg", "train-time-dsg") for v in self.variants)
+
     def validate(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         require(
@@ -121,6 +126,9 @@ class RelearnConfig:
             bool(steps) and steps == sorted(set(steps)) and steps[0] >= 0 and steps[-1] >= 1,
             f"checkpoints must be increasing step counts ending at 1 or more, got {steps}",
         )
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.train) - fields)
+        require(not unknown, f"unknown train settings {unknown}: use TrainConfig fields, e.g. use_lora")
         require(self.drift_chunks >= 1, f"drift_chunks must be at least 1, got {self.drift_chunks}")
         self.fit.validate()
 
@@ -147,8 +155,7 @@ def run_relearn(
     config.validate()
     say = log or (lambda _line: None)
     out = Path(output).expanduser()
-    needs_sae = any(v in ("test-time-dsg", "train-time-dsg") for v in config.variants)
-    require(sae is not None or not needs_sae, "the DSG variants need an SAE: pass one (--sae DIR)")
+    require(sae is not None or not config.needs_sae, "the DSG variants need an SAE: pass one (--sae DIR)")
     sae_spec, sae = sae, (load_sae(sae) if sae is not None else None)
     harness = Harness.build(
         model,

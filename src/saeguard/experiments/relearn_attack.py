@@ -150,8 +150,7 @@ class Attack:
         steps = max(p.step for p in members)
         train = replace(
             TrainConfig(seed=self.config.fit.seed, device=train_device(self.model)),
-            learning_rate=rate,
-            **self.config.train,
+            **(self.config.train | {"learning_rate": rate}),
         )
         train = replace(train, steps=max(steps, 1)).validate()
         seed_everything(train.seed)
@@ -175,11 +174,11 @@ class Attack:
                 hooks.append(self.guard.attach(tuned))
 
         self.say(f"{run} fine-tuning at lr {rate:g} for {steps} steps")
-        if steps == 0:
-            checkpoint(0)
-            return records
         stream = CheckpointStream(forget_batches, {s for _, s in wanted}, checkpoint)
         try:
+            if steps == 0:  # only the start is wanted (a resumed run)
+                checkpoint(0)
+                return records
             if run == "train-time" and self.guard is not None and 0 not in {s for _, s in wanted}:
                 hooks.append(self.guard.attach(tuned))
             train_loop(tuned, params, stream, retain_batches, relearn_loss, train, method="relearn")
@@ -240,6 +239,7 @@ class Attack:
             both += int((fired_before & fired_after).sum())
             either += int((fired_before | fired_after).sum())
             tokens += int(original.shape[0])
+        tokens = max(tokens, 1)
         return Drift(
             cosine / tokens, norm / tokens, after_act / max(before_act, 1e-12), both / max(either, 1)
         )

@@ -120,6 +120,10 @@ class SequentialConfig:
         self.fit.validate()
 
     @property
+    def needs_sae(self) -> bool:
+        return any(m in GUARD_METHODS for m in self.methods)
+
+    @property
     def forget_sets(self) -> list[str]:
         return [t.mcq for t in self.topics]
 
@@ -203,6 +207,7 @@ class _Run:
             self.say(f"{method}: unlearning {topic.name} (request {index + 1})")
             method_config = grid_configs(method, settings, base=base)[0]
             source = model if index else copy.deepcopy(self.model)
+            self.trained.pop(method, None)  # trained in place: a failure leaves no half-trained chain
             model, _ = unlearn(
                 source, self.tokenizer, method, self.forget[topic.name], self.retain, method_config
             )
@@ -257,8 +262,7 @@ def run_sequential(
     config.validate()
     say = log or (lambda _line: None)
     out = Path(output).expanduser()
-    needs_sae = any(m in GUARD_METHODS for m in config.methods)
-    require(sae is not None or not needs_sae, "the DSG methods need an SAE: pass one (--sae DIR)")
+    require(sae is not None or not config.needs_sae, "the DSG methods need an SAE: pass one (--sae DIR)")
     sae_spec, sae = sae, (load_sae(sae) if sae is not None else None)
     say("loading question sets and known items")
     harness = Harness.build(
@@ -364,7 +368,9 @@ def _table(records: list[SequentialRecord], config: SequentialConfig) -> Section
             [r.method, str(r.step), *cells, accuracy_cell(r.scores, config.utility_mcq)]
             + [num(flagged), r.error or ""]
         )
-    caption = "Accuracy on known items (n = items); 'utility flagged': share of kept-subject questions flagged."
+    caption = (
+        "Accuracy on known items (n = items); 'utility flagged': share of kept-subject questions flagged."
+    )
     return Section("Every step", blocks=[Table(header, rows, caption=caption)])
 
 

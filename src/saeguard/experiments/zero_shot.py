@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -100,6 +100,8 @@ class ZeroShotConfig:
     def quick(cls) -> ZeroShotConfig:
         describe = DescribeSettings(max_chunks=200)
         return cls(describe=describe, fit=quick_fit(), eval=EvalSettings(mcq_limit=40))
+
+    needs_sae: ClassVar[bool] = True
 
     def validate(self) -> None:
         require(bool(self.keywords), "keywords is empty: give the topic's words, e.g. ['cell', 'protein']")

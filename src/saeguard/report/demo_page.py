@@ -17,6 +17,7 @@ from saeguard.report.render import Figure, Link, Page, Sample, Section, Table, p
 DEMO_FILE = "demo.html"
 INDEX_FILE = "index.html"
 RHO_FILE = "rho.png"
+EXPLAIN_FILE = "explain/index.html"  # saeguard.explain.demo writes it
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -148,13 +149,28 @@ def _text(text: Mapping[str, Any]) -> Section | None:
     return Section("Held-out text", blocks=blocks) if blocks else None
 
 
+def _fluency(generation: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The generation's fluency line (``explain.demo.add_fluency``), when the demo measured it."""
+    f = generation.get("fluency")
+    if not f:
+        return []
+    return [
+        (
+            "fluency",
+            f"perplexity under the unguarded model {_num(f['unguarded_perplexity'], 1)} unguarded, "
+            f"{_num(f['guarded_perplexity'], 1)} guarded; distinct-2 {_num(f['unguarded_distinct_2'], 2)} "
+            f"unguarded, {_num(f['guarded_distinct_2'], 2)} guarded",
+        )
+    ]
+
+
 def _generations(generations: Sequence[Mapping[str, Any]]) -> Section | None:
     if not generations:
         return None
     samples = [
         Sample(
             f"[{g['topic']}] {g['prompt']}",
-            [("unguarded", g["unguarded"].strip()), ("guarded", g["guarded"].strip())],
+            [("unguarded", g["unguarded"].strip()), ("guarded", g["guarded"].strip())] + _fluency(g),
             badge=f"{'flagged' if g['flagged'] else 'passed'}, rho = {g['rho']:.2f}",
             alert=bool(g["flagged"]),
         )
@@ -170,8 +186,12 @@ def _generations(generations: Sequence[Mapping[str, Any]]) -> Section | None:
 
 
 def demo_nav() -> list[Link]:
-    """The links between the demo's two pages (``demo.html`` and the gate report ``index.html``)."""
-    return [Link("demo summary", DEMO_FILE), Link("gate statistic report", INDEX_FILE)]
+    """Links between the demo's pages: ``demo.html``, the gate report ``index.html``, the explain report."""
+    return [
+        Link("demo summary", DEMO_FILE),
+        Link("gate statistic report", INDEX_FILE),
+        Link("guard explained", EXPLAIN_FILE),
+    ]
 
 
 def demo_page(data: Mapping[str, Any], folder: str | Path) -> Page:

@@ -129,7 +129,7 @@ def create_app(
             raise ApiError(400, str(error)) from None
 
     def observed(outcome: Outcome) -> Outcome:
-        metrics.observe_decisions(outcome.reports, outcome.refused)
+        metrics.observe_outcome(outcome.reports, outcome.refused, len(outcome.token_ids))
         return outcome
 
     def job_runner(job: Job, **kwargs: Any) -> Callable[[], Outcome]:

@@ -95,6 +95,24 @@ class _Cancelled(StoppingCriteria):
         )
 
 
+class _StopText(StoppingCriteria):
+    """Stops once the generated text holds a stop string.
+
+    Decodes the generated ids, so it works with any tokenizer (``generate(stop_strings=...)``
+    fails on vocabularies without BPE-style word prefixes).
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 class _PromptWatch:
     """Collects each guard's prompt decision from its first record; acts once all guards decided."""
 
@@ -291,12 +309,13 @@ def run_job(
             kwargs |= {"temperature": job.temperature, "top_p": job.top_p}
             if job.seed is not None:
                 torch.manual_seed(job.seed)
+        criteria: list[StoppingCriteria] = [] if cancel is None else [_Cancelled(cancel)]
         if job.stop:
-            kwargs |= {"stop_strings": list(job.stop), "tokenizer": tokenizer}
+            criteria.append(_StopText(tokenizer, job.stop, len(job.ids)))
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         if streamer is not None:
             kwargs["streamer"] = streamer
-        if cancel is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
         generate = cast(Callable[..., Any], model.generate)
         with _applied(model, hooks, job):
             try:

@@ -45,6 +45,7 @@ class Metrics:
         self.refusals = Counter(
             "saeguard_refusals", "Requests answered with the refusal", registry=self.registry
         )
+        self.tokens = Counter("saeguard_generated_tokens", "Tokens generated", registry=self.registry)
         queue = Gauge(
             "saeguard_queue_depth", "Requests running or waiting for a worker", registry=self.registry
         )
@@ -58,8 +59,9 @@ class Metrics:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def observe_decisions(self, reports: Iterable[GuardReport], refused: bool) -> None:
-        """Count one choice's guard decisions (and a refusal)."""
+    def observe_outcome(self, reports: Iterable[GuardReport], refused: bool, tokens: int) -> None:
+        """Count one choice's guard decisions, a refusal, the tokens it generated."""
+        self.tokens.inc(tokens)
         if refused:
             self.refusals.inc()
         with self._lock:

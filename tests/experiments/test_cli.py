@@ -1,0 +1,80 @@
+"""`saeguard experiment NAME`: one-line errors before any work, a full run on a saved tiny model."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from saeguard.cli import main
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("SAEGUARD_CACHE", str(tmp_path / "cache"))  # statistics of the tiny model stay here
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["saeguard", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_unknown_experiment_and_unknown_setting_are_one_line_errors(cli, tmp_path):
+    code, _, err = cli(["experiment", "forgetting", "--output", str(tmp_path / "x")])
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown experiment 'forgetting'" in err and "sequential" in err and "zero-shot" in err
+    (tmp_path / "bad.json").write_text(json.dumps({"n_featurs": [5]}))
+    code, _, err = cli(
+        ["experiment", "ablation", "--config", str(tmp_path / "bad.json"), "-o", str(tmp_path / "y")]
+    )
+    assert code == 2 and err.count("\n") == 1 and "unknown ablation settings ['n_featurs']" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_ablation_runs_end_to_end_on_a_saved_model_and_sae(cli, world, tmp_path):
+    world.model.save_pretrained(tmp_path / "model")
+    world.tokenizer.save_pretrained(tmp_path / "model")
+    world.sae.save_model(tmp_path / "sae")
+    settings = {
+        "forget": [world.bio],
+        "retain": [world.retain],
+        "forget_mcq": [world.bio_mcq],
+        "utility_mcq": [world.utility_mcq],
+        "clamp": ["20x"],
+        "gate_percentile": [95],
+        "ratio_percentile": [90],
+        "n_features": [1],
+        "fit": {
+            "layer": 1,
+            "n_features": 1,
+            "ratio_percentile": 90,
+            "clamp": "20x",
+            "seq_len": 32,
+            "max_forget_chunks": 8,
+            "max_retain_chunks": 8,
+            "calibration_size": 16,
+        },
+        "eval": {"known_filter": False, "mcq_limit": None},
+    }
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    out = tmp_path / "run"
+    args = ["experiment", "ablation", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae")]
+    code, stdout, err = cli(
+        [*args, "--config", str(tmp_path / "settings.json"), "-o", str(out), "--device", "cpu"]
+    )
+    assert code == 0, err
+    assert "dsg centre: forget accuracy" in stdout and "2 points computed" in stdout
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["experiment"] == "ablation" and [r["key"] for r in saved["records"]] == [
+        "dsg:p_ratio=90,n=1,c=20x,p_dyn=95",
+        "static:p_ratio=90,n=1,c=20x",
+    ]
+    assert saved["config"]["fit"]["clamp"] == "20x" and (out / "index.html").is_file()

@@ -1,0 +1,32 @@
+"""Every experiment's default and --quick settings are valid, and JSON settings merge over them."""
+
+from __future__ import annotations
+
+import pytest
+
+from saeguard.errors import SaeguardError
+from saeguard.experiments import NAMES, experiment
+from saeguard.experiments.common import settings_dict, settings_from_dict
+from saeguard.experiments.sequential import SequentialConfig, Topic
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_and_quick_settings_validate_and_quick_is_smaller(name):
+    settings = experiment(name).config
+    full, quick = settings(), settings.quick()
+    full.validate()
+    quick.validate()
+    assert quick.fit.max_forget_chunks < full.fit.max_forget_chunks
+    assert quick.eval.mcq_limit < full.eval.mcq_limit
+    assert settings_from_dict(full, settings_dict(full)) == full  # the saved JSON reads back
+
+
+def test_json_settings_merge_over_the_defaults_and_unknown_keys_are_refused():
+    data = {"topics": [{"name": "bio", "forget": ["a.txt"], "mcq": "b.jsonl"}], "fit": {"n_features": 7}}
+    merged = settings_from_dict(SequentialConfig(), data)
+    assert merged.topics == [Topic("bio", ["a.txt"], "b.jsonl")]
+    assert merged.fit.n_features == 7 and merged.fit.layer == SequentialConfig().fit.layer
+    with pytest.raises(SaeguardError, match=r"unknown settings.topics\[0\] settings \['title'\]"):
+        settings_from_dict(SequentialConfig(), {"topics": [{"title": "bio"}]}, "settings")
+    with pytest.raises(SaeguardError, match="unknown experiment 'nope'"):
+        experiment("nope")

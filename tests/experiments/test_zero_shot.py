@@ -1,0 +1,97 @@
+"""Zero-shot selection: a latent whose strongest contexts hold the query words is selected, no forget data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saeguard.errors import SaeguardError
+from saeguard.experiments.descriptions import DescribeSettings, describe_latents, import_descriptions
+from saeguard.experiments.zero_shot import ZeroShotConfig, run_zero_shot
+from saeguard.hf.corpus import iter_documents
+from saeguard.testing import FORGET_WORDS, PLANTED_LATENT, corpus
+
+from .conftest import UTILITY_WORDS
+
+DESCRIBE = DescribeSettings(seq_len=32, max_chunks=24, batch_size=8, top_k=5)
+
+
+def _general(world) -> str:
+    """General text: kept-topic words, with biology words in two short documents only."""
+    docs = corpus(UTILITY_WORDS, 20, 24, seed=5)
+    docs[4:4] = ["the cell and the virus"]
+    docs[12:12] = ["a gene of the protein"]
+    return world.write("general.txt", docs)
+
+
+def test_descriptions_keep_each_latents_strongest_contexts_and_are_cached(world, tmp_path):
+    general = list(iter_documents(_general(world)))
+    first = describe_latents(
+        world.model, world.tokenizer, world.sae, 1, general, DESCRIBE, cache=tmp_path, show_progress=False
+    )
+    planted = first.latents[PLANTED_LATENT]
+    assert planted.examples and all(e.token.strip() in FORGET_WORDS for e in planted.examples)
+    assert [e.activation for e in planted.examples] == sorted(
+        (e.activation for e in planted.examples), reverse=True
+    )
+    assert 0 < planted.frequency < 0.05
+    again = describe_latents(
+        world.model, world.tokenizer, world.sae, 1, general, DESCRIBE, cache=tmp_path, show_progress=False
+    )
+    assert again == first and len(list(tmp_path.glob("descriptions-*.json"))) == 1
+
+
+def test_latent_whose_contexts_are_the_query_words_is_selected_and_compared_with_fisher(
+    world, tiny_fit, tiny_eval, tmp_path
+):
+    config = ZeroShotConfig(
+        keywords=["cell", "virus", "gene", "protein"],
+        general=[_general(world)],
+        hand_taus=[0.5],
+        describe=DESCRIBE,
+        retain=[world.retain],
+        forget=[world.bio],
+        forget_mcq=[world.bio_mcq],
+        utility_mcq=[world.utility_mcq],
+        fit=tiny_fit,
+        eval=tiny_eval,
+    )
+    result = run_zero_shot(
+        world.model,
+        world.tokenizer,
+        world.sae,
+        config,
+        tmp_path / "out",
+        cache_dir=tmp_path / "c",
+        show_progress=False,
+    )
+    done = {r.key: r for r in result.records}
+    assert list(done) == ["zero-shot:tau=p95", "zero-shot:tau=0.5", "fisher:tau=p95"]
+    assert all(r.error is None for r in result.records), [r.error for r in result.records]
+    chosen = done["zero-shot:tau=p95"]
+    assert chosen.scores.guards[0].latent_ids == [PLANTED_LATENT]
+    assert chosen.selected[0].score == 1.0 and any(w in chosen.selected[0].contexts[0] for w in FORGET_WORDS)
+    assert chosen.scores.guards[0].flagged[world.bio_mcq] == 1.0  # without one forget document
+    assert done["zero-shot:tau=0.5"].scores.guards[0].tau == 0.5
+    assert done["fisher:tau=p95"].scores.guards[0].latent_ids == [PLANTED_LATENT]
+    shared = {h.label: h.value for h in result.headlines}
+    assert shared["Jaccard overlap with the Fisher selection"] == 1.0
+    assert "Zero-shot latents" in (tmp_path / "out" / "zero-shot.md").read_text()
+
+
+def test_imported_descriptions_are_read_from_neuronpedia_style_rows(tmp_path):
+    path = tmp_path / "explanations.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"index": "37", "description": "biology terms"},
+                {"feature": 3, "explanation": "x"},
+                {"index": 4},
+            ]
+        )
+    )
+    assert import_descriptions(path) == {37: "biology terms", 3: "x"}
+    (tmp_path / "empty.jsonl").write_text('{"name": 1}\n')
+    with pytest.raises(SaeguardError, match="no rows with an index"):
+        import_descriptions(tmp_path / "empty.jsonl")
