@@ -13,7 +13,7 @@ import torch
 
 from saeguard.bench import SECTIONS, BenchConfig, render_table, run_bench, summary_rows
 from saeguard.bench.fixtures import random_sae, tiny_model
-from saeguard.bench.timing import interleave
+from saeguard.bench.timing import CpuTimer, bracketed_ratio, interleave
 from saeguard.errors import SaeguardError
 from saeguard.hf.batching import estimate_activation_memory, suggest_batch_size
 
@@ -85,6 +85,22 @@ def test_interleave_brackets_each_round_with_baselines():
     timed = interleave(lambda: 1.0, {"a": lambda: 2.0, "b": lambda: float(next(ticks))}, rounds=3)
     assert len(timed.baseline) == 4 and timed.ratios["a"] == [2.0, 2.0, 2.0]
     assert timed.ratios["b"] == [1.0, 2.0, 3.0]
+
+
+def test_cpu_timer_keeps_cpu_seconds_and_brackets_like_interleave():
+    spin = CpuTimer(lambda: sum(range(20_000)))
+    wall = spin()
+    assert len(spin.cpu) == 1 and 0 < spin.cpu[0] <= wall + 0.05
+    assert bracketed_ratio([1.0, 3.0, 1.0], [4.0, 6.0]) == 2.5  # 4/2 and 6/2, median 2.5
+
+
+def test_fit_throughput_times_the_fused_pass_against_saelens_encode(report):
+    section = report[0]["sections"]["fit_throughput"]
+    passes = {row["pass"]: row for row in section["rows"]}
+    assert {"statistics (jumprelu)", "statistics (jumprelu, SAELens encode)"} <= set(passes)
+    assert section["ratio"] == passes["statistics (jumprelu)"]["ratio_cpu"]
+    assert section["breakdown"]["fused_encoder"] is True
+    assert section["breakdown"]["matmul_s"] > 0 and section["breakdown"]["fused_s"] > 0
 
 
 def test_random_sae_fires_at_the_requested_rate():

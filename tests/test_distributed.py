@@ -202,8 +202,8 @@ def test_two_gloo_processes_fit_the_same_guard_as_one(workspace, monkeypatch, ca
     tensors_two = load_file(str(workspace / "two" / "guardrail.safetensors"))
     assert tensors_two.keys() == tensors_one.keys()
     assert tensors_one["distribution.retain_rho"].numel() == 53  # one calibration input per document
-    for name, tensor in tensors_one.items():
-        assert tensors_two[name].equal(tensor), name  # same batches, so the same rho, bit for bit
+    for name, tensor in tensors_one.items():  # the latents are copies; rho is computed on the same batches
+        assert torch.allclose(tensors_two[name], tensor, rtol=1e-12, atol=0), name
     assert sorted(p.name for p in (workspace / "two").iterdir()) == [
         "guardrail.json",
         "guardrail.safetensors",

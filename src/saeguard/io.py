@@ -42,11 +42,58 @@ def cache_root(cache: str | Path | None = None) -> Path:
     return cache_dir() / "eval"
 
 
+def as_path(value: Any, what: str) -> Path:
+    """``value`` (a ``str`` or ``Path``) as an expanded ``Path``.
+
+    Raises:
+        SaeguardError: ``value`` is another type (None, a number, ...) or empty.
+    """
+    require(
+        isinstance(value, (str, os.PathLike)) and str(value) != "",
+        f"{what} must be a path (str or pathlib.Path), got {value!r:.60}",
+    )
+    return Path(value).expanduser()
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``text`` as JSON; NaN/Infinity and nesting too deep to read are errors, not values or crashes.
+
+    Raises:
+        SaeguardError: ``where`` is not valid JSON (one line naming it and the problem).
+    """
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise SaeguardError(f"{where} is nested too deeply to read as JSON (deeper than Python's limit)") from None
+    except ValueError as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SaeguardError(f"{where} is not valid JSON ({message})") from None
+
+
+@contextmanager
+def _writable(path: Path) -> Iterator[None]:
+    """OS errors of creating ``path`` (a file under a file, a read-only mount) as one line."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SaeguardError(f"cannot write {path} ({reason}): choose a writable path") from None
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` via a temporary file in the same folder and ``os.replace`` it into place."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``data`` via a temporary file in the same folder and ``os.replace`` it into place.
+
+    Raises:
+        SaeguardError: ``path`` cannot be created (a parent is a file, the folder is read-only, ...).
+    """
+    path = as_path(path, "the output file")
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
@@ -70,11 +117,17 @@ def staged_folder(directory: str | Path, *, replace: Callable[[Path], bool] | No
     On any exception the temporary folder is removed and ``directory`` is
     untouched. An existing ``directory`` is replaced only when it is empty or
     ``replace(directory)`` says it is ours to replace; otherwise
-    :class:`SaeguardError` is raised before anything is moved.
+    :class:`SaeguardError` is raised before anything is moved (also when the folder
+    cannot be created: a parent is a file, the place is read-only).
     """
-    directory = Path(directory).expanduser()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    directory = as_path(directory, "the output folder")
+    require(
+        not directory.exists() or directory.is_dir(),
+        f"{directory} is a file: give a folder path for the output",
+    )
+    with _writable(directory):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         yield staging
         _set_modes(staging)

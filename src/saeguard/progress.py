@@ -66,24 +66,22 @@ def format_seconds(seconds: float) -> str:
 
 def _log_lines(description: str, total: int | None, unit: str) -> Callable[[int], None]:
     done = 0
-    next_fraction = 0.1
+    next_tenth = 1  # print when done reaches next_tenth / 10 of total (integers: no float drift)
     start = time.perf_counter()
     suffix = f" {unit}" if unit else ""
 
     def advance(n: int) -> None:
-        nonlocal done, next_fraction
+        nonlocal done, next_tenth
         done += n
-        if not total or done / total < next_fraction:
+        if not total or 10 * done < next_tenth * total:
             return
         elapsed = time.perf_counter() - start
-        remaining = elapsed * (total - done) / done if done < total else 0.0
-        timing = (
-            f"{format_seconds(elapsed)}, ETA {format_seconds(remaining)}"
-            if done < total
-            else (f"done in {format_seconds(elapsed)}")
-        )
+        if done < total:
+            timing = f"{format_seconds(elapsed)}, ETA {format_seconds(elapsed * (total - done) / done)}"
+        else:
+            timing = f"done in {format_seconds(elapsed)}"
         print(f"{description}: {done}/{total}{suffix} ({timing})", file=sys.stderr, flush=True)
-        while next_fraction <= done / total:
-            next_fraction += 0.1
+        while next_tenth * total <= 10 * done:
+            next_tenth += 1
 
     return advance

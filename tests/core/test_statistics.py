@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saeguard.core.statistics import FeatureStatistics, SaeEncoder, collect_statistics, token_batches
+from saeguard.errors import SaeguardError
 from saeguard.hf.corpus import iter_chunks
 from saeguard.hf.layers import residual_at
 from saeguard.testing import random_sae, tiny_llama
@@ -43,7 +44,9 @@ def test_fused_sums_equal_saelens_encode_summed_in_float64(architecture, rows):
     _assert_matches(stats, expected, rows)
 
 
-def test_collect_statistics_equals_direct_computation_over_counted_tokens(architecture, tokenizer, forget_corpus):
+def test_collect_statistics_equals_direct_computation_over_counted_tokens(
+    architecture, tokenizer, forget_corpus
+):
     model, sae = tiny_llama(), random_sae(architecture)
     chunks = list(iter_chunks(forget_corpus, tokenizer, 32))
     batches = list(token_batches(chunks, tokenizer, 4))
@@ -90,5 +93,5 @@ def test_statistics_pass_rejects_infinite_activations(tokenizer, forget_corpus):
     with torch.no_grad():
         model.get_input_embeddings().weight[:] = float("inf")
     batches = token_batches(list(iter_chunks(forget_corpus, tokenizer, 32)), tokenizer, 4)
-    with pytest.raises(Exception, match="non-finite"):
+    with pytest.raises(SaeguardError, match="non-finite"):
         collect_statistics(model, random_sae("jumprelu"), 1, batches, show_progress=False)

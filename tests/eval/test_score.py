@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saeguard.errors import SaeguardError
-from saeguard.eval.score import Outcome, pooled_accuracy, unlearning_score
+from saeguard.eval.score import Outcome, format_accuracy, pooled_accuracy, unlearning_score, wilson_interval
 
 
 def test_score_matches_hand_computation():
@@ -31,3 +31,25 @@ def test_pooled_utility_weights_by_items():
     assert pooled_accuracy([(99, 100), (1, 2)]) == pytest.approx(100 / 102)
     with pytest.raises(SaeguardError, match="no utility items"):
         pooled_accuracy([])
+
+
+def test_wilson_interval_matches_the_closed_form_and_stays_inside_zero_one():
+    low, high = wilson_interval(41, 67)
+    z, n, p = 1.959963984540054, 67, 41 / 67  # Wilson (1927): centre and half-width in closed form
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    assert (low, high) == pytest.approx((centre - half, centre + half))
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753279986288926))
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(10, 10)[0] > 0.72
+
+
+def test_wilson_interval_refuses_impossible_counts():
+    with pytest.raises(SaeguardError, match="at least one item"):
+        wilson_interval(0, 0)
+    with pytest.raises(SaeguardError, match="within 0..5"):
+        wilson_interval(6, 5)
+
+
+def test_format_accuracy_gives_count_percentage_and_interval():
+    assert format_accuracy(41, 67) == "41/67 = 61.2% [49.2-72.0]"
+    assert format_accuracy(0, 0) == "-"

@@ -201,7 +201,10 @@ def _detail_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str
             value = f"{row['items_per_s_guarded']:.2f} vs {row['items_per_s_unguarded']:.2f} items/s"
             ratio = _fmt(row["ratio"])
         elif name == "fit_throughput":
-            label, value, ratio = row["pass"], f"{row['tokens_per_s']:.0f} tok/s", _fmt(row["ratio"])
+            label, value = row["pass"], f"{row['tokens_per_s']:.0f} tok/s"
+            ratio = _fmt(row["ratio"]) + (
+                f" (wall {_fmt(row['ratio_wall'])})" if row.get("ratio_cpu") else ""
+            )
         elif name == "fit_memory":
             arenas = f", MALLOC_ARENA_MAX={row['malloc_arena_max']}" if row.get("malloc_arena_max") else ""
             label = f"{row['scale']}x corpus ({row['chunks']} chunks{arenas})"
@@ -224,12 +227,11 @@ def _extra_rows(name: str, section: dict[str, Any]) -> list[tuple[str, str, str,
     if name == "fit_throughput" and "breakdown" in section:
         b = section["breakdown"]
         value = (
-            f"encode {b['encode_s']:.2f}s, float64 sums {b['update_s']:.2f}s, "
-            f"fp32 sums {b['update_fp32_s']:.2f}s"
+            f"encoder matmul {b['matmul_s']:.2f}s, fused sums {b['fused_s']:.2f}s, "
+            f"SAELens encode + sums {b['saelens_s']:.2f}s"
         )
-        return [
-            ("", "statistics beyond the forward", value, f"sums/encode {_fmt(b['update_over_encode'])}", "")
-        ]
+        ratio = f"floor {_fmt(1 + b['matmul_share'])}, fused {_fmt(1 + b['fused_share'])}"
+        return [("", "statistics beyond the forward (CPU s)", value, ratio, "")]
     if name == "setup_cost":
         value = (
             f"DSG {section['dsg_seconds']:.0f}s "

@@ -99,6 +99,29 @@ def timer(fn: Callable[[], object], device: torch.device | str = "cpu") -> Calla
     return lambda: clock(fn, device)
 
 
+class CpuTimer:
+    """Runs ``fn`` once per call and returns its wall seconds, keeping its process CPU seconds in ``cpu``.
+
+    On a shared CPU machine with one torch thread, CPU seconds count the work done and not
+    the time the scheduler gave to other jobs: their ratios move far less than wall ratios.
+    """
+
+    def __init__(self, fn: Callable[[], object], device: torch.device | str = "cpu") -> None:
+        self.fn, self.device = fn, device
+        self.cpu: list[float] = []
+
+    def __call__(self) -> float:
+        start = time.process_time()
+        seconds = clock(self.fn, self.device)
+        self.cpu.append(time.process_time() - start)
+        return seconds
+
+
+def bracketed_ratio(baseline: list[float], variant: list[float]) -> float:
+    """Median of variant[i] / mean(baseline[i], baseline[i + 1]): ``interleave``'s ratio for other clocks."""
+    return median([v / ((baseline[i] + baseline[i + 1]) / 2) for i, v in enumerate(variant)])
+
+
 class HookClock:
     """Accumulates the wall time spent inside the guard's gate work (CPU timing)."""
 

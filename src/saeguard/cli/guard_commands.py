@@ -67,7 +67,7 @@ def fit(
 ) -> None:
     """Select forget latents, calibrate the gate, write the artifact; then say what the fit did.
 
-    Under ``torchrun --nproc-per-node N -m saeguard fit ...`` (or ``accelerate launch``)
+    Under ``torchrun --nproc-per-node N -m saeguard fit ...`` (or ``accelerate launch --multi_gpu``)
     the forward passes are divided over the N processes and rank 0 prints and writes.
     """
     from saeguard.core.artifact import is_guardrail_folder

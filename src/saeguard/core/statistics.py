@@ -323,21 +323,24 @@ def collect_statistics(
     total: int | None = None,
     show_progress: bool = True,
     allow_empty: bool = False,
+    fused: bool = True,
 ) -> FeatureStatistics:
     """Mean, mean square and firing frequency of every latent over counted tokens.
 
     Runs ``model`` only up to block ``layer`` and encodes the counted tokens'
     residuals with the full ``sae`` (:class:`SaeEncoder` for SAELens ReLU, JumpReLU and
     TopK SAEs, else SAELens's ``encode`` in chunks of at most 4,096 tokens); nothing
-    dense is kept (docs/method.md §2.1, docs/performance.md §1). ``allow_empty``: a shard of a data-parallel
-    fit may hold no counted token (the check then runs on the summed statistics).
+    dense is kept (docs/method.md §2.1, docs/performance.md §1). ``allow_empty``: a
+    shard of a data-parallel fit may hold no counted token (the check then runs on the
+    summed statistics). ``fused=False`` always uses SAELens's ``encode`` (the reference
+    the bench compares with).
 
     Raises:
         SaeguardError: non-finite activations at ``layer``, or no counted token at all.
     """
     stats = FeatureStatistics.empty(int(sae.cfg.d_sae))
     device = model_device(model)
-    encoder = SaeEncoder.from_sae(sae)
+    encoder = SaeEncoder.from_sae(sae) if fused else None
     with progress_bar(description, total=total, unit="chunks", enabled=show_progress) as advance:
         for batch in batches:
             hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))

@@ -11,6 +11,7 @@ tau and c are re-derived per point (``core.fit.retune``), as ``runs.sweep`` does
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from saeguard.core.sae import load_sae, sae_source
 from saeguard.errors import require
 from saeguard.experiments.common import (
     CHANCE,
+    QUICK_EVAL,
     RECORDS_FILE,
     EvalSettings,
     Harness,
@@ -39,7 +41,14 @@ from saeguard.experiments.common import (
     scores_or_none,
     settings_dict,
 )
-from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, num, write_experiment
+from saeguard.experiments.report import (
+    ExperimentResult,
+    Headline,
+    accuracy_cell,
+    num,
+    or_nan,
+    write_experiment,
+)
 from saeguard.hf.fingerprint import model_identity
 from saeguard.report import Section, Table
 from saeguard.runs.grid import RecordFile, run_grid
@@ -78,7 +87,7 @@ class AblationConfig:
             ratio_percentile=[90.0, 95.0],
             n_features=[10, 20, 40],
             fit=quick_fit(),
-            eval=EvalSettings(mcq_limit=40),
+            eval=QUICK_EVAL,
         )
 
     needs_sae: ClassVar[bool] = True
@@ -375,7 +384,7 @@ def _plot(records: list[AblationRecord], config: AblationConfig) -> Figure:
                 (config.forget_mcq, "-", "forget"),
                 (config.utility_mcq, "--", "utility"),
             ):
-                ys = [r.scores.accuracy(sets) if r.scores else None for r in mine]
+                ys = [or_nan(r.scores.accuracy(sets)) if r.scores else math.nan for r in mine]
                 ax.plot(xs, ys, style, marker="o", color=colors[gate], label=f"{GATES[gate]} {what}")
         ax.axhline(CHANCE, color="gray", lw=0.8, ls=":")
         if axis == "clamp":

@@ -53,7 +53,7 @@ def quick_fit(**changes: Any) -> FitConfig:
     return experiment_fit(max_forget_chunks=64, max_retain_chunks=128, calibration_size=128, **changes)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalSettings:
     """How every point is measured: scorer, known-item filter, questions per set."""
 
@@ -70,12 +70,18 @@ class EvalSettings:
         return KnownConfig(mcq=self.mcq(), permutations=self.permutations)
 
 
+QUICK_EVAL = EvalSettings(mcq_limit=40)  # --quick: 40 questions per set before the known filter
+
+
 # -- typed scores ---------------------------------------------------------------------------
 @dataclass
 class SetScore:
-    """Accuracy on one question set; ``flagged``: share of its questions some gate flagged."""
+    """Accuracy on one question set; ``flagged``: share of its questions some gate flagged.
 
-    accuracy: float
+    A set without known items has ``accuracy`` None and ``n_items`` 0.
+    """
+
+    accuracy: float | None
     correct: int
     n_items: int
     flagged: float | None = None  # None: no guard
@@ -153,8 +159,10 @@ class Harness:
     ) -> Harness:
         """Load each question set (built-in name or JSONL path), keep its known items, score the base.
 
+        A set without known items stays, empty: its accuracy is None and ``known`` says 0.
+
         Raises:
-            SaeguardError: a set that cannot be read, or one with no known item (accuracy would be 0/0).
+            SaeguardError: a set that cannot be read.
         """
         sets: dict[str, list[McqItem]] = {}
         known: dict[str, dict[str, int]] = {}
@@ -171,10 +179,12 @@ class Harness:
                     cache_dir=cache_dir,
                     show_progress=show_progress,
                 )
-                items = found.select(items)
+                items = [item for item in items if item.id in set(found.ids)]  # may be none: reported
             sets[spec], known[spec] = items, {"total": total, "known": len(items)}
         harness = cls(model, tokenizer, settings, sets, known)
-        harness.base = {name: harness._predict(model, items, ()) for name, items in sets.items()}
+        harness.base = {
+            name: harness._predict(model, items, ()) if items else [] for name, items in sets.items()
+        }
         return harness
 
     def fingerprint(self) -> dict[str, Any]:
@@ -209,6 +219,9 @@ class Harness:
         ]
         sets = {}
         for name, items in self.sets.items():
+            if not items:
+                sets[name] = SetScore(None, 0, 0, None)
+                continue
             flagged = torch.zeros(len(items), dtype=torch.bool)
             for info, guard in zip(infos, guards, strict=True):
                 own = self._decisions(lm, guard, items)

@@ -29,6 +29,7 @@ from saeguard.core.sae import load_sae, sae_source
 from saeguard.errors import require
 from saeguard.experiments.common import (
     CHANCE,
+    QUICK_EVAL,
     RECORDS_FILE,
     EvalSettings,
     Harness,
@@ -43,7 +44,14 @@ from saeguard.experiments.common import (
     settings_dict,
     train_device,
 )
-from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, num, write_experiment
+from saeguard.experiments.report import (
+    ExperimentResult,
+    Headline,
+    accuracy_cell,
+    bounded,
+    num,
+    write_experiment,
+)
 from saeguard.hf.fingerprint import model_identity
 from saeguard.io import cache_root
 from saeguard.report import Section, Table
@@ -89,7 +97,7 @@ class DataEfficiencyConfig:
             rmu_fractions=[1.0],
             rmu=rmu,
             fit=quick_fit(),
-            eval=EvalSettings(mcq_limit=40),
+            eval=QUICK_EVAL,
         )
 
     @property
@@ -316,15 +324,13 @@ def headlines(records: list[DataRecord], config: DataEfficiencyConfig) -> list[H
         return []
     out = [Headline("dsg: forget accuracy, all documents", forget[1.0][0])]
     for fraction in (f for f in sorted(forget) if f < 1.0):
-        gap = forget[fraction][0] - forget[1.0][0]
-        target = f"<= {config.target_points:g} above full data" if fraction == 0.05 else ""
+        label, gap = (
+            f"dsg: forget accuracy at {fraction:g} minus full data",
+            forget[fraction][0] - forget[1.0][0],
+        )
+        target = fraction == 0.05  # issue 15: within 5 points with 5% of the documents
         out.append(
-            Headline(
-                f"dsg: forget accuracy at {fraction:g} minus full data",
-                gap,
-                target,
-                gap <= config.target_points if target else None,
-            )
+            bounded(label, gap, config.target_points, at_most=True) if target else Headline(label, gap)
         )
         out.append(
             Headline(f"dsg: utility at {fraction:g} minus full data", utility[fraction][0] - utility[1.0][0])
@@ -379,7 +385,9 @@ def _plot(records: list[DataRecord], config: DataEfficiencyConfig) -> Figure:
         if title == "forget":
             ax.axhline(CHANCE, color="gray", lw=0.8, ls=":", label="chance")
         ax.set_xscale("log")
-        ax.set_xlabel("fraction of forget documents")
+        ax.set_xticks(config.fractions, [f"{100 * f:g}%" for f in config.fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("share of the forget documents")
         ax.set_ylabel(f"{title} accuracy (mean ± sd over seeds)")
         ax.set_ylim(-0.02, 1.05)
         ax.legend(fontsize=7)

@@ -32,6 +32,7 @@ from saeguard.core.statistics import token_batches
 from saeguard.errors import require
 from saeguard.experiments.common import (
     CHANCE,
+    QUICK_EVAL,
     RECORDS_FILE,
     EvalSettings,
     Harness,
@@ -52,7 +53,14 @@ from saeguard.experiments.relearn_attack import (
     RelearnRecord,
     relearn_loss,
 )
-from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, num, write_experiment
+from saeguard.experiments.report import (
+    ExperimentResult,
+    Headline,
+    accuracy_cell,
+    bounded,
+    num,
+    write_experiment,
+)
 from saeguard.hf.corpus import iter_chunks
 from saeguard.hf.fingerprint import model_identity
 from saeguard.report import Section, Table
@@ -107,9 +115,7 @@ class RelearnConfig:
     @classmethod
     def quick(cls) -> RelearnConfig:
         rmu = cls().rmu | {"steps": 10}
-        return cls(
-            checkpoints=[0, 5, 10], rmu=rmu, drift_chunks=4, fit=quick_fit(), eval=EvalSettings(mcq_limit=40)
-        )
+        return cls(checkpoints=[0, 5, 10], rmu=rmu, drift_chunks=4, fit=quick_fit(), eval=QUICK_EVAL)
 
     @property
     def needs_sae(self) -> bool:
@@ -261,18 +267,13 @@ def headlines(records: list[RelearnRecord], config: RelearnConfig, base_forget: 
         recovered = [s for s, a in sorted(rmu.items()) if a >= config.recovery * base_forget]
         step = recovered[0] if recovered else config.checkpoints[-1]
         when = f"step {step}, RMU recovered" if recovered else f"step {step}, RMU not recovered"
-        for variant, target in (("test-time-dsg", CHANCE + 0.15), ("train-time-dsg", None), ("rmu", None)):
+        for variant in (v for v in ("test-time-dsg", "train-time-dsg", "rmu") if v in config.variants):
+            label = f"lr {rate:g}, {when}: {variant} forget accuracy"
             value = _accuracy(records, variant, rate, config.forget_mcq).get(step)
-            if variant in config.variants:
-                met = None if target is None or value is None else value <= target
-                out.append(
-                    Headline(
-                        f"lr {rate:g}, {when}: {variant} forget accuracy",
-                        value,
-                        f"<= {target:.2f}" if target is not None else "",
-                        met,
-                    )
-                )
+            target = variant == "test-time-dsg"
+            out.append(
+                bounded(label, value, CHANCE + 0.15, at_most=True) if target else Headline(label, value)
+            )
     return out
 
 

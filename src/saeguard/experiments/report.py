@@ -9,6 +9,7 @@ issue 15. Files are written atomically, so a crash never leaves half a report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,20 @@ class ExperimentResult:
         return Path(self.output) / f"{self.experiment}.json"
 
 
+def bounded(label: str, value: float | None, bound: float, *, at_most: bool) -> Headline:
+    """A headline judged against ``bound``: met iff value <= (``at_most``) or >= bound; None without value."""
+    met = None if value is None else (value <= bound if at_most else value >= bound)
+    return Headline(label, value, f"{'<=' if at_most else '>='} {bound:.3g}", met)
+
+
 def num(value: float | None, digits: int = 3) -> str:
     """A table cell for a number; ``-`` for none."""
     return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def or_nan(value: float | None) -> float:
+    """A plotted value: NaN (a gap in the line) for a set without items."""
+    return math.nan if value is None else value
 
 
 def accuracy_cell(scores: Scores | None, names: Sequence[str]) -> str:

@@ -27,6 +27,7 @@ from saeguard.core.guardrail import Guardrail
 from saeguard.core.sae import load_sae, sae_source
 from saeguard.errors import require
 from saeguard.experiments.common import (
+    QUICK_EVAL,
     RECORDS_FILE,
     EvalSettings,
     Harness,
@@ -99,7 +100,7 @@ class ZeroShotConfig:
     @classmethod
     def quick(cls) -> ZeroShotConfig:
         describe = DescribeSettings(max_chunks=200)
-        return cls(describe=describe, fit=quick_fit(), eval=EvalSettings(mcq_limit=40))
+        return cls(describe=describe, fit=quick_fit(), eval=QUICK_EVAL)
 
     needs_sae: ClassVar[bool] = True
 

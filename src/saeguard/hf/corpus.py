@@ -203,6 +203,19 @@ class TokenBatch:
     counted: torch.Tensor  # (B, T) bool: tokens statistics and the gate look at
 
 
+def check_tokenizer(tokenizer: Any, what: str = "this call") -> None:
+    """Fail clearly unless ``tokenizer`` is a Hugging Face tokenizer (callable, with special ids).
+
+    Raises:
+        SaeguardError: None, a string, or another object in its place.
+    """
+    require(
+        tokenizer is not None and callable(tokenizer) and hasattr(tokenizer, "all_special_ids"),
+        f"{what} needs the model's tokenizer (e.g. AutoTokenizer.from_pretrained(...)), "
+        f"got {type(tokenizer).__name__}: pass tokenizer=...",
+    )
+
+
 def special_token_ids(tokenizer) -> set[int]:
     """Ids never counted by statistics or the gate: all special tokens, BOS, EOS and PAD."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,65 @@ def max_positions(model: nn.Module) -> int | None:
     (``seq_len``, prompt + new tokens) against it before any work starts.
     """
     return config_value(model, _MAX_POSITION_KEYS)
+
+
+def check_language_model(model: Any, what: str = "model") -> None:
+    """Fail clearly unless ``model`` is a loaded decoder language model saeguard can hook.
+
+    Accepts any ``nn.Module`` with a config giving its hidden size and an ``nn.ModuleList`` of
+    decoder blocks whose weights are loaded (not all on the ``meta`` device, unless accelerate
+    offloading hooks will load them).
+
+    Raises:
+        SaeguardError: another type (a string, a tokenizer, None), a module without decoder
+            blocks or hidden size, or a model whose weights are all on the meta device.
+    """
+    require(
+        isinstance(model, nn.Module),
+        f"{what} must be a loaded language model (a torch nn.Module such as "
+        f"AutoModelForCausalLM.from_pretrained(...)), got {type(model).__name__}",
+    )
+    parameters = list(model.parameters())
+    offloaded = any(hasattr(module, "_hf_hook") for module in model.modules())
+    require(
+        offloaded or not parameters or not all(p.is_meta for p in parameters),
+        f"the {what}'s weights are on the meta device (no data): load them first, e.g. "
+        "from_pretrained(...) without a meta-device context, or model.to_empty(...) and load_state_dict",
+    )
+    require(
+        config_value(model, _HIDDEN_SIZE_KEYS) is not None,
+        f"the {what} ({type(model).__name__}) has no config giving its hidden size: saeguard needs a "
+        "Hugging Face causal LM",
+    )
+    decoder_blocks(model)
+
+
+def embedding_rows(model: nn.Module) -> int | None:
+    """Rows of the model's input embedding table (token ids must be below it), or None if unknown."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        embeddings = get_embeddings() if callable(get_embeddings) else None
+    except (AttributeError, NotImplementedError):
+        return None
+    weight = getattr(embeddings, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
+def check_token_ids(model: nn.Module, input_ids: torch.Tensor, what: str) -> None:
+    """Fail clearly when ``input_ids`` (any shape) hold an id the model's embeddings do not have.
+
+    Raises:
+        SaeguardError: an id at or above the embedding rows, or a negative id.
+    """
+    rows = embedding_rows(model)
+    if rows is None or input_ids.numel() == 0:
+        return
+    high, low = int(input_ids.max()), int(input_ids.min())
+    require(
+        low >= 0 and high < rows,
+        f"{what} holds token id {high if high >= rows else low} but the model embeds ids 0..{rows - 1}: "
+        "use the tokenizer saved with this model",
+    )
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -216,8 +276,15 @@ def residual_at(
         (B, T, d) hidden states in the model's dtype, on the model's device.
 
     Raises:
-        SaeguardError: block ``layer`` never ran during the forward.
+        SaeguardError: an input longer than the model's positions (:func:`max_positions`), or
+            block ``layer`` never ran during the forward.
     """
+    limit = max_positions(model)
+    require(
+        limit is None or input_ids.shape[-1] <= limit,
+        f"an input of {input_ids.shape[-1]} tokens exceeds the model's {limit} positions: lower the "
+        "length that produced it (seq_len, prompt_max_tokens, calibration_long_tokens)",
+    )
     position_ids = None
     if attention_mask is not None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
