@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--no-api", action="store_true", help="skip the in-process API cases")
     parser.add_argument("--no-report", action="store_true", help="do not write docs/reliability.md")
     parser.add_argument("--keep", action="store_true", help="keep the workspace folder (printed)")
+    parser.add_argument("--list", action="store_true", help="print every case and what it says")
     args = parser.parse_args()
     started = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="saeguard-probe-")
@@ -58,6 +59,9 @@ def main() -> int:
         worker.join()
     results = api.results + cli.results
     elapsed = time.perf_counter() - started
+    if args.list:
+        for r in results:
+            print(f"{r.outcome:<8} {r.area} / {r.name}: {r.message[:220]}")
     print(summary(results))
     print(f"{len(results)} cases in {elapsed / 60:.1f} min")
     if not args.no_report and args.only is None:

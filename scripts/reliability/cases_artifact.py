@@ -84,19 +84,32 @@ def _corrupt_files(probe: Probe, ws: Workspace) -> None:
             data = (ws.path("guard") / file).read_bytes()[:200]
         (folder / file).write_bytes(data)
         probe.error(area, name, f"Guardrail.load(folder with {name})", lambda f=folder: Guardrail.load(f))
-    probe.ok(area, "no pickle executed", "after loading pickle payloads: marker file absent",
-             lambda: marker.exists(), lambda ran: "a pickle payload ran" if ran else None)
+    probe.ok(
+        area,
+        "no pickle executed",
+        "after loading pickle payloads: marker file absent",
+        lambda: marker.exists(),
+        lambda ran: "a pickle payload ran" if ran else None,
+    )
     deep = '{"format": "saeguard-guardrail", "config": ' + "[" * 100_000 + "]" * 100_000 + "}"
     folder = edit_json(ws, "deep", lambda _: deep)
-    probe.error(area, "JSON nested 100k deep", "guardrail.json nested 100,000 lists deep",
-                lambda: Guardrail.load(folder))
+    probe.error(
+        area,
+        "JSON nested 100k deep",
+        "guardrail.json nested 100,000 lists deep",
+        lambda: Guardrail.load(folder),
+    )
     folder = copy_guard(ws, "missing-tensors")
     (folder / "guardrail.safetensors").unlink()
-    probe.error(area, "no safetensors file", "folder without guardrail.safetensors", lambda: Guardrail.load(folder))
+    probe.error(
+        area, "no safetensors file", "folder without guardrail.safetensors", lambda: Guardrail.load(folder)
+    )
     folder = copy_guard(ws, "dir-as-json")
     (folder / "guardrail.json").unlink()
     (folder / "guardrail.json").mkdir()
-    probe.error(area, "guardrail.json is a folder", "guardrail.json is a directory", lambda: Guardrail.load(folder))
+    probe.error(
+        area, "guardrail.json is a folder", "guardrail.json is a directory", lambda: Guardrail.load(folder)
+    )
 
 
 def _json_fields(probe: Probe, ws: Workspace) -> None:
@@ -106,7 +119,7 @@ def _json_fields(probe: Probe, ws: Workspace) -> None:
         return lambda meta: meta.__setitem__(key, value)
 
     def dropper(key: str) -> Callable[[dict], None]:
-        return lambda meta: meta.pop(key)
+        return lambda meta: meta.__delitem__(key)
 
     def nested(path: list[str], value: Any) -> Callable[[dict], None]:
         def edit(meta: dict) -> None:
@@ -144,13 +157,18 @@ def _json_fields(probe: Probe, ws: Workspace) -> None:
         "special_ids beyond int64": setter("special_ids", [2**70]),
         "subtract_decoder_bias 'yes'": setter("subtract_decoder_bias", "yes"),
         "provenance a string": setter("provenance", "x"),
-        "provenance.model missing": lambda m: m["provenance"].pop("model"),
+        "provenance.model missing": lambda m: m["provenance"].__delitem__("model"),
         "provenance.model.hidden_size 'x'": nested(["provenance", "model", "hidden_size"], "x"),
         "provenance.model.hidden_size 64": nested(["provenance", "model", "hidden_size"], 64),
         "provenance.sae.d_sae 2": nested(["provenance", "sae", "d_sae"], 2),
         "provenance.selection.forget_mean_nonzero NaN": lambda m: json.dumps(
-            {**m, "provenance": {**m["provenance"], "selection": {
-                **m["provenance"]["selection"], "forget_mean_nonzero": "NAN"}}}
+            {
+                **m,
+                "provenance": {
+                    **m["provenance"],
+                    "selection": {**m["provenance"]["selection"], "forget_mean_nonzero": "NAN"},
+                },
+            }
         ).replace('"NAN"', "[NaN, NaN]"),
         "provenance.selection.forget_mean_nonzero of 1 (N=2)": nested(
             ["provenance", "selection", "forget_mean_nonzero"], [1.0]
@@ -165,14 +183,22 @@ def _json_fields(probe: Probe, ws: Workspace) -> None:
         folder = edit_json(ws, "json", edit)
         probe.error(area, name, f"guardrail.json with {name}", lambda f=folder: Guardrail.load(f, ws.model))
     folder = edit_json(ws, "unknown-key", nested(["config", "brand_new_setting"], 1))
-    probe.ok(area, "config unknown key", "config with an unknown key: loads (warned), same tau",
-             lambda: Guardrail.load(folder, ws.model).tau,
-             lambda tau: None if tau == ws.guard.tau else f"tau {tau}")
+    probe.ok(
+        area,
+        "config unknown key",
+        "config with an unknown key: loads (warned), same tau",
+        lambda: Guardrail.load(folder, ws.model).tau,
+        lambda tau: None if tau == ws.guard.tau else f"tau {tau}",
+    )
     big = "x" * 20_000_000
     folder = edit_json(ws, "huge", setter("notes", big))
-    probe.ok(area, "20 MB JSON", "guardrail.json of 20 MB (an extra field)",
-             lambda: Guardrail.load(folder, ws.model).tau,
-             lambda tau: None if tau == ws.guard.tau else f"tau {tau}")
+    probe.ok(
+        area,
+        "20 MB JSON",
+        "guardrail.json of 20 MB (an extra field)",
+        lambda: Guardrail.load(folder, ws.model).tau,
+        lambda tau: None if tau == ws.guard.tau else f"tau {tau}",
+    )
 
 
 def _tensors(probe: Probe, ws: Workspace) -> None:
@@ -200,7 +226,9 @@ def _tensors(probe: Probe, ws: Workspace) -> None:
     }
     for name, edit in edits.items():
         folder = edit_tensors(ws, "tensors", edit)
-        probe.error(area, name, f"guardrail.safetensors with {name}", lambda f=folder: Guardrail.load(f, ws.model))
+        probe.error(
+            area, name, f"guardrail.safetensors with {name}", lambda f=folder: Guardrail.load(f, ws.model)
+        )
 
     def half(t: dict) -> None:
         for key in ("encoder", "encoder_bias", "decoder", "decoder_bias", "threshold"):
@@ -209,13 +237,24 @@ def _tensors(probe: Probe, ws: Workspace) -> None:
     folder = edit_tensors(ws, "fp16", half)
     prompts = ["what is the cell and the gene", "the king of the city"]
     expected = ws.guard.generate(ws.model, ws.tok, prompts, max_new_tokens=3)[1][0].prompt_flagged.tolist()
-    probe.ok(area, "fp16 tensors", "latent tensors saved in float16: generate decides as float32",
-             lambda: Guardrail.load(folder, ws.model).generate(ws.model, ws.tok, prompts, max_new_tokens=3)[1][0]
-             .prompt_flagged.tolist(),
-             lambda flags: None if flags == expected else f"flags {flags}, expected {expected}")
+    probe.ok(
+        area,
+        "fp16 tensors",
+        "latent tensors saved in float16: generate decides as float32",
+        lambda: (
+            Guardrail.load(folder, ws.model)
+            .generate(ws.model, ws.tok, prompts, max_new_tokens=3)[1][0]
+            .prompt_flagged.tolist()
+        ),
+        lambda flags: None if flags == expected else f"flags {flags}, expected {expected}",
+    )
     folder = edit_tensors(ws, "nan-dist", put("distribution.retain_rho", torch.full((8,), float("nan"))))
-    probe.error(area, "retune on NaN rho", "retune(load(NaN retain rho), gate_percentile=90)",
-                lambda: retune(Guardrail.load(folder), gate_percentile=90))
+    probe.error(
+        area,
+        "retune on NaN rho",
+        "retune(load(NaN retain rho), gate_percentile=90)",
+        lambda: retune(Guardrail.load(folder), gate_percentile=90),
+    )
 
 
 def _hostile(probe: Probe, ws: Workspace) -> None:
@@ -225,40 +264,86 @@ def _hostile(probe: Probe, ws: Workspace) -> None:
         "path traversal": "../../../../../../etc",
         "existing SAE folder": str(ws.path("topk_sae")),
     }.items():
-        folder = edit_json(ws, "traversal", lambda m, p=path: m["provenance"]["sae"].__setitem__("path", p),
-                           source="topk_guard")
-        probe.error(area, f"TopK recorded {name}", f"TopK guard whose recorded SAE path is {path}, no sae=",
-                    lambda f=folder: Guardrail.load(f))
-    folder = edit_json(ws, "release", lambda m: m["provenance"]["sae"].update(
-        kind="pretrained", path=None, release="gemma-scope-2b-pt-res", sae_id="layer_3/width_16k"), source="topk_guard")
-    probe.error(area, "TopK recorded release", "TopK guard recording a hub release, no sae= (must not reach the hub)",
-                lambda: Guardrail.load(folder))
-    probe.ok(area, "TopK with explicit sae", "Guardrail.load(topk, sae=its folder): same latents",
-             lambda: Guardrail.load(topk, sae=ws.path("topk_sae")).latents.ids.tolist(),
-             lambda ids: None if ids == ws.extra["topk_guard"].latents.ids.tolist() else f"ids {ids}")
-    probe.error(area, "TopK with another SAE", "Guardrail.load(topk, sae=the jumprelu SAE)",
-                lambda: Guardrail.load(topk, sae=ws.path("sae")))
+        folder = edit_json(
+            ws,
+            "traversal",
+            lambda m, p=path: m["provenance"]["sae"].__setitem__("path", p),
+            source="topk_guard",
+        )
+        probe.error(
+            area,
+            f"TopK recorded {name}",
+            f"TopK guard whose recorded SAE path is {path}, no sae=",
+            lambda f=folder: Guardrail.load(f),
+        )
+    folder = edit_json(
+        ws,
+        "release",
+        lambda m: m["provenance"]["sae"].update(
+            kind="pretrained", path=None, release="gemma-scope-2b-pt-res", sae_id="layer_3/width_16k"
+        ),
+        source="topk_guard",
+    )
+    probe.error(
+        area,
+        "TopK recorded release",
+        "TopK guard recording a hub release, no sae= (must not reach the hub)",
+        lambda: Guardrail.load(folder),
+    )
+    probe.ok(
+        area,
+        "TopK with explicit sae",
+        "Guardrail.load(topk, sae=its folder): same latents",
+        lambda: Guardrail.load(topk, sae=ws.path("topk_sae")).latents.ids.tolist(),
+        lambda ids: None if ids == ws.extra["topk_guard"].latents.ids.tolist() else f"ids {ids}",
+    )
+    probe.error(
+        area,
+        "TopK with another SAE",
+        "Guardrail.load(topk, sae=the jumprelu SAE)",
+        lambda: Guardrail.load(topk, sae=ws.path("sae")),
+    )
     folder = copy_guard(ws, "symlink")
     (folder / "guardrail.json").unlink()
     (folder / "guardrail.json").symlink_to("/etc/passwd")
-    probe.error(area, "json symlink to /etc/passwd", "guardrail.json -> /etc/passwd", lambda: Guardrail.load(folder))
+    probe.error(
+        area, "json symlink to /etc/passwd", "guardrail.json -> /etc/passwd", lambda: Guardrail.load(folder)
+    )
     folder = copy_guard(ws, "devzero")
     (folder / "guardrail.safetensors").unlink()
     (folder / "guardrail.safetensors").symlink_to("/dev/zero")
-    probe.error(area, "safetensors symlink to /dev/zero", "guardrail.safetensors -> /dev/zero",
-                lambda: Guardrail.load(folder))
+    probe.error(
+        area,
+        "safetensors symlink to /dev/zero",
+        "guardrail.safetensors -> /dev/zero",
+        lambda: Guardrail.load(folder),
+    )
     link = ws.fresh("link-to-guard")
     link.symlink_to(ws.path("guard"))
-    probe.ok(area, "folder symlink", "Guardrail.load(symlink to a good guard folder)",
-             lambda: Guardrail.load(link).tau, lambda tau: None if tau == ws.guard.tau else f"tau {tau}")
+    probe.ok(
+        area,
+        "folder symlink",
+        "Guardrail.load(symlink to a good guard folder)",
+        lambda: Guardrail.load(link).tau,
+        lambda tau: None if tau == ws.guard.tau else f"tau {tau}",
+    )
     marker = ws.root / "sae-pickle-ran"
     bad_sae = ws.fresh("pickle-sae")
     shutil.copytree(ws.path("sae"), bad_sae)
     (bad_sae / "sae_weights.safetensors").write_bytes(pickle.dumps(Payload(marker)))
-    probe.error(area, "SAE weights are pickle", "fit(sae=folder whose weights file is a pickle)",
-                lambda: Guardrail.fit(ws.model, ws.tok, str(bad_sae), forget=ws.forget, retain=ws.retain))
-    probe.ok(area, "SAE pickle not executed", "marker file of the SAE pickle payload absent",
-             lambda: marker.exists(), lambda ran: "the pickle ran" if ran else None)
+    probe.error(
+        area,
+        "SAE weights are pickle",
+        "fit(sae=folder whose weights file is a pickle)",
+        lambda: Guardrail.fit(ws.model, ws.tok, str(bad_sae), forget=ws.forget, retain=ws.retain),
+    )
+    probe.ok(
+        area,
+        "SAE pickle not executed",
+        "marker file of the SAE pickle payload absent",
+        lambda: marker.exists(),
+        lambda ran: "the pickle ran" if ran else None,
+    )
 
 
 def _outputs(probe: Probe, ws: Workspace) -> None:
@@ -266,17 +351,35 @@ def _outputs(probe: Probe, ws: Workspace) -> None:
     a_file = ws.fresh("a-file")
     a_file.write_text("not a folder")
     probe.error(area, "save to a file", "guard.save(<existing file>)", lambda: ws.guard.save(a_file))
-    probe.error(area, "save under a file", "guard.save(<file>/sub)", lambda: ws.guard.save(a_file / "sub"),
-                outputs=[a_file / "sub"])
+    probe.error(
+        area,
+        "save under a file",
+        "guard.save(<file>/sub)",
+        lambda: ws.guard.save(a_file / "sub"),
+        outputs=[a_file / "sub"],
+    )
     other = ws.fresh("other")
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    probe.error(area, "save into a non-guard folder", "guard.save(<folder with keep.txt>)",
-                lambda: ws.guard.save(other))
-    probe.ok(area, "non-guard folder untouched", "keep.txt still there after the refusal",
-             lambda: (other / "keep.txt").read_text(), lambda text: None if text == "mine" else "keep.txt changed")
-    probe.error(area, "save to a read-only mount", "guard.save('/sys/saeguard-probe')",
-                lambda: ws.guard.save("/sys/saeguard-probe"))
+    probe.error(
+        area,
+        "save into a non-guard folder",
+        "guard.save(<folder with keep.txt>)",
+        lambda: ws.guard.save(other),
+    )
+    probe.ok(
+        area,
+        "non-guard folder untouched",
+        "keep.txt still there after the refusal",
+        lambda: (other / "keep.txt").read_text(),
+        lambda text: None if text == "mine" else "keep.txt changed",
+    )
+    probe.error(
+        area,
+        "save to a read-only mount",
+        "guard.save('/sys/saeguard-probe')",
+        lambda: ws.guard.save("/sys/saeguard-probe"),
+    )
     probe.error(area, "save(123)", "guard.save(123)", lambda: ws.guard.save(123))  # type: ignore[arg-type]
     target = ws.fresh("modes")
 
@@ -288,12 +391,22 @@ def _outputs(probe: Probe, ws: Workspace) -> None:
             os.umask(old)
         return stat.S_IMODE(target.stat().st_mode), stat.S_IMODE((target / "guardrail.json").stat().st_mode)
 
-    probe.ok(area, "modes under umask 077", "saved folder/file modes with umask 077",
-             save_with_umask, lambda m: None if m == (0o755, 0o644) else f"modes {oct(m[0])}, {oct(m[1])}")
+    probe.ok(
+        area,
+        "modes under umask 077",
+        "saved folder/file modes with umask 077",
+        save_with_umask,
+        lambda m: None if m == (0o755, 0o644) else f"modes {oct(m[0])}, {oct(m[1])}",
+    )
     replace = ws.fresh("replace")
     ws.guard.save(replace)
-    probe.ok(area, "replace a guard folder", "guard.save(<existing guard folder>) replaces it",
-             lambda: Guardrail.load(ws.guard.save(replace)).tau, lambda tau: None if tau == ws.guard.tau else "tau")
+    probe.ok(
+        area,
+        "replace a guard folder",
+        "guard.save(<existing guard folder>) replaces it",
+        lambda: Guardrail.load(ws.guard.save(replace)).tau,
+        lambda tau: None if tau == ws.guard.tau else "tau",
+    )
 
 
 def _load_arguments(probe: Probe, ws: Workspace) -> None:
@@ -302,14 +415,37 @@ def _load_arguments(probe: Probe, ws: Workspace) -> None:
     probe.error(area, "load(None)", "Guardrail.load(None)", lambda: Guardrail.load(None))  # type: ignore[arg-type]
     probe.error(area, "load(123)", "Guardrail.load(123)", lambda: Guardrail.load(123))  # type: ignore[arg-type]
     probe.error(area, "load(missing)", "Guardrail.load('missing')", lambda: Guardrail.load("missing"))
-    probe.error(area, "load(file)", "Guardrail.load(<guardrail.json>)", lambda: Guardrail.load(guard / "guardrail.json"))
-    probe.error(area, "load(model='llama')", "Guardrail.load(guard, 'llama')",
-                lambda: Guardrail.load(guard, "llama"))  # type: ignore[arg-type]
-    probe.error(area, "load(model=tokenizer)", "Guardrail.load(guard, tokenizer)", lambda: Guardrail.load(guard, ws.tok))
-    probe.error(area, "load onto gpt2 (other weights)", "Guardrail.load(guard, gpt2) strict",
-                lambda: Guardrail.load(guard, ws.gpt2))
-    probe.error(area, "load(sae=123) on TopK", "Guardrail.load(topk_guard, sae=123)",
-                lambda: Guardrail.load(ws.path("topk_guard"), sae=123))
-    probe.error(area, "retune(gate_percentile=150)", "retune(guard, gate_percentile=150)",
-                lambda: retune(ws.guard, gate_percentile=150))
+    probe.error(
+        area,
+        "load(file)",
+        "Guardrail.load(<guardrail.json>)",
+        lambda: Guardrail.load(guard / "guardrail.json"),
+    )
+    probe.error(
+        area, "load(model='llama')", "Guardrail.load(guard, 'llama')", lambda: Guardrail.load(guard, "llama")
+    )  # type: ignore[arg-type]
+    probe.error(
+        area,
+        "load(model=tokenizer)",
+        "Guardrail.load(guard, tokenizer)",
+        lambda: Guardrail.load(guard, ws.tok),
+    )
+    probe.error(
+        area,
+        "load onto gpt2 (other weights)",
+        "Guardrail.load(guard, gpt2) strict",
+        lambda: Guardrail.load(guard, ws.gpt2),
+    )
+    probe.error(
+        area,
+        "load(sae=123) on TopK",
+        "Guardrail.load(topk_guard, sae=123)",
+        lambda: Guardrail.load(ws.path("topk_guard"), sae=123),
+    )
+    probe.error(
+        area,
+        "retune(gate_percentile=150)",
+        "retune(guard, gate_percentile=150)",
+        lambda: retune(ws.guard, gate_percentile=150),
+    )
     probe.error(area, "retune(clamp='-1')", "retune(guard, clamp='-1')", lambda: retune(ws.guard, clamp="-1"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from scripts.reliability.cases_artifact import copy_guard, edit_json
 from scripts.reliability.fixtures import FAST_CLI, Workspace
-from scripts.reliability.framework import Probe, Result, last_line, leftovers
+from scripts.reliability.framework import Probe, Result, last_line, leftovers, package_path
 
 REPO = Path(__file__).resolve().parents[2]
 CliCheck = Callable[[str, str], "str | None"]
@@ -38,12 +39,26 @@ class CliCase:
 
 
 def fit_argv(ws: Workspace, output: Path, *extra: str, model: str = "llama", sae: str = "sae") -> list[str]:
-    return ["fit", "--model", str(ws.path(model)), "--sae", str(ws.path(sae)), "--forget",
-            str(ws.path("forget.txt")), "--retain", str(ws.path("retain.jsonl")), "-o", str(output),
-            *FAST_CLI, *extra]
+    return [
+        "fit",
+        "--model",
+        str(ws.path(model)),
+        "--sae",
+        str(ws.path(sae)),
+        "--forget",
+        str(ws.path("forget.txt")),
+        "--retain",
+        str(ws.path("retain.jsonl")),
+        "-o",
+        str(output),
+        *FAST_CLI,
+        *extra,
+    ]
 
 
-def _sae_variant(ws: Workspace, name: str, weights: bytes | None = None, cfg: dict | str | None = None) -> Path:
+def _sae_variant(
+    ws: Workspace, name: str, weights: bytes | None = None, cfg: dict | str | None = None
+) -> Path:
     folder = ws.fresh(name)
     shutil.copytree(ws.path("sae"), folder)
     if weights is not None:
@@ -59,7 +74,10 @@ def cases(ws: Workspace) -> list[CliCase]:
         ("fit -n 2.5", ["fit", "-n", "2.5"]),
         ("fit without --retain", ["fit", "--forget", "a.txt", "-o", "x"]),
         ("unknown command", ["nosuchcommand"]),
-        ("generate --max-new-tokens abc", ["generate", "--guard", "g", "--prompt", "p", "--max-new-tokens", "abc"]),
+        (
+            "generate --max-new-tokens abc",
+            ["generate", "--guard", "g", "--prompt", "p", "--max-new-tokens", "abc"],
+        ),
         ("fit --dtype int8", fit_argv(ws, ws.fresh("x"), "--dtype", "int8")),
         ("eval --scorer bogus", ["eval", "--mcq", "x.jsonl", "--scorer", "bogus"]),
         ("inspect without a folder", ["inspect"]),
@@ -68,7 +86,9 @@ def cases(ws: Workspace) -> list[CliCase]:
     out += [CliCase("cli:usage", name, argv, "usage", batch="real") for name, argv in usage]
     out += [
         CliCase("cli:usage", "data nosuch", ["data", "nosuch"], "usage", batch="c"),
-        CliCase("cli:usage", "eval without --mcq", ["eval", "--model", str(ws.path("llama"))], "usage", batch="c"),
+        CliCase(
+            "cli:usage", "eval without --mcq", ["eval", "--model", str(ws.path("llama"))], "usage", batch="c"
+        ),
         CliCase("cli:usage", "fit --n-features ''", fit_argv(ws, ws.fresh("x"), "--n-features", ""), "usage"),
     ]
     out += _fit_cases(ws)
@@ -96,8 +116,14 @@ def _fit_cases(ws: Workspace) -> list[CliCase]:
     (broken_model / "config.json").write_text("{not json")
     errors: list[tuple[str, list[str], list[Path]]] = []
 
-    def add(name: str, *extra: str, model: str = "llama", sae: str = "sae", output: Path | None = None,
-            replace: dict[str, str] | None = None) -> None:
+    def add(
+        name: str,
+        *extra: str,
+        model: str = "llama",
+        sae: str = "sae",
+        output: Path | None = None,
+        replace: dict[str, str] | None = None,
+    ) -> None:
         target = output or ws.fresh("fit-out")
         argv = fit_argv(ws, target, *extra, model=model, sae=sae)
         for flag, value in (replace or {}).items():
@@ -110,7 +136,14 @@ def _fit_cases(ws: Workspace) -> list[CliCase]:
     add("-o a folder that is not a guardrail", output=other)
     add("-o a guardrail without --force", output=existing)
     add("gpt2 (256 positions) --seq-len 1024", model="gpt2", replace={"--seq-len": "1024"})
-    add("gpt2 --prompt-max-tokens 400", "--prompt-min-tokens", "300", "--prompt-max-tokens", "400", model="gpt2")
+    add(
+        "gpt2 --prompt-max-tokens 400",
+        "--prompt-min-tokens",
+        "300",
+        "--prompt-max-tokens",
+        "400",
+        model="gpt2",
+    )
     for name in ("empty.txt", "binary.txt", "bad.jsonl", "emoji.txt", "pickle.txt"):
         add(f"--forget {name}", replace={"--forget": str(corpora / name)})
     add("--forget missing.txt", replace={"--forget": str(ws.root / "missing.txt")})
@@ -118,15 +151,35 @@ def _fit_cases(ws: Workspace) -> list[CliCase]:
     add("--layer 5", replace={"--layer": "5"})
     add("--layer abc", replace={"--layer": "abc"})
     add("--layer 0 with an SAE of layer 1", sae=str(hooked), replace={"--layer": "0"})
-    for option, value in [("--clamp", "-5"), ("--clamp", "abc"), ("--clamp", "0x"), ("--ratio-percentile", "150"),
-                          ("--gate-percentile", "nan"), ("-n", "0"), ("--seq-len", "1"), ("--batch-size", "0"),
-                          ("--memory-budget-gb", "0"), ("--max-chunks", "0"), ("--clamp", "inf"),
-                          ("--window-tokens", "-1"), ("--calibration-size", "0")]:
+    for option, value in [
+        ("--clamp", "-5"),
+        ("--clamp", "abc"),
+        ("--clamp", "0x"),
+        ("--ratio-percentile", "150"),
+        ("--gate-percentile", "nan"),
+        ("-n", "0"),
+        ("--seq-len", "1"),
+        ("--batch-size", "0"),
+        ("--memory-budget-gb", "0"),
+        ("--max-chunks", "0"),
+        ("--clamp", "inf"),
+        ("--window-tokens", "-1"),
+        ("--calibration-size", "0"),
+    ]:
         add(f"{option} {value}", option, value)
-    add("--prompt-min-tokens 100 > --prompt-max-tokens 10", "--prompt-min-tokens", "100", "--prompt-max-tokens", "10")
+    add(
+        "--prompt-min-tokens 100 > --prompt-max-tokens 10",
+        "--prompt-min-tokens",
+        "100",
+        "--prompt-max-tokens",
+        "10",
+    )
     add("--sae missing", sae=str(ws.root / "missing-sae"))
     add("--sae with zero-byte weights", sae=str(_sae_variant(ws, "sae-zero", weights=bytes(100))))
-    add("--sae with pickle weights", sae=str(_sae_variant(ws, "sae-pickle", weights=pickle.dumps({"W_enc": 1}))))
+    add(
+        "--sae with pickle weights",
+        sae=str(_sae_variant(ws, "sae-pickle", weights=pickle.dumps({"W_enc": 1}))),
+    )
     add("--sae with broken cfg.json", sae=str(_sae_variant(ws, "sae-badcfg", cfg="{oops")))
     add("--sae with d_in 16", sae=str(_sae_variant(ws, "sae-narrow", cfg=narrow_cfg)))
     add("--sae default with another model", sae="default")
@@ -138,20 +191,36 @@ def _fit_cases(ws: Workspace) -> list[CliCase]:
     written = ws.fresh("fit-ok")
 
     def wrote(path: Path) -> CliCheck:
-        return lambda out, err: None if (path / "guardrail.json").is_file() and "written" in out else \
-            f"no guardrail in {path}"
+        return lambda out, err: (
+            None if (path / "guardrail.json").is_file() and "written" in out else f"no guardrail in {path}"
+        )
 
     lowered = ws.fresh("fit-lowered")
     lowered_argv = fit_argv(ws, lowered, model="gpt2")
-    del lowered_argv[lowered_argv.index("--seq-len"): lowered_argv.index("--seq-len") + 2]
+    del lowered_argv[lowered_argv.index("--seq-len") : lowered_argv.index("--seq-len") + 2]
     forced = copy_guard(ws, "forced")
     cases += [
         CliCase(area, "fit succeeds", fit_argv(ws, written), "success", check=wrote(written), batch="b"),
-        CliCase(area, "--force replaces a guardrail", fit_argv(ws, forced, "--force"), "success",
-                check=wrote(forced), batch="b"),
-        CliCase(area, "gpt2 default seq_len lowered", lowered_argv, "success",
-                check=lambda out, err: None if "using 256" in err and (lowered / "guardrail.json").is_file()
-                else "seq_len not lowered to 256", batch="b"),
+        CliCase(
+            area,
+            "--force replaces a guardrail",
+            fit_argv(ws, forced, "--force"),
+            "success",
+            check=wrote(forced),
+            batch="b",
+        ),
+        CliCase(
+            area,
+            "gpt2 default seq_len lowered",
+            lowered_argv,
+            "success",
+            check=lambda out, err: (
+                None
+                if "using 256" in err and (lowered / "guardrail.json").is_file()
+                else "seq_len not lowered to 256"
+            ),
+            batch="b",
+        ),
     ]
     return cases
 
@@ -163,8 +232,9 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
     (truncated / "guardrail.safetensors").write_bytes(b"\x00" * 10)
     nan = edit_json(ws, "cli-nan", lambda m: json.dumps(m).replace(f'"tau": {m["tau"]}', '"tau": NaN'))
     as_list = edit_json(ws, "cli-list", lambda m: [m])
-    deep = edit_json(ws, "cli-deep", lambda m: '{"format": "saeguard-guardrail", "x": ' + "[" * 50_000 + "]" * 50_000
-                     + "}")
+    deep = edit_json(
+        ws, "cli-deep", lambda m: '{"format": "saeguard-guardrail", "x": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    )
     gen = ["generate", "--guard", guard, "--model", llama, "--device", "cpu", "--max-new-tokens", "3"]
     mcq = ws.root / "mcq"
     a_file = ws.fresh("eval-file")
@@ -173,8 +243,9 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
     cli_mcq.mkdir(exist_ok=True)
     (cli_mcq / "bad.jsonl").write_text("{oops\n")
     (cli_mcq / "empty.jsonl").write_text("")
-    (cli_mcq / "answer4.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b", "c", "d"],
-                                                       "answer": 4}) + "\n")
+    (cli_mcq / "answer4.jsonl").write_text(
+        json.dumps({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 4}) + "\n"
+    )
     ev = ["eval", "--model", llama, "--device", "cpu", "--no-known"]
     errors = [
         ("inspect missing", ["inspect", str(ws.root / "missing")]),
@@ -183,12 +254,26 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         ("inspect tau NaN", ["inspect", str(nan)]),
         ("inspect JSON list", ["inspect", str(as_list)]),
         ("inspect JSON nested 50k deep", ["inspect", str(deep)]),
-        ("generate --guard missing", ["generate", "--guard", str(ws.root / "missing"), "--prompt", "p", "--model",
-                                      llama, "--device", "cpu"]),
+        (
+            "generate --guard missing",
+            [
+                "generate",
+                "--guard",
+                str(ws.root / "missing"),
+                "--prompt",
+                "p",
+                "--model",
+                llama,
+                "--device",
+                "cpu",
+            ],
+        ),
         ("generate --max-new-tokens 0", [*gen, "--prompt", "p", "--max-new-tokens", "0"]),
         ("generate --max-new-tokens -3", [*gen, "--prompt", "p", "--max-new-tokens", "-3"]),
-        ("generate 300-token prompt on gpt2", [*gen[:4], gpt2, *gen[5:], "--no-strict", "--prompt",
-                                               " ".join(["cell"] * 300)]),
+        (
+            "generate 300-token prompt on gpt2",
+            [*gen[:4], gpt2, *gen[5:], "--no-strict", "--prompt", " ".join(["cell"] * 300)],
+        ),
         ("generate on other weights (strict)", [*gen[:4], gpt2, *gen[5:], "--prompt", "p"]),
         ("generate --device cuda", [*gen, "--prompt", "p", "--device", "cuda"]),
         ("eval --mcq missing", [*ev, "--mcq", str(ws.root / "missing.jsonl")]),
@@ -212,24 +297,59 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         return None if tau == ws.guard.tau else f"tau {tau} != {ws.guard.tau}"
 
     out += [
-        CliCase(area, "inspect --json", ["inspect", guard, "--json"], "success", check=same_tau, batch="real"),
-        CliCase(area, "inspect a TopK guardrail", ["inspect", str(ws.path("topk_guard"))], "success",
-                check=has("topk"), batch="c"),
-        CliCase(area, "generate", [*gen, "--prompt", "what is the cell"], "success", check=has("guarded:", "gate:"),
-                batch="c"),
-        CliCase(area, "generate empty prompt", [*gen, "--prompt", ""], "success", check=has("guarded:"), batch="c"),
-        CliCase(area, "generate rich markup prompt", [*gen, "--prompt", "[bold]cell[/bold] [red]"], "success",
-                check=has("[bold]cell[/bold]"), batch="c"),
-        CliCase(area, "eval", [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", guard], "success",
-                check=has("mcq"), batch="c"),
+        CliCase(
+            area, "inspect --json", ["inspect", guard, "--json"], "success", check=same_tau, batch="real"
+        ),
+        CliCase(
+            area,
+            "inspect a TopK guardrail",
+            ["inspect", str(ws.path("topk_guard"))],
+            "success",
+            check=has("topk"),
+            batch="c",
+        ),
+        CliCase(
+            area,
+            "generate",
+            [*gen, "--prompt", "what is the cell"],
+            "success",
+            check=has("guarded:", "gate:"),
+            batch="c",
+        ),
+        CliCase(
+            area, "generate empty prompt", [*gen, "--prompt", ""], "success", check=has("guarded:"), batch="c"
+        ),
+        CliCase(
+            area,
+            "generate rich markup prompt",
+            [*gen, "--prompt", "[bold]cell[/bold] [red]"],
+            "success",
+            check=has("[bold]cell[/bold]"),
+            batch="c",
+        ),
+        CliCase(
+            area,
+            "eval",
+            [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", guard],
+            "success",
+            check=has("mcq"),
+            batch="c",
+        ),
     ]
     return out
 
 
 def run(probe: Probe, ws: Workspace, *, workers: int = 2) -> None:
     chosen = [c for c in cases(ws) if probe._wanted(c.area, c.name)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO),
-           "SAEGUARD_CACHE": str(ws.root / "cache"), "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "SAEGUARD_CACHE": str(ws.root / "cache"),
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+    }
     jobs: list[tuple[list[CliCase], Callable[[], list[dict]]]] = []
     for case in [c for c in chosen if c.batch == "real"]:
         jobs.append(([case], lambda c=case: [_real(c, env)]))
@@ -247,18 +367,36 @@ def _real(case: CliCase, env: dict) -> dict:
     import time
 
     started = time.perf_counter()
-    proc = subprocess.run([str(REPO / ".venv/bin/saeguard"), *case.argv], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=600, check=False)
-    return {"code": proc.returncode, "out": proc.stdout, "err": proc.stderr, "seconds": time.perf_counter() - started}
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/saeguard"), *case.argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
+    return {
+        "code": proc.returncode,
+        "out": proc.stdout,
+        "err": proc.stderr,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _driver(group: list[CliCase], env: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cases_path, results_path = Path(tmp) / "cases.json", Path(tmp) / "results.json"
         cases_path.write_text(json.dumps([c.argv for c in group]))
-        proc = subprocess.run([sys.executable, "-m", "scripts.reliability.cli_driver", str(cases_path),
-                               str(results_path)], capture_output=True, text=True, env=env, cwd=REPO,
-                              timeout=1800, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "scripts.reliability.cli_driver", str(cases_path), str(results_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=1800,
+            check=False,
+        )
         if not results_path.is_file():
             crash = {"code": 1, "out": proc.stdout, "err": "driver crashed\n" + proc.stderr, "seconds": 0.0}
             return [crash for _ in group]
@@ -267,10 +405,18 @@ def _driver(group: list[CliCase], env: dict) -> list[dict]:
 
 def classify(case: CliCase, raw: dict) -> Result:
     code, out, err = raw["code"], raw["out"], raw["err"]
-    result = Result(case.area, case.name, "saeguard " + " ".join(_short_arg(a) for a in case.argv), case.expect)
+    result = Result(
+        case.area, case.name, "saeguard " + " ".join(_short_arg(a) for a in case.argv), case.expect
+    )
     result.seconds = raw["seconds"]
-    lines = [line for line in err.strip().splitlines() if line.strip() and not line.startswith(("note:", "WARNING:"))]
+    lines = [
+        line
+        for line in err.strip().splitlines()
+        if line.strip() and not line.startswith(("note:", "WARNING:"))
+    ]
     result.message = last_line(err) or last_line(out)
+    if "Traceback" in err:
+        result.message += f" [{_innermost(err)}]"
     if case.expect in ("usage", "error"):
         if "Traceback" in err or code not in (0, 2):
             result.outcome = "TRACEBACK"
@@ -293,6 +439,13 @@ def classify(case: CliCase, raw: dict) -> Result:
     else:
         result.message = f"exit 0: {last_line(out)}"
     return result
+
+
+def _innermost(err: str) -> str:
+    """file:line of the innermost saeguard frame of a printed traceback."""
+    frames = re.findall(r'File "([^"]*saeguard[^"]*)", line (\d+)', err)
+    frames = [f for f in frames if "reliability" not in f[0]] or frames
+    return f"{package_path(frames[-1][0])}:{frames[-1][1]}" if frames else "?"
 
 
 def _short_arg(arg: str) -> str:

@@ -94,7 +94,9 @@ def _config(probe: Probe, ws: Workspace) -> None:
     area = "api:config"
     probe.error(area, "preset('nope')", "preset('nope')", lambda: preset("nope"))
     probe.error(area, "preset(None)", "preset(None)", lambda: preset(None))  # type: ignore[arg-type]
-    probe.error(area, "FitConfig.from_dict('x')", "FitConfig.from_dict('x')", lambda: FitConfig.from_dict("x"))  # type: ignore[arg-type]
+    probe.error(
+        area, "FitConfig.from_dict('x')", "FitConfig.from_dict('x')", lambda: FitConfig.from_dict("x")
+    )  # type: ignore[arg-type]
     probe.error(
         area,
         "FitConfig.from_dict n_features=-1",
@@ -157,7 +159,10 @@ def _corpora(probe: Probe, ws: Workspace) -> None:
     probe.error(area, "forget=folder", "forget=<a folder>", lambda: fit(ws, forget=str(root)))
     probe.error(area, "forget='hf:'", "forget='hf:' (malformed spec)", lambda: fit(ws, forget="hf:"))
     probe.error(
-        area, "forget='wiki:nosuchtopic'", "forget='wiki:nosuchtopic'", lambda: fit(ws, forget="wiki:nosuchtopic")
+        area,
+        "forget='wiki:nosuchtopic'",
+        "forget='wiki:nosuchtopic'",
+        lambda: fit(ws, forget="wiki:nosuchtopic"),
     )
     huge = [" ".join(ws.forget) * 40]  # one ~60k-word document
     probe.ok(
@@ -172,7 +177,9 @@ def _corpora(probe: Probe, ws: Workspace) -> None:
         area,
         "forget jsonl with a UTF-8 BOM",
         "forget=bom.jsonl (UTF-8 BOM before the first row)",
-        lambda: list(__import__("saeguard.hf.corpus", fromlist=["x"]).iter_documents(str(root / "bom.jsonl"))),
+        lambda: list(
+            __import__("saeguard.hf.corpus", fromlist=["x"]).iter_documents(str(root / "bom.jsonl"))
+        ),
         lambda docs: None if docs == [ws.forget[0]] else f"got {len(docs)} documents",
     )
 
@@ -180,14 +187,24 @@ def _corpora(probe: Probe, ws: Workspace) -> None:
 def _lengths_and_layers(probe: Probe, ws: Workspace) -> None:
     area = "api:fit-lengths"
     gpt2 = tiny_gpt2(max_positions=256)
-    probe.error(area, "seq_len beyond positions", "fit(gpt2 of 256 positions, seq_len=1024)",
-                lambda: fit(ws, model=gpt2, seq_len=1024))
-    probe.error(area, "prompt_max_tokens beyond positions",
-                "fit(gpt2 of 256 positions, prompt_min_tokens=300, prompt_max_tokens=400)",
-                lambda: fit(ws, model=gpt2, prompt_min_tokens=300, prompt_max_tokens=400))
-    probe.error(area, "calibration_long_tokens beyond positions",
-                "fit(gpt2 of 256 positions, calibration_long_tokens=600)",
-                lambda: fit(ws, model=gpt2, calibration_long_tokens=600))
+    probe.error(
+        area,
+        "seq_len beyond positions",
+        "fit(gpt2 of 256 positions, seq_len=1024)",
+        lambda: fit(ws, model=gpt2, seq_len=1024),
+    )
+    probe.error(
+        area,
+        "prompt_max_tokens beyond positions",
+        "fit(gpt2 of 256 positions, prompt_min_tokens=300, prompt_max_tokens=400)",
+        lambda: fit(ws, model=gpt2, prompt_min_tokens=300, prompt_max_tokens=400),
+    )
+    probe.error(
+        area,
+        "calibration_long_tokens beyond positions",
+        "fit(gpt2 of 256 positions, calibration_long_tokens=600)",
+        lambda: fit(ws, model=gpt2, calibration_long_tokens=600),
+    )
     probe.error(area, "layer=99", "fit(layer=99) on a 2-layer model", lambda: fit(ws, layer=99))
     probe.error(area, "layer=-1", "fit(layer=-1)", lambda: fit(ws, layer=-1))
     probe.error(area, "layer=1.5", "fit(layer=1.5)", lambda: fit(ws, layer=1.5))
@@ -195,11 +212,22 @@ def _lengths_and_layers(probe: Probe, ws: Workspace) -> None:
     probe.error(area, "layer='nonsense'", "fit(layer='nonsense')", lambda: fit(ws, layer="nonsense"))
     sae0 = random_sae("jumprelu")
     sae0.cfg.metadata.hook_name = "model.layers.0"
-    probe.error(area, "SAE reads layer 0, layer=1 asked", "fit(sae with hook_name model.layers.0, layer=1)",
-                lambda: fit(ws, sae=sae0, layer=1))
-    probe.ok(area, "layer as hook name", "fit(layer='blocks.1.hook_resid_post') hooks block 1",
-             lambda: fit(ws, layer="blocks.1.hook_resid_post"),
-             lambda g: None if g.layer == 1 else f"layer {g.layer}")
-    probe.ok(area, "n_features > d_sae", "fit(n_features=1000) with a 64-latent SAE",
-             lambda: fit(ws, n_features=1000, ratio_percentile=0),
-             lambda g: None if 1 <= len(g.latents.ids) <= 64 else f"{len(g.latents.ids)} latents")
+    probe.error(
+        area,
+        "SAE reads layer 0, layer=1 asked",
+        "fit(sae with hook_name model.layers.0, layer=1)",
+        lambda: fit(ws, sae=sae0, layer=1),
+    )
+    probe.ok(
+        area,
+        "layer as hook name",
+        "fit(layer='blocks.1.hook_resid_post') hooks block 1",
+        lambda: fit(ws, layer="blocks.1.hook_resid_post"),
+        lambda g: None if g.layer == 1 else f"layer {g.layer}",
+    )
+    probe.error(
+        area,
+        "n_features > d_sae",
+        "fit(n_features=1000, ratio_percentile=0) with a 64-latent SAE",
+        lambda: fit(ws, n_features=1000, ratio_percentile=0),
+    )

@@ -33,7 +33,12 @@ def run_one(argv: list[str]) -> dict:
         except BaseException:  # noqa: BLE001 - what the interpreter would print
             traceback.print_exc()
             code = 1
-    return {"code": code, "out": out.getvalue(), "err": err.getvalue(), "seconds": time.perf_counter() - started}
+    return {
+        "code": code,
+        "out": out.getvalue(),
+        "err": err.getvalue(),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:

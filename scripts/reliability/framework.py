@@ -140,7 +140,15 @@ def _where(error: BaseException) -> str:
     frame = (ours or frames or [None])[-1]
     if frame is None:
         return "?"
-    return f"{Path(frame.filename).name}:{frame.lineno}"
+    return f"{package_path(frame.filename)}:{frame.lineno}"
+
+
+def package_path(filename: str) -> str:
+    """``server/app.py`` for ``.../src/saeguard/server/app.py``; the bare name outside saeguard."""
+    parts = Path(filename).parts
+    if "saeguard" in parts:
+        return "/".join(parts[len(parts) - parts[::-1].index("saeguard") :])
+    return Path(filename).name
 
 
 def _short(value: Any) -> str:

@@ -68,7 +68,9 @@ def area_table(results: list[Result]) -> list[str]:
         chosen = [r for r in results if area in ("all", r.area)]
         counts = Counter(r.outcome for r in chosen)
         name = f"**{area}**" if area == "all" else area
-        lines.append(f"| {name} | {len(chosen)} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
+        lines.append(
+            f"| {name} | {len(chosen)} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |"
+        )
     return lines
 
 
@@ -78,7 +80,9 @@ def expect_table(results: list[Result]) -> list[str]:
     for kind in ("error", "usage", "success"):
         chosen = [r for r in results if r.expect == kind]
         counts = Counter(r.outcome for r in chosen)
-        lines.append(f"| {kind} | {len(chosen)} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
+        lines.append(
+            f"| {kind} | {len(chosen)} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |"
+        )
     return lines
 
 
@@ -108,22 +112,40 @@ def write_markdown(results: list[Result], path: Path, seconds: float) -> None:
     text = PREAMBLE.format(total=len(results), cli=cli, api=len(results) - cli)
     faults = [r for r in results if r.fault]
     open_faults = [r for r in faults if is_open(r)]
-    lines = [text, f"## Result (run took {seconds / 60:.1f} min)", "", *area_table(results), "",
-             *expect_table(results), ""]
+    lines = [
+        text,
+        f"## Result (run took {seconds / 60:.1f} min)",
+        "",
+        *area_table(results),
+        "",
+        *expect_table(results),
+        "",
+    ]
     lines += ["## Open", ""]
     if open_faults:
         lines += ["Faults in modules others are building (not fixed here): input and the last line.", ""]
         lines += [f"- `{r.area}` {r.name}: {_cell(r.given)} → {_cell(r.message)}" for r in open_faults]
     else:
-        lines.append("None: no case reached server/, experiments/, attacks/, explain/, vllm/ or distributed.py "
-                     "with a fault.")
+        lines.append(
+            "None: no case reached server/, experiments/, attacks/, explain/, vllm/ or distributed.py "
+            "with a fault."
+        )
     rest = [r for r in faults if not is_open(r)]
     if rest:
         lines += ["", "## Faults", ""]
-        lines += [f"- **{r.outcome}** `{r.area}` {r.name}: {_cell(r.given)} → {_cell(r.message)}" for r in rest]
-    lines += ["", "## Every case", "", "| area | case | input | expected | outcome | what it says |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            f"- **{r.outcome}** `{r.area}` {r.name}: {_cell(r.given)} → {_cell(r.message)}" for r in rest
+        ]
+    lines += [
+        "",
+        "## Every case",
+        "",
+        "| area | case | input | expected | outcome | what it says |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r.area} | {_cell(r.name, 60)} | {_cell(r.given, 120)} | {r.expect} | {r.outcome} | "
-                     f"{_cell(r.message)} |")
+        lines.append(
+            f"| {r.area} | {_cell(r.name, 60)} | {_cell(r.given, 120)} | {r.expect} | {r.outcome} | "
+            f"{_cell(r.message)} |"
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -283,10 +283,9 @@ class FitConfig:
                 stacklevel=2,
             )
         try:
-            config = cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**{k: v for k, v in data.items() if k in known}).validate()
         except SaeguardError as error:
             raise SaeguardError(f"{where}: {error}") from None
-        return config.validate()
 
     @classmethod
     def option(cls, name: str) -> tuple[Any, str]:
@@ -376,6 +375,11 @@ def with_overrides(config: FitConfig | None, overrides: dict[str, Any]) -> FitCo
     Raises:
         SaeguardError: an unknown setting name, or a value that fails validation.
     """
+    require(
+        config is None or isinstance(config, FitConfig),
+        f"config must be a FitConfig, got {type(config).__name__}: pass FitConfig(...), preset('demo'), "
+        "or the settings as keywords",
+    )
     known = {spec.name for spec in fields(FitConfig)}
     unknown = sorted(set(overrides) - known)
     require(not unknown, f"unknown fit setting {', '.join(unknown)}: see FitConfig for the settings")

@@ -16,11 +16,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from saeguard.config import FitConfig, preset
+from saeguard.core.guardrail import row_decisions
 from saeguard.defaults import DEFAULT_WIDTH, ensure_default_sae
 from saeguard.errors import SaeguardError
+from saeguard.eval.generation import decision_line, flipped_token
 from saeguard.eval.items import Scorer
 from saeguard.eval.known import KnownConfig, Orderings, known_items
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
@@ -229,12 +232,15 @@ def run_demo(
         {
             "topic": "forget" if i < len(FORGET_QUESTIONS) else "retain",
             "prompt": prompt,
-            "flagged": bool(records[0].flagged[i]),
-            "rho": float(records[0].rho[i]),
+            "flagged": decision.prompt_flagged,
+            "rho": decision.prompt_rho,
+            "flipped_at": decision.flipped_at,  # first generated token after which the gate clamped
+            "final_rho": decision.final_rho,
+            "gate": decision_line(decision, guard.tau, flipped_token(tokenizer, guarded_texts[i], decision)),
             "unguarded": plain_texts[i],
             "guarded": guarded_texts[i],
         }
-        for i, prompt in enumerate(prompts)
+        for i, (prompt, decision) in enumerate(zip(prompts, row_decisions(records), strict=True))
     ]
     seconds["generate"] = time.perf_counter() - began
     explain_demo(  # fluency beside each generation, and the explain report in output/explain
@@ -342,10 +348,14 @@ def print_demo(result: DemoResult, console: Console) -> None:
     for name, metrics in result.text.get("firing", {}).items():
         console.print(f"gate fires on held-out {name} prompts: {100 * metrics['flagged_fraction']:.1f}%")
     for item in result.generations:
-        state = "FLAGGED" if item["flagged"] else "passed"
-        console.rule(f"[{item['topic']}] {item['prompt']}  ({state}, rho={item['rho']:.2f})")
-        console.print(f"[bold]unguarded:[/bold] {item['unguarded'].strip()}")
-        console.print(f"[bold]guarded:  [/bold] {item['guarded'].strip()}")
+        state = (
+            "FLAGGED" if item["flagged"] else ("flipped" if item.get("flipped_at") is not None else "passed")
+        )
+        console.rule(f"[{item['topic']}] {escape(item['prompt'])}  ({state}, rho={item['rho']:.2f})")
+        if item.get("gate"):
+            console.print(f"[bold]gate:     [/bold] {escape(item['gate'])}", soft_wrap=True)
+        console.print(f"[bold]unguarded:[/bold] {escape(item['unguarded'].strip())}", soft_wrap=True)
+        console.print(f"[bold]guarded:  [/bold] {escape(item['guarded'].strip())}", soft_wrap=True)
     console.print(f"timings (s): { {k: round(v, 1) for k, v in result.seconds.items()} }")
 
 

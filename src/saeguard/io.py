@@ -68,7 +68,9 @@ def parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text, parse_constant=no_constant)
     except RecursionError:
-        raise SaeguardError(f"{where} is nested too deeply to read as JSON (deeper than Python's limit)") from None
+        raise SaeguardError(
+            f"{where} is nested too deeply to read as JSON (deeper than Python's limit)"
+        ) from None
     except ValueError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SaeguardError(f"{where} is not valid JSON ({message})") from None

@@ -2,8 +2,9 @@
 
 On a terminal: a rich bar with ``done/total unit``, elapsed time and an ETA
 (the caller passes ``total`` wherever it knows it, e.g. chunks, calibration
-inputs, questions). In logs and pipes: a line every 10%, worded so it cannot
-be mistaken for a result, e.g. ``scoring wiki:biology: 8/12 questions (3s, ETA 2s)``.
+inputs, questions). In logs and pipes: once a step has run for
+:data:`LOG_AFTER_SECONDS`, a line every 10%, worded so it cannot be mistaken
+for a result, e.g. ``scoring wiki:biology: 8/12 questions (13s, ETA 5s)``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+LOG_AFTER_SECONDS = 10.0
+"""In logs, a step shorter than this prints nothing (tests and quick runs stay quiet)."""
+
+
 def _log_lines(description: str, total: int | None, unit: str) -> Callable[[int], None]:
     done = 0
     next_tenth = 1  # print when done reaches next_tenth / 10 of total (integers: no float drift)
@@ -76,6 +81,8 @@ def _log_lines(description: str, total: int | None, unit: str) -> Callable[[int]
         if not total or 10 * done < next_tenth * total:
             return
         elapsed = time.perf_counter() - start
+        if elapsed < LOG_AFTER_SECONDS:
+            return
         if done < total:
             timing = f"{format_seconds(elapsed)}, ETA {format_seconds(elapsed * (total - done) / done)}"
         else:

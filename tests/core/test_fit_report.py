@@ -62,7 +62,7 @@ def test_report_lines_give_sizes_calibration_inputs_tau_interval_and_silent_late
     [
         (MIN_CALIBRATION_INPUTS - 1, [0.1, 0.1], 0.04, "only 49 retain calibration inputs"),
         (512, [0.1, 0.1], 0.0, "tau = 0"),
-        (512, [0.0, 0.0, 0.1], 0.04, "2 of 3 selected latents never fire on retain text"),
+        (512, [0.0, 0.0, 0.1], 0.04, "2 of 3 selected latents never fire on the 1,500 retain tokens"),
     ],
 )
 def test_each_degenerate_retain_side_is_named_with_the_fix(inputs, frequency, tau, problem):

@@ -112,7 +112,7 @@ def test_a_full_queue_answers_503_and_a_client_leaving_mid_stream_stops_its_gene
 
 def test_a_slow_reader_does_not_block_other_requests(tiny):
     model, tokenizer, guards = tiny
-    long = {"messages": [{"role": "user", "content": FLAGGED[0]}], "max_tokens": 200, "stream": True}
+    long = {"messages": [{"role": "user", "content": FLAGGED[0]}], "max_tokens": 60, "stream": True}
     with (
         running(model, tokenizer, guards, workers=2) as server,
         httpx.Client(base_url=server.url, timeout=60) as client,

@@ -241,6 +241,8 @@ def test_request_steps_read_rows_from_the_forward_context():
     assert [(s.request_id, s.start, s.stop, s.computed) for s in steps] == [("x", 0, 3, 0), ("y", 3, 4, 7)]
     assert steps[1].extra_args == {"saeguard": "bio"}
     assert request_steps(runner, None) == [] and request_steps(SimpleNamespace(), metadata) == []
+    runner.query_start_loc = SimpleNamespace(np=[0, 2, 4, 0, 0])  # the runner's host buffer wins
+    assert [(s.start, s.stop) for s in request_steps(runner, metadata)] == [(0, 2), (2, 4)]
 
 
 def test_installed_hooks_clamp_the_residual_stream_of_guarded_requests(guards, tokenizer):

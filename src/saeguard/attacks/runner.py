@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from saeguard.attacks.base import ROLES, Attack, Clean, Conversation, FreePrompt, PromptLabel, Role
 from saeguard.attacks.dilution import POSITIONS, SOURCES, BenignText, Position, dilution_grid
-from saeguard.attacks.metrics import Outcome
+from saeguard.attacks.metrics import Outcome, blocked_ids
 from saeguard.attacks.multiturn import multiturn_grid
 from saeguard.attacks.neighbours import Neighbours
 from saeguard.attacks.obfuscation import KINDS, TARGETS, Kind, Target, obfuscation_grid
@@ -250,7 +250,7 @@ def evaluate_attack(
                     f"the clean run failed ({clean.error if clean else 'missing'}): fix it, then rerun",
                 )
                 assert clean is not None
-                score = {o.id for o in clean.outcomes["forget"] if o.guarded_correct is False}
+                score = blocked_ids(clean.outcomes["forget"])
         outcomes[role] = mcq_outcomes(
             model, tokenizer, guard, items, mcq, score=score, dataset=f"{role}:{attack.key}"
         )

@@ -14,7 +14,16 @@ import torch
 
 from saeguard.bench.config import BenchSizes
 from saeguard.bench.fixtures import Subject, tiny_mcq
-from saeguard.bench.timing import CpuTimer, bracketed_ratio, clock, interleave, median, timed_guard, timer
+from saeguard.bench.timing import (
+    CpuTimer,
+    bracketed_ratio,
+    clock,
+    interleave,
+    median,
+    native_stderr_silenced,
+    timed_guard,
+    timer,
+)
 from saeguard.core.hooks import dispatcher_for
 from saeguard.core.statistics import (
     FeatureStatistics,
@@ -364,7 +373,7 @@ def profile(subject: Subject, sizes: BenchSizes) -> dict[str, Any]:
     for arch in ("jumprelu", "topk"):
         with timed_guard(subject.guard(arch), subject.model, forced=True, label=_LABEL):
             subject.model(input_ids=ids, attention_mask=mask, use_cache=False)
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            with native_stderr_silenced(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(sizes.profile_repeats):
                     with record_function("forward"):
                         subject.model(input_ids=ids, attention_mask=mask, use_cache=False)

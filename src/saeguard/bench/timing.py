@@ -7,7 +7,9 @@ by ±30% from one minute to the next, ratios of neighbours far less.
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -17,6 +19,27 @@ import torch
 from torch import nn
 
 from saeguard.core.hooks import GateHook
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block, then restore it.
+
+    torch.profiler's C++ backend (Kineto) writes ``profiler_start``/``profiler_stop``
+    lines straight to fd 2, past Python's ``sys.stderr``; no torch setting turns them
+    off, so the profiled span silences the descriptor itself. Python errors are not
+    lost: they propagate and are reported after the block.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def synchronize(device: torch.device | str) -> None:

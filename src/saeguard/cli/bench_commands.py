@@ -34,6 +34,7 @@ def bench(
     from rich.markup import escape
 
     from saeguard.bench import SECTIONS, BenchConfig, render_table, run_bench
+    from saeguard.cli.options import print_table
 
     config = BenchConfig(
         model=model,
@@ -45,7 +46,7 @@ def bench(
         output=output,
     )
     report = run_bench(config, log=lambda line: console.print(f"[dim]{escape(line)}[/dim]"))
-    console.print(render_table(report))
+    print_table(console, render_table(report))
     if output is not None:
         console.print(f"report written to [bold]{output}[/bold]")
 

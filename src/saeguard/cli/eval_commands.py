@@ -27,6 +27,7 @@ from saeguard.cli.options import (
     fit_length,
     load_cli_model,
     note,
+    print_table,
     resolve_device,
     resolve_sae,
 )
@@ -90,7 +91,7 @@ def eval_command(
             "a time estimate is printed before a long filter"
         ),
     ] = "all",
-    limit: Annotated[int | None, typer.Option(help="Items per set before filtering")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Items per set before filtering")] = None,
     output: Annotated[
         Path | None, typer.Option(help="Folder for eval.json (the table) and one JSON result per set")
     ] = None,
@@ -135,7 +136,7 @@ def eval_command(
         _evaluate_set(lm, tokenizer, spec, _items(spec, limit), loaded, config, known_config, output)
         for spec in mcq
     ]
-    console.print(_table(rows, scorer, known_config), width=max(console.width, 150))  # no ellipses in logs
+    print_table(console, _table(rows, scorer, known_config))
     for row in rows:
         for warning in row.warnings:
             typer.secho(f"WARNING: {row.spec}: {warning}", fg=typer.colors.YELLOW, err=True)
@@ -309,7 +310,7 @@ def sweep_command(
     ] = None,
     gate_percentile: Annotated[list[float] | None, _grid_option("gate_percentile", "p_dyn values")] = None,
     scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = DEFAULT_SCORER,
-    limit: Annotated[int | None, typer.Option(help="Items per question set")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Items per question set")] = None,
     device: Device = AUTO_DEVICE,
     dtype: Dtype = DEFAULT_DTYPE,
     *,

@@ -129,6 +129,10 @@ def generate(
     prompt: Annotated[list[str], typer.Option(help="Prompt (repeat for a batch)")],
     model: Model = DEFAULT_MODEL,
     max_new_tokens: int = 64,
+    sae: Annotated[
+        str | None,
+        typer.Option(help="A TopK guardrail's full SAE (SAELens folder or release:sae_id); others need none"),
+    ] = None,
     compare: Annotated[bool, typer.Option(help="Also show the unguarded answer")] = True,
     strict: Annotated[
         bool, typer.Option(help="Refuse a model whose weights differ from the fitted one")
@@ -141,7 +145,7 @@ def generate(
     from saeguard.eval.generation import decision_line, flipped_token
 
     lm, tokenizer = load_cli_model(model, device, dtype)
-    loaded = Guardrail.load(guard, lm, strict=strict)
+    loaded = Guardrail.load(guard, lm, strict=strict, sae=sae)
     texts, records = loaded.generate(lm, tokenizer, prompt, max_new_tokens=max_new_tokens)
     plain = (
         loaded.generate(lm, tokenizer, prompt, max_new_tokens=max_new_tokens, guarded=False)[0]
@@ -168,7 +172,7 @@ def inspect(
     from saeguard.core.fit_report import fit_report
     from saeguard.core.guardrail import Guardrail
 
-    loaded = Guardrail.load(guard)
+    loaded = Guardrail.load(guard, need_sae=False)  # a TopK guard's SAE is not needed to inspect it
     summary = loaded.summary()
     report = fit_report(loaded)
     if loaded.provenance is not None:

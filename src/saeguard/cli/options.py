@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+from rich.console import Console
 
 from saeguard.errors import CalibrationWarning, SaeguardError, require
 
 if TYPE_CHECKING:
+    from rich.table import Table
     from torch import nn
 
     from saeguard.config import FitConfig
@@ -56,6 +58,22 @@ Sae = Annotated[
         rich_help_panel=MODEL_PANEL,
     ),
 ]
+
+
+LOG_WIDTH = 160
+"""Columns of a table printed to a file or pipe (a terminal keeps its own width)."""
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print ``table`` whole: at the terminal's width, or :data:`LOG_WIDTH` columns in logs and pipes.
+
+    rich lays out for 80 columns off a terminal, which wraps or cuts table cells (accuracies,
+    intervals); a log line may be long.
+    """
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=LOG_WIDTH, file=console.file, highlight=False).print(table)
 
 
 def note(text: str) -> None:

@@ -34,13 +34,14 @@ from saeguard.core.fit import FitResult
 from saeguard.core.provenance import Provenance
 from saeguard.core.sae import SUPPORTED_ARCHITECTURES, SelectedLatents, load_sae, sae_fingerprint
 from saeguard.errors import SaeguardError, one_line, require
-from saeguard.io import staged_folder, to_jsonable
+from saeguard.io import as_path, parse_json, staged_folder, to_jsonable
 
 FORMAT = "saeguard-guardrail"
 FORMAT_VERSION = 2
 TENSORS_FILE = "guardrail.safetensors"
 META_FILE = "guardrail.json"
 _LATENT_TENSORS = ("latent_ids", "encoder", "encoder_bias", "decoder", "decoder_bias")
+_MAX_TOKEN_ID = 2**31  # no vocabulary comes near; larger ids cannot be real tokens
 
 
 def is_guardrail_folder(directory: Path) -> bool:
@@ -77,19 +78,21 @@ def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
     return Path(directory).expanduser()
 
 
-def load_guardrail(directory: str | Path, *, sae: Any = None) -> FitResult:
+def load_guardrail(directory: str | Path, *, sae: Any = None, need_sae: bool = True) -> FitResult:
     """Read and validate a guardrail folder (this format or saeguard 0.1.0's).
 
     Args:
         directory: the folder ``save_guardrail`` wrote.
         sae: the full SAE (folder, ``release:sae_id`` or SAELens object); needed for
             TopK guardrails only, ignored otherwise.
+        need_sae: False reads a TopK guardrail without its SAE, to inspect it only (its gate
+            refuses to run until loaded with ``sae``); nothing recorded is followed or fetched.
 
     Raises:
         SaeguardError: a missing, unreadable or invalid file or field (named in the message),
-            or a TopK guardrail without ``sae``.
+            or a TopK guardrail without ``sae`` (unless ``need_sae`` is False).
     """
-    directory = Path(directory).expanduser()
+    directory = as_path(directory, "the guardrail folder")
     meta_path, tensor_path = directory / META_FILE, directory / TENSORS_FILE
     require(
         meta_path.is_file() and tensor_path.is_file(),
@@ -97,17 +100,14 @@ def load_guardrail(directory: str | Path, *, sae: Any = None) -> FitResult:
         "create one with `saeguard fit`",
     )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"), parse_constant=_no_constants)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+        text = meta_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise SaeguardError(
-            f"{meta_path} is not valid JSON ({one_line(error)}): fit the guardrail again"
+            f"{meta_path} cannot be read as text ({one_line(error)}): fit the guardrail again"
         ) from None
+    meta = parse_json(text, str(meta_path))
     tensors = _read_tensors(tensor_path)
-    return _from_parts(meta, tensors, directory, sae)
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not a number")
+    return _from_parts(meta, tensors, directory, sae, need_sae=need_sae)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -119,7 +119,9 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sae: Any) -> FitResult:
+def _from_parts(
+    meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sae: Any, *, need_sae: bool = True
+) -> FitResult:
     where = str(directory / META_FILE)
     require(isinstance(meta, dict), f"{where} must hold a JSON object, got {type(meta).__name__}")
     require(meta.get("format") == FORMAT, f"{where}: format must be {FORMAT!r}, got {meta.get('format')!r}")
@@ -147,8 +149,8 @@ def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sa
     special = meta.get("special_ids")
     require(
         isinstance(special, list)
-        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in special),
-        f"{where}: special_ids must be a list of non-negative integers",
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < _MAX_TOKEN_ID for i in special),
+        f"{where}: special_ids must be a list of token ids (integers in 0..2**31-1)",
     )
     require("config" in meta, f"{where}: config is missing: fit the guardrail again")
     with warnings.catch_warnings(record=True) as caught:
@@ -159,9 +161,12 @@ def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sa
     raw_provenance = meta.get("info") if legacy else meta.get("provenance")
     provenance = None
     if raw_provenance is not None:
-        provenance = (
-            Provenance.from_legacy_info(raw_provenance) if legacy else Provenance.from_dict(raw_provenance)
-        )
+        try:
+            provenance = (
+                Provenance.from_legacy_info(raw_provenance) if legacy else Provenance.from_dict(raw_provenance)
+            )
+        except SaeguardError as error:
+            raise SaeguardError(f"{where}: {error}") from None
     latent_tensors = {k: v for k, v in tensors.items() if not k.startswith("distribution.")}
     _check_latent_tensors(latent_tensors, architecture, where)
     width = int(latent_tensors["encoder"].shape[0])
@@ -180,15 +185,21 @@ def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sa
             bool((ids < provenance.sae.d_sae).all()),
             f"{where}: latent ids exceed the recorded SAE width {provenance.sae.d_sae}",
         )
+        _check_selection(provenance, [int(i) for i in ids], where)
     distributions = {}
     for key, value in tensors.items():
         if key.startswith("distribution."):
             require(
-                value.dim() == 1, f"{where}: {key} must be one-dimensional, got shape {tuple(value.shape)}"
+                value.dim() == 1 and value.is_floating_point(),
+                f"{where}: {key} must be a vector of numbers, got shape {tuple(value.shape)} {value.dtype}",
             )
-            distributions[key.removeprefix("distribution.")] = value
+            require(
+                bool(torch.isfinite(value).all()),
+                f"{where}: {key} holds NaN or infinite values: fit it again",
+            )
+            distributions[key.removeprefix("distribution.")] = value.double()
     full_sae = None
-    if architecture not in ("standard", "jumprelu"):
+    if architecture not in ("standard", "jumprelu") and (need_sae or sae is not None):
         full_sae = _explicit_sae(sae, provenance, where)
     latents = SelectedLatents.from_tensors(
         latent_tensors, architecture=architecture, subtract_decoder_bias=subtract, full_sae=full_sae
@@ -203,6 +214,30 @@ def _from_parts(meta: Any, tensors: dict[str, torch.Tensor], directory: Path, sa
         provenance=provenance,
         distributions=distributions,
     )
+
+
+def _check_selection(provenance: Provenance, ids: list[int], where: str) -> None:
+    """The recorded selection must describe the stored latents: same ids, one value per latent."""
+    selection = provenance.selection
+    require(
+        selection.latent_ids == ids,
+        f"{where}: provenance.selection.latent_ids {selection.latent_ids[:8]} differ from the stored "
+        f"latents {ids[:8]}: the artifact is inconsistent, fit it again",
+    )
+    for name in (
+        "forget_importance",
+        "retain_importance",
+        "ratio",
+        "forget_frequency",
+        "retain_frequency",
+        "forget_mean_nonzero",
+    ):
+        values = getattr(selection, name)
+        require(
+            not values or len(values) == len(ids),
+            f"{where}: provenance.selection.{name} has {len(values)} values for {len(ids)} latents: "
+            "the artifact is inconsistent, fit it again",
+        )
 
 
 def _integer(meta: dict, key: str, where: str, *, minimum: int) -> int:

@@ -21,6 +21,7 @@ from saeguard.core.gate import GateRule, GateStatistic
 from saeguard.core.provenance import TauEstimate
 from saeguard.core.sae import SelectedLatents
 from saeguard.core.statistics import Shard
+from saeguard.errors import require
 from saeguard.hf.corpus import TokenBatch, counted_mask, special_token_ids
 from saeguard.hf.layers import model_device, residual_at
 from saeguard.hf.prompts import encode_prompts
@@ -251,8 +252,16 @@ def calibrate_tau(
 
     The plain percentile is used (as the reference code does); the bootstrap
     (``bootstrap`` resamples, ``seed``) only reports its uncertainty.
+
+    Raises:
+        SaeguardError: no rho, or a NaN/infinite rho (a corrupt artifact).
     """
-    values = retain_rho.double().numpy()
+    require(retain_rho.numel() > 0, "no retain rho to calibrate tau on: give the retain corpus real text")
+    require(
+        bool(torch.isfinite(retain_rho).all()),
+        "the retain rho hold NaN or infinite values, so tau would be meaningless: refit the guardrail",
+    )
+    values = retain_rho.double().cpu().numpy()
     tau = float(np.percentile(values, percentile))
     rng = np.random.default_rng(seed)
     draws = rng.choice(values, size=(bootstrap, values.size), replace=True)

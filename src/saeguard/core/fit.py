@@ -35,9 +35,23 @@ from saeguard.core.sae import SelectedLatents, load_sae, sae_fingerprint, sae_ho
 from saeguard.core.selection import select_by_frequency, select_features
 from saeguard.core.statistics import FeatureStatistics, Shard, collect_statistics, token_batches
 from saeguard.errors import SaeguardError, require
-from saeguard.hf.corpus import CorpusSpec, count_chunks, iter_chunks, iter_documents, special_token_ids
-from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint
-from saeguard.hf.layers import hidden_size, layer_count, max_positions, parse_layer
+from saeguard.hf.corpus import (
+    CorpusSpec,
+    check_tokenizer,
+    count_chunks,
+    iter_chunks,
+    iter_documents,
+    special_token_ids,
+)
+from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint, weight_sample
+from saeguard.hf.layers import (
+    check_language_model,
+    embedding_rows,
+    hidden_size,
+    layer_count,
+    max_positions,
+    parse_layer,
+)
 from saeguard.io import text_fingerprint
 
 CorpusRole = Literal["forget", "retain"]
@@ -106,14 +120,20 @@ def prepare_fit(
     """Check everything a fit needs before any forward pass runs.
 
     Raises:
-        SaeguardError: no tokenizer, an SAE that reads another layer or width than
-            the one asked for, ``seq_len`` beyond the model's positions, or corpora
-            without real text.
+        SaeguardError: not a loaded language model, no tokenizer (or one with ids the model
+            does not embed), an SAE that reads another layer or width than the one asked for,
+            a length (``seq_len``, ``prompt_max_tokens``, ``calibration_long_tokens``) beyond
+            the model's positions, or corpora without real text.
     """
+    check_language_model(model)
+    check_tokenizer(tokenizer, "a fit")
+    rows, size = embedding_rows(model), len(tokenizer) if hasattr(tokenizer, "__len__") else None
     require(
-        tokenizer is not None and callable(tokenizer),
-        "a fit needs the model's tokenizer: pass the tokenizer loaded with the model",
+        rows is None or size is None or size <= rows,
+        f"the tokenizer has {size} tokens but the model embeds {rows}: use the tokenizer saved "
+        "with this model (or resize the model's embeddings)",
     )
+    _check_lengths(model, config)
     sae_spec = sae
     sae = load_sae(sae)
     hook_name = sae_hook_name(sae)
@@ -128,11 +148,6 @@ def prepare_fit(
             f"the SAE reads layer {sae_layer} ({hook_name}) but layer {layer} was asked for: "
             "drop --layer/layer= to use the SAE's, or pass the SAE trained on that layer",
         )
-    limit = max_positions(model)
-    require(
-        limit is None or config.seq_len <= limit,
-        f"seq_len {config.seq_len} exceeds the model's {limit} positions: use seq_len={limit} or less",
-    )
     width = hidden_size(model)
     require(
         int(sae.cfg.d_in) == width,
@@ -149,6 +164,19 @@ def prepare_fit(
         forget_docs=_documents(forget, "forget", tokenizer),
         retain_docs=_documents(retain, "retain", tokenizer),
     )
+
+
+def _check_lengths(model: nn.Module, config: FitConfig) -> None:
+    """Every length the config chooses fits the model's positions (a chat template adds a few tokens)."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    for name in ("seq_len", "prompt_max_tokens", "calibration_long_tokens"):
+        value, most = getattr(config, name), limit if name == "seq_len" else limit // 2
+        require(
+            value <= limit if name == "seq_len" else value < limit,
+            f"{name} {value} exceeds the model's {limit} positions: use {name}={most} or less",
+        )
 
 
 def corpus_statistics(
@@ -337,6 +365,8 @@ def fit_from_statistics(
             fingerprint=model_fingerprint(model, inputs.layer),
             hidden_size=hidden_size(model),
             layer_count=layer_count(model),
+            dtype=str(next(model.parameters()).dtype),
+            weight_sample=weight_sample(model, inputs.layer),
         ),
         sae=SaeRecord(**sae_source(inputs.sae_spec, inputs.sae)),
         selection=SelectionRecord(
@@ -435,11 +465,17 @@ def retune(guard: R, *, gate_percentile: float | None = None, clamp: Clamp | str
 
 
 def _documents(spec: CorpusSpec, name: str, tokenizer) -> list[str]:
+    """The corpus's documents; at least one must have 2 tokens the statistics count (not special/unknown)."""
     docs = list(iter_documents(spec))
     require(bool(docs), f"the {name} corpus is empty: give it at least one document")
+    special = special_token_ids(tokenizer)
     require(
-        any(len(tokenizer(doc, add_special_tokens=False)["input_ids"]) >= 2 for doc in docs),
-        f"the {name} corpus has no document with at least 2 tokens: give it real text",
+        any(
+            sum(i not in special for i in tokenizer(doc, add_special_tokens=False)["input_ids"]) >= 2
+            for doc in docs
+        ),
+        f"the {name} corpus has no document with at least 2 tokens the tokenizer knows (not special or "
+        "unknown): give it real text in the model's language",
     )
     return docs
 

@@ -5,7 +5,7 @@ chunks per corpus, calibration inputs per corpus, tau with its bootstrap
 interval, and how many selected latents never fire on retain text. A retain
 side too small or degenerate to calibrate on (fewer than
 :data:`MIN_CALIBRATION_INPUTS` calibration inputs, tau = 0, or most selected
-latents silent on retain text, so their forget/retain ratios divide by ~0) is
+latents silent on a small retain text, so their forget/retain ratios divide by ~0) is
 reported by :func:`warn_if_uncalibrated` as one :class:`CalibrationWarning`,
 emitted from the core so API users see it too (issue 12 §3).
 """
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 #: Fewer retain calibration inputs than this make tau (a high percentile) a guess.
 MIN_CALIBRATION_INPUTS = 50
+#: Below this many retain tokens, most selected latents never firing on retain text is a sign of
+#: too little retain text rather than of topic-specific latents.
+MIN_RETAIN_TOKENS = 100_000
 #: What to do about a degenerate retain side (CLI and API alike).
 RETAIN_FIX = "add more retain text, e.g. --retain wiki:not-biology (API: retain=[...more documents])"
 
@@ -65,8 +68,13 @@ class FitReport:
             )
         if tau <= 0:
             problems.append(f"tau = {tau:g}: any firing of a selected latent flags an input")
-        if frequencies and 2 * silent > len(frequencies):
-            problems.append(f"{silent} of {len(frequencies)} selected latents never fire on retain text")
+        retain = provenance.corpora.get("retain")
+        small = retain is not None and retain.tokens < MIN_RETAIN_TOKENS
+        if frequencies and 2 * silent > len(frequencies) and small:
+            problems.append(
+                f"{silent} of {len(frequencies)} selected latents never fire on the {retain.tokens:,} "
+                "retain tokens, so their forget/retain ratios divide by ~0"
+            )
         return cls(
             corpora=dict(provenance.corpora),
             calibration_inputs=inputs,

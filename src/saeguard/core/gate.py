@@ -175,7 +175,8 @@ class GateRule:
             return mean_rho(cum_e[:, positions], cum_n[:, positions])
         if self.kind == "min_evidence":
             return self._kth_largest(cum_e, cum_n, positions)
-        upto = int(positions.max()) + 1
+        # ascending positions: all T of them end at T - 1, known without a device sync (issue 17)
+        upto = cum_e.shape[1] if positions.numel() == cum_e.shape[1] else int(positions.max()) + 1
         cum_e, cum_n = cum_e[:, :upto], cum_n[:, :upto]
         if self.kind == "window":  # full windows once there are `window` counted tokens, else the mean
             full = cum_n >= self.window
@@ -246,7 +247,10 @@ def decide_new_positions(
     end = history.end
     prompt_ready = end <= length
     last_prompt = (end - 1).clamp(min=0, max=length - 1)
-    needed = torch.unique(torch.cat([last_prompt, positions]))  # ascending
+    if rule.kind == "min_evidence":  # a top-k per position: only the positions needed
+        needed = torch.unique(torch.cat([last_prompt, positions]))  # ascending
+    else:  # issue 17: every position, a size known on the host (torch.unique waits for the GPU)
+        needed = torch.arange(length, device=device)
     rho_at = rule.prefix_rho(history.cum_e, history.cum_n, needed)  # (B, |needed|)
     lookup = torch.searchsorted(
         needed, torch.cat([last_prompt.unsqueeze(1), positions.expand(end.shape[0], -1)], 1)

@@ -22,11 +22,12 @@ from saeguard.core.artifact import load_guardrail, save_guardrail
 from saeguard.core.fit import FitResult, corpus_statistics, fit_from_statistics, prepare_fit
 from saeguard.core.gate import GateRecord, token_scope
 from saeguard.core.hooks import GateHook
-from saeguard.errors import require
-from saeguard.hf.corpus import CorpusSpec
-from saeguard.hf.fingerprint import model_fingerprint
-from saeguard.hf.layers import hidden_size, layer_count, max_positions
+from saeguard.errors import SaeguardError, one_line, require
+from saeguard.hf.corpus import CorpusSpec, check_tokenizer
+from saeguard.hf.fingerprint import model_fingerprint, same_weights, weight_sample
+from saeguard.hf.layers import check_language_model, check_token_ids, hidden_size, layer_count, max_positions
 from saeguard.hf.prompts import encode_prompts
+from saeguard.io import as_path
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Guardrail(FitResult):
         """
         started = time.perf_counter()
         config = with_overrides(config, overrides)
+        if statistics_cache is not None:
+            statistics_cache = as_path(statistics_cache, "statistics_cache")
         inputs = prepare_fit(model, tokenizer, sae, forget, retain, config)
         stats = {
             role: corpus_statistics(inputs, role, config, cache=statistics_cache, show_progress=show_progress)
@@ -96,13 +99,20 @@ class Guardrail(FitResult):
             statistic=self.statistic,
             rule=self.rule,
             clamp_scope=self.config.clamp_scope,
+            owner=self,
         )
         if self.config.gate == "always":  # ungated / static clamp baselines
             hook.forced = True
         return hook
 
     def check_model(self, model: nn.Module, *, strict: bool = True) -> None:
-        """Fail clearly when the guard was fitted on another model."""
+        """Fail clearly when ``model`` is not a loaded language model or not the one the guard was fitted on.
+
+        Raises:
+            SaeguardError: not a language model (or weights on the meta device), another width or
+                layer count, or (``strict``) other weights than the fitted ones.
+        """
+        check_language_model(model)
         count, width = layer_count(model), hidden_size(model)
         expected = self.provenance.model if self.provenance is not None else None
         fitted_width = expected.hidden_size if expected is not None else int(self.latents.decoder.shape[1])
@@ -118,8 +128,14 @@ class Guardrail(FitResult):
         )
         if strict and expected is not None:
             found = model_fingerprint(model, self.layer)
+            dtype = str(next(model.parameters()).dtype)
+            recast = (  # the same weights in another dtype (fitted in fp32, served in bf16)
+                found != expected.fingerprint
+                and expected.dtype not in ("", dtype)
+                and same_weights(expected.weight_sample, weight_sample(model, self.layer))
+            )
             require(
-                found == expected.fingerprint,
+                found == expected.fingerprint or recast,
                 f"model weights differ from those the guardrail was fitted on "
                 f"(fingerprint {found} != {expected.fingerprint}): use the same model, "
                 "or pass strict=False / --no-strict to accept it",
@@ -177,10 +193,19 @@ class Guardrail(FitResult):
             (``records[0]`` is the prompt's decision; see :func:`row_decisions`).
 
         Raises:
-            SaeguardError: no prompts, no tokenizer, or a prompt plus ``max_new_tokens``
-                longer than the model's positions.
+            SaeguardError: no prompts, no tokenizer, a model the guard does not fit (see
+                :meth:`check_model`, not strict), a prompt plus ``max_new_tokens`` longer than the
+                model's positions, token ids the model does not embed, or generate options
+                ``model.generate`` refuses before its first forward.
         """
-        require(tokenizer is not None, "generate needs the model's tokenizer: pass tokenizer=...")
+        check_tokenizer(tokenizer, "generate")
+        self.check_model(model, strict=False)
+        reserved = sorted(set(generate_kwargs) & _ENCODED_ARGUMENTS)
+        require(
+            not reserved,
+            f"generate encodes the prompts itself: drop {', '.join(reserved)} (pass text or conversations "
+            "as prompts, or use guard.attached(model) around your own model.generate call)",
+        )
         require(
             isinstance(prompts, (list, tuple)) and len(prompts) > 0,
             "generate needs a non-empty list of prompts, e.g. ['What does a ribosome do?']",
@@ -190,6 +215,7 @@ class Guardrail(FitResult):
             f"max_new_tokens must be a positive integer, got {max_new_tokens!r}",
         )
         encoded = encode_prompts(tokenizer, list(prompts), chat=chat and self.config.chat_template)
+        check_token_ids(model, encoded.input_ids, "the encoded prompt")
         limit = max_positions(model)
         total = encoded.prompt_length + max_new_tokens
         require(
@@ -209,6 +235,7 @@ class Guardrail(FitResult):
         records: list[GateRecord] = []
         hook = self.hook() if guarded else None
         with (
+            _options_refused_before_forward(model),
             hook.session(model) if hook is not None else nullcontext(),
             token_scope(encoded.content_mask.to(device)),
         ):
@@ -225,7 +252,14 @@ class Guardrail(FitResult):
             if hook is not None:
                 records = list(hook.records)
                 hook.reset()
-        new_tokens = output[:, encoded.prompt_length :]
+        sequences = output if isinstance(output, torch.Tensor) else getattr(output, "sequences", None)
+        require(
+            isinstance(sequences, torch.Tensor),
+            f"model.generate returned {type(output).__name__} without token ids: "
+            "drop the options that change its output",
+        )
+        assert isinstance(sequences, torch.Tensor)
+        new_tokens = sequences[:, encoded.prompt_length :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True), records
 
     # -- persistence (artifact.py) -------------------------------------------
@@ -235,16 +269,23 @@ class Guardrail(FitResult):
 
     @classmethod
     def load(
-        cls, directory: str | Path, model: nn.Module | None = None, *, strict: bool = True, sae: Any = None
+        cls,
+        directory: str | Path,
+        model: nn.Module | None = None,
+        *,
+        strict: bool = True,
+        sae: Any = None,
+        need_sae: bool = True,
     ) -> Guardrail:
         """Read a saved guard; with ``model``, check it was fitted on that model (see :meth:`check_model`).
 
-        ``sae`` is needed for TopK guardrails only (see ``artifact.load_guardrail``).
+        ``sae`` is needed for TopK guardrails only; ``need_sae=False`` reads one without it, to
+        inspect (see ``artifact.load_guardrail``).
 
         Raises:
             SaeguardError: an invalid artifact, or a model it was not fitted on.
         """
-        guard = cls.from_result(load_guardrail(directory, sae=sae))
+        guard = cls.from_result(load_guardrail(directory, sae=sae, need_sae=need_sae))
         if model is not None:
             guard.check_model(model, strict=strict)
         return guard
@@ -268,6 +309,32 @@ class Guardrail(FitResult):
                 k: record[k] for k in ("model", "sae", "tau_estimate", "calibration", "saeguard_version")
             }
         return summary
+
+
+_ENCODED_ARGUMENTS = frozenset({"input_ids", "attention_mask", "inputs", "inputs_embeds"})
+
+
+@contextmanager
+def _options_refused_before_forward(model: nn.Module) -> Iterator[None]:
+    """An error ``model.generate`` raises before the model's first forward is about its options: one line.
+
+    Errors after a forward has run (and every ``SaeguardError``) pass through unchanged.
+    """
+    ran: list[bool] = []
+    handle = model.register_forward_pre_hook(lambda *_: ran.append(True) if not ran else None)
+    try:
+        yield
+    except SaeguardError:
+        raise
+    except Exception as error:  # noqa: BLE001 - transformers validates options with many exception types
+        if ran:
+            raise
+        raise SaeguardError(
+            f"model.generate refused these options ({type(error).__name__}: {one_line(error)}): "
+            "fix the generate arguments"
+        ) from None
+    finally:
+        handle.remove()
 
 
 @dataclass

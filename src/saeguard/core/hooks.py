@@ -21,6 +21,7 @@ tokens in the cache, never of the order calls were made in. State lives per
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +38,7 @@ from saeguard.core.sae import SelectedLatents
 from saeguard.core.state import CALL, ForwardCall, HistoryStore, RowHistory, follow, pending_ids, thread_store
 from saeguard.errors import SaeguardError, require
 from saeguard.hf.chat import user_token_mask
-from saeguard.hf.layers import block_output_tensor, decoder_blocks, replace_block_output
+from saeguard.hf.layers import block_output_tensor, check_language_model, decoder_blocks, replace_block_output
 
 
 class GateHook:
@@ -73,9 +74,20 @@ class GateHook:
         clamp_scope: ClampScope = "fired",
         tokenizer: Any = None,
         rule: GateRule | None = None,
+        owner: object | None = None,
     ) -> None:
         require(
             clamp_scope in get_args(ClampScope), f"unknown clamp scope {clamp_scope!r}: use fired or input"
+        )
+        for name, value in (("tau", tau), ("clamp_value", clamp_value)):
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                f"the gate's {name} must be a finite number, got {value!r}",
+            )
+        require(clamp_value > 0, f"the gate's clamp_value must be positive, got {clamp_value}")
+        require(
+            isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0,
+            f"the gate's layer must be a block index (an integer >= 0), got {layer!r}",
         )
         self.latents = latents
         self.statistic = statistic or GateStatistic()
@@ -86,6 +98,7 @@ class GateHook:
         self.clamp_value = float(clamp_value)
         self.special_ids = sorted(set(special_ids))
         self.tokenizer = tokenizer
+        self.owner = owner  # the Guardrail this gate applies; one gate per owner on a model
         self.forced: bool | None = None
         self.recording = False
         self.observers: list[Any] = []
@@ -97,7 +110,13 @@ class GateHook:
 
     # -- attachment ---------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
-        """Apply to every forward of ``model`` until :meth:`detach`."""
+        """Apply to every forward of ``model`` until :meth:`detach`.
+
+        Raises:
+            SaeguardError: ``model`` is not a loaded language model, or this gate (or another
+                gate of the same guard) is already on it.
+        """
+        check_language_model(model)
         require(model not in self._models, "this guard is already attached to that model; detach it first")
         dispatcher_for(model).add_global(self)
         self._models.append(model)
@@ -111,7 +130,12 @@ class GateHook:
 
     @contextmanager
     def session(self, model: nn.Module) -> Iterator[GateHook]:
-        """Apply to forwards of ``model`` made by this thread or task, inside the block only."""
+        """Apply to forwards of ``model`` made by this thread or task, inside the block only.
+
+        Raises:
+            SaeguardError: ``model`` is not a torch module, or this guard already applies to it.
+        """
+        require(isinstance(model, nn.Module), f"a guard applies to a torch model, got {type(model).__name__}")
         dispatcher = dispatcher_for(model)
         token = dispatcher.add_local(self)
         try:
@@ -250,8 +274,18 @@ class Dispatcher:
         self.call: ContextVar[ForwardCall | None] = ContextVar("saeguard_forward_call", default=None)
 
     # -- membership -----------------------------------------------------------
+    def _check_new(self, gate: GateHook) -> None:
+        """Refuse a gate whose guard already applies here: it would gate and clamp twice."""
+        present = [*self.global_gates, *self.local_gates.get()]
+        require(
+            gate.owner is None or all(other.owner is not gate.owner for other in present),
+            "this guard is already attached to that model (guard.attached / attach): detach it first, "
+            "or call model.generate directly inside the attached block",
+        )
+
     def add_global(self, gate: GateHook) -> None:
         with self.lock:
+            self._check_new(gate)
             self._use_layer(gate.layer)
             self.global_gates.append(gate)
 
@@ -263,6 +297,7 @@ class Dispatcher:
 
     def add_local(self, gate: GateHook) -> Token:
         with self.lock:
+            self._check_new(gate)
             self._use_layer(gate.layer)
         return self.local_gates.set((*self.local_gates.get(), gate))
 

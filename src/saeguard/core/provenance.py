@@ -54,8 +54,8 @@ class _Record:
             elif _is_int_list(hints[spec.name]):
                 require(
                     isinstance(value, list)
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
-                    f"{where}.{spec.name} must be a list of integers",
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value),
+                    f"{where}.{spec.name} must be a list of non-negative integers",
                 )
             else:
                 try:
@@ -86,8 +86,10 @@ class ModelRecord(_Record):
 
     name: str
     fingerprint: str  # sampled hash of the embeddings and blocks 0..layer (hf.fingerprint)
-    hidden_size: int
-    layer_count: int
+    hidden_size: int = field(metadata={"min": 1})
+    layer_count: int = field(metadata={"min": 1})
+    dtype: str = ""  # e.g. "torch.float32": the weights' dtype at fit time (empty in older artifacts)
+    weight_sample: list[float] = field(default_factory=list)  # hf.fingerprint.weight_sample
 
 
 SaeKind = Literal["disk", "pretrained", "object"]
@@ -98,8 +100,8 @@ class SaeRecord(_Record):
     """Where the SAE came from and what it is (SAELens terms)."""
 
     architecture: str
-    d_in: int
-    d_sae: int
+    d_in: int = field(metadata={"min": 1})
+    d_sae: int = field(metadata={"min": 1})
     fingerprint: str
     kind: SaeKind = "object"
     hook_name: str | None = None
@@ -117,7 +119,7 @@ class SelectionRecord(_Record):
     retain_importance: list[float]
     ratio: list[float]  # I_f / (I_r + eps); may be ~1e22 where a latent never fires on retain text
     ratio_cutoff: float
-    candidate_count: int
+    candidate_count: int = field(metadata={"min": 0})
     forget_frequency: list[float] = field(default_factory=list)  # fraction of forget tokens where it fires
     retain_frequency: list[float] = field(default_factory=list)
     forget_mean_nonzero: list[float] = field(default_factory=list)  # mean activation where it fires (forget)
@@ -128,9 +130,9 @@ class CorpusRecord(_Record):
     """One fitting corpus: its fingerprint and size."""
 
     fingerprint: str
-    documents: int
-    tokens: int
-    chunks: int
+    documents: int = field(metadata={"min": 0})
+    tokens: int = field(metadata={"min": 0})
+    chunks: int = field(metadata={"min": 0})
 
 
 @dataclass
@@ -148,7 +150,7 @@ class TauEstimate(_Record):
 class RhoSummary(_Record):
     """Summary of one calibration rho distribution against tau."""
 
-    count: int
+    count: int = field(metadata={"min": 0})
     mean: float = 0.0
     median: float = 0.0
     flagged_fraction: float = 0.0  # share of inputs with rho > tau

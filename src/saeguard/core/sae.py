@@ -224,9 +224,17 @@ class SelectedLatents:
         )
 
     def activations(self, hidden: torch.Tensor) -> torch.Tensor:
-        """f_j(h) for the selected j, shape (..., N), in float32."""
+        """f_j(h) for the selected j, shape (..., N), in float32.
+
+        Raises:
+            SaeguardError: a TopK guard read without its full SAE (loaded for inspection only).
+        """
         if self.full_sae is not None:
             return encode_all(self.full_sae, hidden)[..., self.ids].float()
+        require(
+            not self.needs_full_sae,
+            "this TopK guardrail was loaded without its SAE (for inspection): load it with sae=PATH to use it",
+        )
         x = hidden.float()
         if self.subtract_decoder_bias:
             x = x - self.decoder_bias
@@ -258,14 +266,15 @@ class SelectedLatents:
         subtract_decoder_bias: bool,
         full_sae: SAE | None = None,
     ) -> SelectedLatents:
-        """Rebuild from :meth:`tensors` output (shapes are checked by the artifact reader)."""
+        """Rebuild from :meth:`tensors` output (shapes are checked by the artifact reader); float32 always."""
+        threshold = tensors.get("threshold")
         return cls(
             ids=tensors["latent_ids"].long(),
-            encoder=tensors["encoder"],
-            encoder_bias=tensors["encoder_bias"],
-            decoder=tensors["decoder"],
-            decoder_bias=tensors["decoder_bias"],
-            threshold=tensors.get("threshold"),
+            encoder=tensors["encoder"].float(),
+            encoder_bias=tensors["encoder_bias"].float(),
+            decoder=tensors["decoder"].float(),
+            decoder_bias=tensors["decoder_bias"].float(),
+            threshold=None if threshold is None else threshold.float(),
             subtract_decoder_bias=subtract_decoder_bias,
             architecture=architecture,
             full_sae=full_sae,

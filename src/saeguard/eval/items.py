@@ -17,7 +17,7 @@ from typing import Any, Literal
 from saeguard.errors import SaeguardError, one_line, require
 from saeguard.hf.chat import chat_spans, encode_text_spans
 from saeguard.hf.prompts import encode_with_span, has_chat_template, render_chat
-from saeguard.io import text_fingerprint
+from saeguard.io import parse_json, text_fingerprint
 
 N_CHOICES = 4
 LETTERS = "ABCD"
@@ -144,8 +144,8 @@ def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = 
     )
     choices = row.get("choices")
     require(
-        isinstance(choices, (list, tuple)) and all(isinstance(c, str) for c in choices),
-        f"{where}: 'choices' must be a list of {N_CHOICES} strings",
+        isinstance(choices, (list, tuple)) and all(isinstance(c, str) and c.strip() for c in choices),
+        f"{where}: 'choices' must be a list of {N_CHOICES} non-empty strings",
     )
     require(
         len(choices) == N_CHOICES,
@@ -167,7 +167,16 @@ def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = 
 
 
 def as_items(rows: Iterable[McqItem | Mapping[str, Any]], *, source: str = "items") -> list[McqItem]:
-    """Items from McqItem objects or dicts (as ``data.mcq.build_mcq`` returns)."""
+    """Items from McqItem objects or dicts (as ``data.mcq.build_mcq`` returns).
+
+    Raises:
+        SaeguardError: ``rows`` is a string or path (load a file with :func:`load_mcq`), or a row is malformed.
+    """
+    require(
+        not isinstance(rows, (str, bytes, Path)),
+        f"{source}: items must be a list of McqItem or dicts, got a {type(rows).__name__}: "
+        "read a file with load_mcq(path) first",
+    )
     items = []
     for index, row in enumerate(rows):
         if isinstance(row, McqItem):
@@ -189,6 +198,10 @@ def load_mcq(
         SaeguardError: a missing file, a malformed row (named by line), an unloadable
             HF dataset, an empty set, or duplicate ids.
     """
+    require(
+        limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1),
+        f"limit must be a positive number of items (or None for all), got {limit!r}",
+    )
     if not isinstance(spec, (str, Path)):
         items = as_items(spec)
     elif str(spec).startswith("hf:"):
@@ -205,17 +218,18 @@ def load_mcq(
 def _load_jsonl(path: Path, subject: str) -> list[McqItem]:
     require(path.is_file(), f"MCQ file {path} not found: pass a .jsonl file or hf:name/config:split")
     items = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise SaeguardError(f"{path}:{number} is not valid JSON: fix that line") from None
-            items.append(
-                item_from_row(row, f"{path}:{number}", subject=subject, default_id=f"{path.stem}:{number}")
-            )
+    try:
+        with path.open(encoding="utf-8-sig") as handle:  # a leading byte-order mark is not text
+            lines = list(handle)
+    except UnicodeDecodeError:
+        raise SaeguardError(f"MCQ file {path} is not UTF-8 text: convert it first") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path}:{number}")
+        items.append(
+            item_from_row(row, f"{path}:{number}", subject=subject, default_id=f"{path.stem}:{number}")
+        )
     return items
 
 

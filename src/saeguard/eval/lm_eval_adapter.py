@@ -32,7 +32,7 @@ from saeguard.errors import SaeguardError, one_line, require
 from saeguard.eval.common import guard_identity
 from saeguard.hf.corpus import pad_batch
 from saeguard.hf.fingerprint import model_identity
-from saeguard.hf.layers import model_device
+from saeguard.hf.layers import check_token_ids, max_positions, model_device
 from saeguard.io import to_jsonable, write_json
 
 if TYPE_CHECKING:
@@ -150,12 +150,21 @@ def score_requests(
         SaeguardError: an unknown ``judge``, or a request with no context or no continuation.
     """
     _check_judge(judge)
+    require(
+        isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be at least 1, got {batch_size!r}"
+    )
+    limit = max_positions(model)
+    require(
+        isinstance(max_length, int) and max_length >= 1 and (limit is None or max_length <= limit),
+        f"max_length {max_length!r} must be a positive number of tokens within the model's {limit} positions",
+    )
     device = model_device(model)
     rows = []
     for context, continuation in requests:
         require(len(continuation) > 0, "an lm-eval request has an empty continuation")
         whole = (list(context) + list(continuation))[-(max_length + 1) :]
         require(len(whole) > len(continuation), "an lm-eval request has no context token: give it a context")
+        check_token_ids(model, torch.tensor(whole), "an lm-eval request")
         rows.append((whole[:-1], len(whole) - len(continuation), list(continuation)))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     out: list[tuple[float, bool] | None] = [None] * len(rows)

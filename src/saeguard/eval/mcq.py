@@ -43,7 +43,7 @@ from saeguard.eval.items import (
 from saeguard.eval.score import wilson_interval
 from saeguard.hf.corpus import TokenBatch, counted_mask, pad_batch, pad_token_id, special_token_ids
 from saeguard.hf.fingerprint import model_identity
-from saeguard.hf.layers import model_device
+from saeguard.hf.layers import max_positions, model_device
 from saeguard.io import write_json
 from saeguard.progress import progress_bar
 
@@ -163,6 +163,7 @@ def _prefill(model: nn.Module, tokenizer, prompts: Sequence[SharedPrompt], hook,
     """Left-padded forward of the prompts; the gate decides on each prompt's user tokens."""
     device = model_device(model)
     ids, mask = pad_batch([p.ids for p in prompts], pad_token_id(tokenizer), left=True)
+    _check_length(model, int(ids.shape[1]), "a question's prompt")
     scope, _ = pad_batch([[int(c) for c in p.user_mask] for p in prompts], 0, left=True)
     counted = counted_mask(ids, mask, special_token_ids(tokenizer)) & scope.bool()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -214,6 +215,7 @@ def _continuations(
     targets, _ = pad_batch([o[1:] for o in options], pad_token_id(tokenizer))
     prompt_mask = prefill.mask.repeat_interleave(n, 0)
     positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(ids.shape[1]).unsqueeze(0)
+    _check_length(model, int(positions.max()) + 1, "a question's prompt plus its longest option")
     with token_scope(freeze=True):
         logits = model(
             input_ids=ids.to(device),
@@ -226,6 +228,15 @@ def _continuations(
     # gather minus logsumexp: the log-probs of the targets without a (rows, T, V) log_softmax copy
     chosen = logits.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
     return (chosen - logits.logsumexp(-1)).cpu(), flagged
+
+
+def _check_length(model: nn.Module, length: int, what: str) -> None:
+    limit = max_positions(model)
+    require(
+        limit is None or length <= limit,
+        f"{what} is {length} tokens, over the model's {limit} positions: shorten the question or its "
+        "options, or drop the item",
+    )
 
 
 def _prediction(item: McqItem, scores: torch.Tensor) -> McqPrediction:

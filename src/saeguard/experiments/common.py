@@ -179,7 +179,8 @@ class Harness:
                     cache_dir=cache_dir,
                     show_progress=show_progress,
                 )
-                items = [item for item in items if item.id in set(found.ids)]  # may be none: reported
+                keep = set(found.ids)
+                items = [item for item in items if item.id in keep]  # may be none: ``known`` reports it
             sets[spec], known[spec] = items, {"total": total, "known": len(items)}
         harness = cls(model, tokenizer, settings, sets, known)
         harness.base = {

@@ -11,6 +11,7 @@ the trace's rho is the gate's rho, not a recomputation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ def trace_prompt(
     prompt: str | Sequence[Message],
     *,
     chat: bool = True,
+    before: Sequence[Guardrail] = (),
 ) -> PromptTrace:
     """Run ``guard`` on the prompt's forward and return its per-token evidence and decision.
 
@@ -70,22 +72,29 @@ def trace_prompt(
         prompt: a user message, or a whole conversation (``{"role", "content"}`` dicts; every
             user turn counts), encoded as :meth:`Guardrail.generate` encodes it.
         chat: wrap the prompt in the tokenizer's chat template (when the guard was fitted so).
+        before: guards applied ahead of ``guard`` on the same forward (a server request with
+            several guards: a later guard reads the hidden states the earlier ones left).
 
     Raises:
         SaeguardError: see :func:`~saeguard.hf.prompts.encode_prompts`.
     """
     encoded = encode_prompts(tokenizer, [prompt], chat=chat and guard.config.chat_template)
     device = model_device(model)
+    hooks = [g.hook() for g in before]
     hook = guard.hook()
-    with hook.session(model), token_scope(encoded.content_mask.to(device)):
-        hook.reset()
+    with ExitStack() as stack:
+        for gate in [*hooks, hook]:
+            stack.enter_context(gate.session(model))
+            gate.reset()
+        stack.enter_context(token_scope(encoded.content_mask.to(device)))
         hook.recording = True
         try:
             model(input_ids=encoded.input_ids.to(device), attention_mask=encoded.attention_mask.to(device))
             record = hook.records[0]
             history = thread_store().histories[hook]
         finally:
-            hook.reset()
+            for gate in [*hooks, hook]:
+                gate.reset()
     cum_e = history.cum_e[0].cpu()
     cum_n = history.cum_n[0].cpu()
     evidence = torch.diff(cum_e, prepend=cum_e.new_zeros(1))

@@ -10,7 +10,6 @@ Documents are streamed, so memory stays flat however large the corpus is.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from saeguard.errors import SaeguardError, one_line, require
+from saeguard.io import parse_json
 
 _TEXT_FIELDS = ("text", "content", "document", "extract", "question")
 
@@ -123,7 +123,7 @@ def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[
 
 def _iter_txt(path: Path) -> Iterator[str]:
     block: list[str] = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a leading byte-order mark is not text
         for line in handle:
             if line.strip():
                 block.append(line.rstrip("\n"))
@@ -135,24 +135,32 @@ def _iter_txt(path: Path) -> Iterator[str]:
 
 
 def _iter_jsonl(path: Path, text_field: str | None) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
+    """Each row is a JSON string or an object with a text field; a null or blank text is skipped."""
+    with path.open(encoding="utf-8-sig") as handle:  # a leading byte-order mark is not text
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise SaeguardError(f"{path}:{number} is not valid JSON: fix that line") from None
+            where = f"{path}:{number}"
+            row = parse_json(line, where)
             if isinstance(row, str):
                 text = row
             else:
+                require(
+                    isinstance(row, dict),
+                    f"{where} is a JSON {type(row).__name__}, not a document: give each line a string "
+                    "or an object with a 'text' field",
+                )
                 field = text_field or next((f for f in _TEXT_FIELDS if f in row), None)
                 require(
                     field is not None and field in row,
-                    f"{path}:{number} has no text field: add 'text' or pass --text-field",
+                    f"{where} has no text field: add 'text' or pass --text-field",
                 )
                 text = row[field]
-            if isinstance(text, str) and text.strip():
+                require(
+                    text is None or isinstance(text, str),
+                    f"{where}: field {field!r} holds a {type(text).__name__}, not text: fix that line",
+                )
+            if text and text.strip():
                 yield text
 
 

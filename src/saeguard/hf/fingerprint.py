@@ -39,8 +39,8 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str
     return digest.hexdigest()[:16]
 
 
-def model_fingerprint(model: nn.Module, layer: int) -> str:
-    """Fingerprint of the weights the guard reads: embeddings and blocks 0..layer."""
+def _read_weights(model: nn.Module, layer: int) -> dict[str, torch.Tensor]:
+    """The weights the guard reads: the input embeddings and blocks 0..layer, by name."""
     tensors: dict[str, torch.Tensor] = {}
     get_embeddings = getattr(model, "get_input_embeddings", None)  # transformers models only
     embeddings = get_embeddings() if get_embeddings is not None else None
@@ -48,7 +48,33 @@ def model_fingerprint(model: nn.Module, layer: int) -> str:
         tensors.update({f"embed.{k}": v for k, v in embeddings.state_dict().items()})
     for index, block in enumerate(_blocks(model)[: layer + 1]):
         tensors.update({f"block{index}.{k}": v for k, v in block.state_dict().items()})
-    return tensors_fingerprint(tensors)
+    return tensors
+
+
+def model_fingerprint(model: nn.Module, layer: int) -> str:
+    """Fingerprint of the weights the guard reads: embeddings and blocks 0..layer."""
+    return tensors_fingerprint(_read_weights(model, layer))
+
+
+def weight_sample(model: nn.Module, layer: int, per_tensor: int = 4) -> list[float]:
+    """A few values (float32) of each weight the guard reads, in name order.
+
+    Recorded next to the fingerprint so the same weights loaded in another dtype (bf16,
+    fp16) can be recognised: equal up to that dtype's rounding (:func:`same_weights`).
+    """
+    values: list[float] = []
+    for _, tensor in sorted(_read_weights(model, layer).items(), key=lambda kv: kv[0]):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // per_tensor)
+        values += [float(v) for v in flat[::step][:per_tensor].to(device="cpu", dtype=torch.float32)]
+    return values
+
+
+def same_weights(recorded: list[float], found: list[float], *, relative: float = 1e-2) -> bool:
+    """True when two :func:`weight_sample` lists agree up to half-precision rounding (1% relative)."""
+    if not recorded or len(recorded) != len(found):
+        return False
+    return all(abs(a - b) <= relative * abs(a) + 1e-6 for a, b in zip(recorded, found, strict=True))
 
 
 def model_name(model: nn.Module) -> str:

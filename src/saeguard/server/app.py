@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from torch import nn
 from transformers import TextIteratorStreamer
 
@@ -37,6 +33,7 @@ from saeguard.server.context import ApiError, Served, ServerSettings
 from saeguard.server.generation import Job, Outcome, StopFilter, run_job
 from saeguard.server.jobs import chat_job, completion_jobs
 from saeguard.server.metrics import Metrics
+from saeguard.server.middleware import LimitsAndMetrics, add_error_handlers
 from saeguard.server.responses import (
     DECISION_HEADER,
     ChunkMaker,
@@ -58,7 +55,6 @@ from saeguard.server.schemas import (
     TraceRequest,
 )
 
-log = logging.getLogger("saeguard.server")
 T = TypeVar("T")
 ROUTES = (
     "/",
@@ -69,7 +65,6 @@ ROUTES = (
     "/v1/completions",
     "/saeguard/trace",
 )
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict"}
 
 
 def create_app(
@@ -97,8 +92,8 @@ def create_app(
         scheduler.shutdown()
 
     app = FastAPI(title="saeguard", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(_LimitsAndMetrics, max_body=settings.max_body_bytes, metrics=metrics)
-    _add_error_handlers(app)
+    app.add_middleware(LimitsAndMetrics, max_body=settings.max_body_bytes, metrics=metrics, routes=ROUTES)
+    add_error_handlers(app)
 
     def authorize(authorization: str | None = Header(None)) -> None:
         if settings.api_key is None:
@@ -188,15 +183,20 @@ def create_app(
             )
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            traces = await run(
-                lambda: [
-                    {"name": name, **trace_prompt(model, tokenizer, guard, messages).to_dict()}
-                    for name, guard in chosen
-                ]
-            )
+            traces = await run(lambda: trace_chain(chosen, messages))
         except ApiError as error:
             raise ApiError(error.status, f"messages: {error}", param="messages") from None
         return {"guards": traces}
+
+    def trace_chain(chosen: tuple[tuple[str, Guardrail], ...], messages: list[dict]) -> list[dict[str, Any]]:
+        """Each guard's trace as the request applies it: after the guards ahead of it."""
+        out = []
+        for index, (name, guard) in enumerate(chosen):
+            ahead = [g for _, g in chosen[:index]]
+            out.append(
+                {"name": name, **trace_prompt(model, tokenizer, guard, messages, before=ahead).to_dict()}
+            )
+        return out
 
     async def stream(job: Job, make: ChunkMaker, include_usage: bool) -> StreamingResponse:
         """Start the job, wait for the prompt's decision (it goes in the headers), then stream."""
@@ -277,136 +277,3 @@ async def _pieces(
 
 def _json(body: BaseModel, info: SaeguardInfo) -> JSONResponse:
     return JSONResponse(body.model_dump(), headers={DECISION_HEADER: decision_header(info)})
-
-
-def _error_response(error: ApiError) -> JSONResponse:
-    headers = {"retry-after": "1"} if error.status == 503 else None
-    return JSONResponse(error.body.model_dump(), status_code=error.status, headers=headers)
-
-
-def _validation_error(errors: list[dict[str, Any]]) -> ApiError:
-    """One 400 naming the first bad field (union member tags such as ``list[int]`` left out)."""
-    error: dict[str, Any] = errors[0] if errors else {"type": "invalid", "loc": (), "msg": "invalid request"}
-    path = [str(p) for p in error.get("loc", ()) if p != "body"]
-    path = [p for p in path if "[" not in p and p not in _TYPE_TAGS]
-    field = ".".join(path)
-    if error.get("type") == "json_invalid":
-        context: dict[str, Any] = error.get("ctx") or {}
-        return ApiError(400, f"the body is not valid JSON ({context.get('error', 'parse error')})")
-    if error.get("type") == "missing":
-        return ApiError(400, f"{field or 'body'} is required", param=field or None)
-    return ApiError(
-        400, f"{field or 'body'}: {error.get('msg', 'invalid value')}", param=path[0] if path else None
-    )
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    async def api_error(_request: Request, error: Exception) -> Response:
-        assert isinstance(error, ApiError)
-        return _error_response(error)
-
-    async def invalid(_request: Request, error: Exception) -> Response:
-        assert isinstance(error, RequestValidationError)
-        return _error_response(_validation_error(list(error.errors())))
-
-    async def http_error(request: Request, error: Exception) -> Response:
-        assert isinstance(error, HTTPException)
-        message = str(error.detail)
-        if error.status_code == 404:
-            message = (
-                f"no such path {request.url.path}: the API is under /v1 (GET /v1/models lists the models)"
-            )
-        elif error.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        return _error_response(ApiError(error.status_code, message))
-
-    async def saeguard_error(_request: Request, error: Exception) -> Response:
-        return _error_response(ApiError(400, str(error)))
-
-    async def internal(_request: Request, error: Exception) -> Response:
-        log.exception("internal error", exc_info=error)
-        return _error_response(
-            ApiError(500, "internal server error (see the server log)", kind="server_error")
-        )
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(SaeguardError, saeguard_error)
-    app.add_exception_handler(Exception, internal)
-
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class _LimitsAndMetrics:
-    """ASGI middleware: refuse bodies over ``max_body`` bytes (413), count and time every request."""
-
-    def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_body: int, metrics: Metrics
-    ):
-        self.app = app
-        self.max_body = max_body
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            body = await self._read(scope, receive)
-            if body is None:
-                too_large = ApiError(
-                    413, f"the request body is over this server's limit of {self.max_body} bytes"
-                )
-                await _error_response(too_large)(scope, receive, send_counted)
-                return
-            await self.app(scope, _replay(body, receive), send_counted)
-        finally:
-            self.metrics.observe_request(route, status, time.perf_counter() - started)
-
-    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole body, or None when it is over the limit."""
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"").decode() or "0"
-        if declared.isdigit() and int(declared) > self.max_body:
-            return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands the app the body already read, then waits on the client."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

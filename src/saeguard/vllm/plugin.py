@@ -97,7 +97,7 @@ def request_steps(runner: Any, attn_metadata: Any) -> list[RequestStep]:
     """
     batch = getattr(runner, "input_batch", None)
     ids = list(getattr(batch, "req_ids", []) or [])
-    starts = _query_starts(attn_metadata)
+    starts = _runner_query_starts(runner, len(ids)) or _query_starts(attn_metadata)
     if not ids or starts is None:
         return []
     steps = []
@@ -117,6 +117,18 @@ def request_steps(runner: Any, attn_metadata: Any) -> list[RequestStep]:
             )
         )
     return steps
+
+
+def _runner_query_starts(runner: Any, count: int) -> list[int] | None:
+    """Row offsets from the runner's host buffer (``query_start_loc.np``/``.cpu``, vLLM >= 0.10), if any."""
+    buffer = getattr(runner, "query_start_loc", None)
+    host = getattr(buffer, "np", None)
+    if host is None:
+        host = getattr(buffer, "cpu", None)
+        host = host if isinstance(host, torch.Tensor) else None
+    if host is None or count == 0 or len(host) < count + 1:
+        return None
+    return [int(v) for v in host[: count + 1]]
 
 
 def _query_starts(attn_metadata: Any) -> list[int] | None:
@@ -189,8 +201,9 @@ def decisions(worker: Any) -> dict[str, dict[str, Any]]:
 
 
 def engine_kwargs() -> dict[str, Any]:
-    """What a guarded ``vllm.LLM(...)`` needs: eager mode (hooks) and no prefix caching (unseen tokens)."""
-    return {"enforce_eager": True, "enable_prefix_caching": False}
+    """What a guarded ``vllm.LLM(...)`` needs: eager mode and no torch.compile (Python hooks run),
+    and no prefix caching (the gate must see every prompt token)."""
+    return {"enforce_eager": True, "enable_prefix_caching": False, "compilation_config": 0}
 
 
 # -- the plugin ----------------------------------------------------------------------------------
@@ -221,7 +234,7 @@ def _patch(owner: type, name: str, wrap: Callable[[Callable], Callable]) -> None
 
 def _engine_config_wrapper(original: Callable) -> Callable:
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-        for name, value in engine_kwargs().items():
+        for name, value in (("enforce_eager", True), ("enable_prefix_caching", False)):
             if getattr(self, name, value) != value:
                 log.warning("saeguard: setting %s=%s for guarded serving", name, value)
             setattr(self, name, value)
@@ -241,6 +254,7 @@ def _load_model_wrapper(original: Callable) -> Callable:
         router = router_from_env(_tokenizer(self))
         if router is not None:
             model = self.get_model() if hasattr(self, "get_model") else self.model
+            model = model.unwrap() if hasattr(model, "unwrap") else model  # a CUDA-graph wrapper
             install(self, model, router, attn_metadata)
             setattr(self, _ROUTER_ATTR, router)
             log.info("saeguard: guards %s on layers %s", sorted(router.guards), sorted(router.layers))

@@ -190,7 +190,7 @@ class GuardRouter:
                 self.states.pop(step.request_id, None)
                 return None
             tag = (step.extra_args or {}).get(TAG_KEY)
-            end = torch.tensor([len(step.prompt_ids)], dtype=torch.long, device=device)
+            end = _on(torch.tensor([len(step.prompt_ids)], dtype=torch.long), device)
             state = RequestState(name, RowHistory.empty(end), self._prompt_counted(step, device), tag)
             self.states[step.request_id] = state
         history = state.history
@@ -211,7 +211,7 @@ class GuardRouter:
         if self.tokenizer is None or not step.prompt_ids:
             return None
         mask = user_token_mask(self.tokenizer, list(step.prompt_ids))
-        return torch.tensor(mask, dtype=torch.bool, device=device)
+        return _on(torch.tensor(mask, dtype=torch.bool), device)
 
     @staticmethod
     def _mask(state: RequestState, step: RequestStep) -> torch.Tensor | None:
@@ -261,6 +261,11 @@ def _padded(history: RowHistory, count: int) -> RowHistory:
         prompt_flag=history.prompt_flag,
         prompt_known=history.prompt_known,
     )
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor copied to ``device`` without waiting for the device (no host sync mid-forward)."""
+    return tensor.to(device, non_blocking=True)
 
 
 @contextmanager
