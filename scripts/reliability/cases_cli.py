@@ -228,6 +228,7 @@ def _fit_cases(ws: Workspace) -> list[CliCase]:
 def _guard_cases(ws: Workspace) -> list[CliCase]:
     area = "cli:guard"
     guard, llama, gpt2 = str(ws.path("guard")), str(ws.path("llama")), str(ws.path("gpt2"))
+    topk, sae = str(ws.path("topk_guard")), str(ws.path("sae"))
     truncated = copy_guard(ws, "cli-truncated")
     (truncated / "guardrail.safetensors").write_bytes(b"\x00" * 10)
     nan = edit_json(ws, "cli-nan", lambda m: json.dumps(m).replace(f'"tau": {m["tau"]}', '"tau": NaN'))
@@ -236,7 +237,6 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         ws, "cli-deep", lambda m: '{"format": "saeguard-guardrail", "x": ' + "[" * 50_000 + "]" * 50_000 + "}"
     )
     gen = ["generate", "--guard", guard, "--model", llama, "--device", "cpu", "--max-new-tokens", "3"]
-    mcq = ws.root / "mcq"
     a_file = ws.fresh("eval-file")
     a_file.write_text("x")
     cli_mcq = ws.root / "cli-mcq"
@@ -285,8 +285,9 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         ("eval --limit 0", [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--limit", "0"]),
         ("eval --limit -1", [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--limit", "-1"]),
         ("eval --guard missing", [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", str(ws.root / "nope")]),
+        ("generate TopK guard without --sae", [*gen[:2], topk, *gen[3:], "--prompt", "p"]),
+        ("generate TopK guard, another --sae", [*gen[:2], topk, *gen[3:], "--prompt", "p", "--sae", sae]),
     ]
-    del mcq
     out = [CliCase(area, name, argv, "error", batch="c") for name, argv in errors]
 
     def has(*words: str) -> CliCheck:
@@ -312,6 +313,14 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
             area,
             "generate",
             [*gen, "--prompt", "what is the cell"],
+            "success",
+            check=has("guarded:", "gate:"),
+            batch="c",
+        ),
+        CliCase(
+            area,
+            "generate TopK guard with its --sae",
+            [*gen[:2], topk, *gen[3:], "--prompt", "what is the cell", "--sae", str(ws.path("topk_sae"))],
             "success",
             check=has("guarded:", "gate:"),
             batch="c",

@@ -138,3 +138,25 @@ def test_bad_device_fails_before_the_sae_or_the_model_loads(workspace, cli, fit_
     code, _, err = cli(fit_args(workspace / "guard", "--device", "gpu0"))
     assert code == 2 and err.strip() == "error: unknown --device 'gpu0': use cpu, cuda, cuda:N, mps or auto"
     assert sae_lookups == [] and fits == []
+
+
+def test_fit_says_what_it_did_and_warns_in_one_yellow_line_on_a_small_retain_side(workspace, cli, fit_args):
+    code, out, err = cli(fit_args(workspace / "guard"))
+    assert code == 0
+    assert "forget: 24 documents" in out and "retain: 24 documents" in out
+    assert "calibration inputs" in out and "bootstrap 95% interval" in out and "latents selected" in out
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1
+    assert "only 24 retain calibration inputs" in warnings[0]
+    assert warnings[0].endswith(
+        "add more retain text, e.g. --retain wiki:not-biology (API: retain=[...more documents])"
+    )
+
+
+def test_repeated_retain_mixes_sources_and_enough_text_calibrates_without_warning(workspace, cli, fit_args):
+    from saeguard.testing import RETAIN_WORDS, corpus
+
+    (workspace / "more.txt").write_text("\n\n".join(corpus(RETAIN_WORDS, 60, 40, 7)))
+    code, out, err = cli(fit_args(workspace / "guard", "--retain", str(workspace / "more.txt")))
+    assert code == 0 and "retain: 84 documents" in out
+    assert "WARNING" not in err

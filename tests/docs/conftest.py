@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from docs_standin import build_standin, remove_standin
+from .docs_standin import ShippedSaeError, build_standin, remove_standin
 
 
 @pytest.fixture(scope="session")
 def standin_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A ``$SAEGUARD_CACHE`` holding the tiny stand-in default model and SAE (built once per session)."""
     target = tmp_path_factory.mktemp("standin-cache")
-    build_standin(target)
+    try:
+        build_standin(target)
+    except ShippedSaeError as error:
+        pytest.skip(f"{error}; run these blocks on the real default model instead")
     yield target
     remove_standin(target)
 

@@ -50,7 +50,7 @@ class ModeParser:
     """``<!-- docs-test: MODE -->``: how the next code block runs (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.lexer = DirectiveInHTMLCommentLexer(directive="docs-test", arguments=".+")
+        self.lexer = DirectiveInHTMLCommentLexer(directive="docs-test", arguments=r"\S+")
 
     def __call__(self, document: Document) -> list[Region]:
         regions = []

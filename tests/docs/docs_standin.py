@@ -24,7 +24,7 @@ from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from saeguard.config import DEFAULT_LAYER
-from saeguard.defaults import default_sae_dir
+from saeguard.defaults import shipped_sae_dir, trained_sae_dir
 from saeguard.hf.models import default_model_dir, load_default_model
 from saeguard.io import cache_dir
 
@@ -56,8 +56,19 @@ def real_tokenizer_dir() -> Path:
     return folder
 
 
+class ShippedSaeError(RuntimeError):
+    """A default SAE ships inside the package: it takes precedence over any cached one, stand-in included."""
+
+
 def build_standin(target: Path, seed: int = 0) -> Path:
-    """Write the stand-in cache into ``target`` and return it; the offline data is linked, not copied."""
+    """Write the stand-in cache into ``target`` and return it; the offline data is linked, not copied.
+
+    Raises:
+        ShippedSaeError: the package ships a default SAE, which ``default`` would resolve to
+            instead of the stand-in's (the blocks can then run on the real default instead).
+    """
+    if shipped_sae_dir() is not None:
+        raise ShippedSaeError(f"a default SAE ships in the package ({shipped_sae_dir()}): no stand-in for it")
     real = cache_dir()
     tokenizer = AutoTokenizer.from_pretrained(real_tokenizer_dir())
     target.mkdir(parents=True, exist_ok=True)
@@ -67,7 +78,7 @@ def build_standin(target: Path, seed: int = 0) -> Path:
         if not link.exists():
             link.symlink_to(real / name, target_is_directory=True)
     with cache_at(target):
-        model_dir, sae_dir = default_model_dir(), default_sae_dir()
+        model_dir, sae_dir = default_model_dir(), trained_sae_dir()  # never the package's shipped SAE
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

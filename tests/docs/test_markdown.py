@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from docs_blocks import RUN_LANGUAGES, Block, collect, documents, fence_languages
+
+from .docs_blocks import RUN_LANGUAGES, Block, collect, documents, fence_languages
 
 BLOCKS = collect()
 RUNNABLE_ALIASES = {"py", "python3", "sh", "shell", "console", "zsh"}

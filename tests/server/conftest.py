@@ -6,9 +6,6 @@ words; the tiny model and tokenizer are also saved to disk for ``serve --model P
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +20,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-import uvicorn  # noqa: E402
-
 from saeguard import Guardrail  # noqa: E402
 from saeguard.errors import CalibrationWarning  # noqa: E402
 from saeguard.server import ServerSettings, create_app  # noqa: E402
+from saeguard.server.background import serving  # noqa: E402
 from saeguard.testing import (  # noqa: E402
     FORGET_WORDS,
     RETAIN_WORDS,
@@ -62,22 +58,8 @@ class Live:
 def running(model: Any, tokenizer: Any, guards: dict[str, Guardrail], **settings: Any) -> Iterator[Live]:
     """Serve ``create_app(...)`` with uvicorn on a free loopback port until the block ends."""
     app = create_app(model, tokenizer, guards, ServerSettings(model_id="tiny", **settings))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", model, tokenizer, guards)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serving(app) as url:
+        yield Live(url, model, tokenizer, guards)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,13 @@ def _register() -> None:
         explain_commands,
     ):
         module.register(app)
-    optional = ("compare_commands", "bench_commands", "experiment_commands", "attack_commands", "serve_commands")
+    optional = (
+        "compare_commands",
+        "bench_commands",
+        "experiment_commands",
+        "attack_commands",
+        "serve_commands",
+    )
     for module_name in optional:
         try:
             module = __import__(f"saeguard.cli.{module_name}", fromlist=["register"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from saeguard.cli.options import (
     AUTO_DEVICE,
@@ -20,10 +21,12 @@ from saeguard.cli.options import (
     resolve_device,
 )
 from saeguard.errors import SaeguardError, require
+from saeguard.server.settings import Policy, ServerSettings
 
 SERVER_PANEL = "Server"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+DEFAULTS = ServerSettings()
 _INSTALL = "install the serve extra: pip install 'saeguard[serve]' (FastAPI, uvicorn, prometheus-client)"
 
 
@@ -63,18 +66,19 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, rich_help_panel=SERVER_PANEL)] = 8000,
     on_flag: Annotated[
-        Literal["clamp", "refuse"],
+        Policy,
         typer.Option(
             help="A flagged request: clamp (DSG) or refuse (the refusal text)", rich_help_panel=SERVER_PANEL
         ),
-    ] = "clamp",
+    ] = DEFAULTS.on_flag,
     refusal: Annotated[
         str, typer.Option(help="Text a refused request gets", rich_help_panel=SERVER_PANEL)
-    ] = "I can't help with that request.",
+    ] = DEFAULTS.refusal,
     default_guard: Annotated[
         list[str],
         typer.Option(
-            help="Guards applied when a request names none [default: all]", rich_help_panel=SERVER_PANEL
+            help="Guards applied when a request names none " + escape("[default: all]"),
+            rich_help_panel=SERVER_PANEL,
         ),
     ] = [],  # noqa: B006
     api_key: Annotated[
@@ -88,21 +92,21 @@ def serve(
     model_name: Annotated[
         str | None,
         typer.Option(
-            help="Model id clients send [default: 'default' or the folder's name]",
+            help="Model id clients send " + escape("[default: 'default' or the folder's name]"),
             rich_help_panel=SERVER_PANEL,
         ),
     ] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Requests generating at once", rich_help_panel=SERVER_PANEL)
-    ] = 1,
+    ] = DEFAULTS.workers,
     queue_size: Annotated[
         int,
         typer.Option(min=0, help="Requests waiting beyond those (then 503)", rich_help_panel=SERVER_PANEL),
-    ] = 64,
+    ] = DEFAULTS.queue_size,
     max_tokens: Annotated[
         int,
         typer.Option(min=1, help="Largest max_tokens a request may ask for", rich_help_panel=SERVER_PANEL),
-    ] = 1024,
+    ] = DEFAULTS.max_tokens,
     strict: Annotated[
         bool, typer.Option(help="Refuse a model whose weights differ from the fitted one")
     ] = True,

@@ -150,7 +150,7 @@ def _from_parts(
     require(
         isinstance(special, list)
         and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < _MAX_TOKEN_ID for i in special),
-        f"{where}: special_ids must be a list of token ids (integers in 0..2**31-1)",
+        f"{where}: special_ids must be a list of non-negative integers below 2**31 (token ids)",
     )
     require("config" in meta, f"{where}: config is missing: fit the guardrail again")
     with warnings.catch_warnings(record=True) as caught:

@@ -302,7 +302,10 @@ def _layout_runs(tokenizer: Any, roles: tuple[str, ...], generation: bool) -> tu
     for index, start, end in _slots(text, "zqx"):
         tokens = [t for t, (a, b) in enumerate(offsets) if a < end and b > start]
         contents += [(roles[index], tokens[0], tokens[-1] + 1)] if tokens else []
-    user_pres, other_pres, posts, end_posts = [], [], [], []
+    user_pres: list[Run] = []
+    other_pres: list[Run] = []
+    posts: list[Run] = []
+    end_posts: list[Run] = []
     for k, (role, first, stop) in enumerate(contents):
         (user_pres if role == _USER else other_pres).append(
             tuple(ids[contents[k - 1][2] if k else 0 : first])
@@ -341,8 +344,8 @@ def learn_turn_markers(tokenizer: Any) -> TurnMarkers:
     name = _template_name(tokenizer)
 
     def learn(runs: list[tuple[list[Run], ...]]) -> TurnMarkers:
-        joined = [[run for layout in runs for run in layout[part]] for part in range(4)]
-        return markers_from_runs(*joined, lambda run: _token_texts(tokenizer, run), name)
+        user, other, post, end = ([run for layout in runs for run in layout[part]] for part in range(4))
+        return markers_from_runs(user, other, post, end, lambda run: _token_texts(tokenizer, run), name)
 
     try:
         markers = learn(layouts[False] + layouts[True])

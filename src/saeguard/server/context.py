@@ -13,7 +13,8 @@ from torch import nn
 
 from saeguard.core.guardrail import Guardrail
 from saeguard.hf.layers import config_value, max_positions
-from saeguard.server.schemas import ErrorBody, ErrorResponse, Policy
+from saeguard.server.schemas import ErrorBody, ErrorResponse
+from saeguard.server.settings import ServerSettings
 
 NO_GUARD = "none"
 """The alias for no guard at all: ``model="default+none"``."""
@@ -34,38 +35,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.body = ErrorResponse(error=ErrorBody(message=message, type=kind, param=param, code=code))
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """How the server behaves (``saeguard serve`` options; docs/serving.md).
-
-    Attributes:
-        model_id: the name clients use in ``model`` (aliases add ``+guard``).
-        on_flag: policy for a flagged request unless the request overrides it.
-        refusal: the text a refused request gets.
-        default_guards: guards applied when a request names none (None: all loaded).
-        api_key: when set, ``/v1``, ``/saeguard`` and ``/metrics`` need ``Authorization: Bearer KEY``.
-        workers: requests generating at once (threads sharing the model).
-        queue_size: admitted requests waiting for a worker; more get 503.
-        max_tokens: the largest ``max_tokens`` a request may ask for.
-        default_chat_tokens, default_completion_tokens: ``max_tokens`` when a request gives none.
-        max_body_bytes: larger request bodies get 413.
-        max_prompts: prompts in one ``/v1/completions`` request.
-    """
-
-    model_id: str = "default"
-    on_flag: Policy = "clamp"
-    refusal: str = "I can't help with that request."
-    default_guards: tuple[str, ...] | None = None
-    api_key: str | None = None
-    workers: int = 1
-    queue_size: int = 64
-    max_tokens: int = 1024
-    default_chat_tokens: int = 256
-    default_completion_tokens: int = 16
-    max_body_bytes: int = 1 << 20
-    max_prompts: int = 32
 
 
 @dataclass

@@ -25,7 +25,8 @@ from saeguard.core.gate import GateRecord, token_scope
 from saeguard.core.guardrail import Guardrail, row_decisions
 from saeguard.core.hooks import GateHook
 from saeguard.hf.layers import model_device
-from saeguard.server.schemas import FinishReason, GuardReport, Policy
+from saeguard.server.schemas import FinishReason, GuardReport
+from saeguard.server.settings import Policy
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from saeguard.hf.chat import has_chat_template
 from saeguard.hf.prompts import encode_prompt, encode_prompts
 from saeguard.server.context import ApiError, Served
 from saeguard.server.generation import Job
-from saeguard.server.schemas import ChatCompletionRequest, CompletionRequest, Policy
+from saeguard.server.schemas import ChatCompletionRequest, CompletionRequest
+from saeguard.server.settings import Policy
 
 MAX_STOPS = 4
 

@@ -14,8 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-Policy = Literal["clamp", "refuse"]
-"""What a flagged request gets: DSG's clamped generation, or the refusal text without generating."""
+from saeguard.server.settings import Policy
 
 FinishReason = Literal["stop", "length", "content_filter"]
 
