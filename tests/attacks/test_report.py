@@ -57,4 +57,6 @@ def test_write_report_writes_json_plots_and_page(tmp_path):
     assert data["sets"] == {"forget": 2, "retain": 2} and len(data["rows"]) == 4
     markdown = (tmp_path / "attack.md").read_text()
     assert "| dilution | source=austen, tokens=400, position=before | 100.0% (n=2) |" in markdown
+    assert "the guard blocks 2 of the 2 forget questions without an attack" in markdown
+    assert "| clean | - | - | 100.0% (n=2) | 50.0% (n=2) | - | 50.0% (n=2) |" in markdown
     assert "rule window" in markdown and "| multiturn | turns=3 | error | boom |" in markdown

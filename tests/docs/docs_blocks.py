@@ -149,7 +149,7 @@ def collect(paths: list[Path] | None = None) -> list[Block]:
     return blocks
 
 
-FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)", re.MULTILINE)
+FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+-]*)", re.MULTILINE)
 
 
 def fence_languages(path: Path) -> list[str]:

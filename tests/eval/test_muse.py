@@ -108,6 +108,21 @@ def test_knowmem_shots_and_questions_come_from_different_documents():
     assert first_answer(" Harriet.\nSentence: x") == "Harriet"
 
 
+def test_choice_items_offer_the_answer_and_three_other_names_of_the_set():
+    from saeguard.eval.muse_data import ClozeQuestion, KnowMemSet, choice_items
+
+    names = ["Anne", "Frederick", "Louisa", "Mary", "Walter"]
+    known = KnowMemSet(
+        shots=[ClozeQuestion(f"{BLANK} walked.", "Walter")],
+        questions=[ClozeQuestion(f"She saw {BLANK} there.", name) for name in names[:4]],
+    )
+    items = choice_items(known, seed=1)
+    assert len(items) == 4 and len({item.id for item in items}) == 4
+    for item, question in zip(items, known.questions, strict=True):
+        assert item.choices[item.answer] == question.answer and question.question in item.question
+        assert len(set(item.choices)) == 4 and set(item.choices) <= set(names)
+
+
 def test_generation_fluency_is_the_perplexity_of_the_outputs_given_their_prompts():
     tokenizer = text_tokenizer(["a b c d e f"])
     model = tiny_llama(vocab_size=len(tokenizer.get_vocab()))
@@ -170,3 +185,4 @@ def test_verbmem_is_one_for_a_model_that_memorised_the_text_and_low_for_one_that
     )
     assert untrained.verbmem < 0.5
     assert untrained.knowmem_retain.questions == len(untrained.knowmem_retain.answers) == 3
+    assert untrained.knowmem_forget.choice_questions == 0  # one name in the cycle: no four-name choice

@@ -41,5 +41,5 @@ def test_a_conversation_counts_every_user_turn(fitted, tokenizer):
     trace = trace_prompt(model, tokenizer, guard, conversation)
     _, records = guard.generate(model, tokenizer, [conversation], max_new_tokens=1)
     counted = [t for t, c in zip(trace.tokens, trace.counted, strict=True) if c]
-    assert counted == "the king of the city what is dna in a cell".split()  # not the assistant turn
+    assert " ".join(counted) == "the king of the city what is dna in a cell"  # not the assistant turn
     assert trace.rho == pytest.approx(float(records[0].rho[0]), abs=1e-12)

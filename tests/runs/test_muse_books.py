@@ -42,6 +42,7 @@ def test_books_runs_original_dsg_and_a_gradient_method_on_the_same_data(tmp_path
         torch.testing.assert_close(value, before[name])
     original = result.rows[0].metrics
     assert original.verbmem_samples == 3 and original.privleak_samples == 6 and original.privleak is None
+    assert original.knowmem_forget.choice_questions == 3 and 0 <= original.knowmem_forget.choice_accuracy <= 1
     assert result.rows[1].settings["n_features"] == 2  # the fitted guard's summary
     saved = json.loads((tmp_path / "muse.json").read_text())
     assert [row["method"] for row in saved["rows"]] == ["original", "dsg", "ga"]

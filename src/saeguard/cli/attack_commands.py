@@ -185,8 +185,9 @@ def attack_command(
 
 def _print(rows: list[dict[str, Any]]) -> None:
     table = Table(title="saeguard attack (known questions)")
-    for column in ("setting", "attack success", "forget fired", "retain FP", "near FP"):
-        table.add_column(column, justify="left" if column == "setting" else "right")
+    table.add_column("setting", overflow="fold")
+    for column in ("attack success", "forget fired", "retain FP", "near FP"):
+        table.add_column(column, justify="right")
 
     def cell(row: dict[str, Any], role: str, name: str) -> str:
         rate = row["metrics"].get(role, {}).get(name)
@@ -200,7 +201,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
             continue
         table.add_row(
             escape(row["key"]),
-            cell(row, "forget", "success"),
+            cell(row, "forget", "success") if row["family"] != "clean" else "-",
             cell(row, "forget", "fired"),
             cell(row, "retain", "fired"),
             cell(row, "near", "fired"),

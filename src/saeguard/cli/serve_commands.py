@@ -154,4 +154,5 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the ``saeguard`` command."""
     app.command()(serve)

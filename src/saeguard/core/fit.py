@@ -46,7 +46,6 @@ from saeguard.hf.corpus import (
 from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint, weight_sample
 from saeguard.hf.layers import (
     check_language_model,
-    embedding_rows,
     hidden_size,
     layer_count,
     max_positions,
@@ -120,19 +119,12 @@ def prepare_fit(
     """Check everything a fit needs before any forward pass runs.
 
     Raises:
-        SaeguardError: not a loaded language model, no tokenizer (or one with ids the model
-            does not embed), an SAE that reads another layer or width than the one asked for,
+        SaeguardError: not a loaded language model, no tokenizer, an SAE that reads another layer or width than the one asked for,
             a length (``seq_len``, ``prompt_max_tokens``, ``calibration_long_tokens``) beyond
             the model's positions, or corpora without real text.
     """
     check_language_model(model)
     check_tokenizer(tokenizer, "a fit")
-    rows, size = embedding_rows(model), len(tokenizer) if hasattr(tokenizer, "__len__") else None
-    require(
-        rows is None or size is None or size <= rows,
-        f"the tokenizer has {size} tokens but the model embeds {rows}: use the tokenizer saved "
-        "with this model (or resize the model's embeddings)",
-    )
     _check_lengths(model, config)
     sae_spec = sae
     sae = load_sae(sae)

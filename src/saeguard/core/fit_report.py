@@ -69,10 +69,11 @@ class FitReport:
         if tau <= 0:
             problems.append(f"tau = {tau:g}: any firing of a selected latent flags an input")
         retain = provenance.corpora.get("retain")
-        small = retain is not None and retain.tokens < MIN_RETAIN_TOKENS
+        retain_tokens = retain.tokens if retain is not None else None
+        small = retain_tokens is not None and retain_tokens < MIN_RETAIN_TOKENS
         if frequencies and 2 * silent > len(frequencies) and small:
             problems.append(
-                f"{silent} of {len(frequencies)} selected latents never fire on the {retain.tokens:,} "
+                f"{silent} of {len(frequencies)} selected latents never fire on the {retain_tokens:,} "
                 "retain tokens, so their forget/retain ratios divide by ~0"
             )
         return cls(

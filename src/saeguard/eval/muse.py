@@ -35,7 +35,15 @@ from torch import nn
 
 from saeguard.core.gate import token_scope
 from saeguard.errors import require
-from saeguard.eval.muse_data import MuseData, MuseSizes, first_answer, knowmem_prompt
+from saeguard.eval.mcq import McqConfig, evaluate_mcq
+from saeguard.eval.muse_data import (
+    KnowMemSet,
+    MuseData,
+    MuseSizes,
+    choice_items,
+    first_answer,
+    knowmem_prompt,
+)
 from saeguard.hf.corpus import counted_mask, pad_batch, pad_token_id, special_token_ids
 from saeguard.hf.layers import model_device
 from saeguard.hf.prompts import encode_prompts
@@ -260,11 +268,18 @@ def generation_fluency(
 
 @dataclass
 class KnowMemScore:
-    """Few-shot cloze answers: exact-match accuracy (first word) and mean ROUGE-L F1 of the answer line."""
+    """Cloze questions: generated answers (MUSE) and a four-name likelihood choice (for small models).
+
+    ``accuracy`` is the exact match of the generated answer's first word, ``rouge`` the mean ROUGE-L
+    F1 of the answer line; ``choice_accuracy`` the share of ``choice_questions`` where the true name
+    is the likeliest of four names from the same text (``eval.mcq`` cloze scorer, chance 0.25).
+    """
 
     questions: int
     accuracy: float
     rouge: float
+    choice_accuracy: float
+    choice_questions: int
     answers: list[str] = field(default_factory=list)
 
 
@@ -290,7 +305,9 @@ class MuseMetrics:
     nonmember_scores: list[float] = field(default_factory=list)
 
 
-def _knowmem(model, tokenizer, known, config: MuseConfig, guard) -> KnowMemScore:
+def _knowmem(
+    model: nn.Module, tokenizer: Any, known: KnowMemSet, config: MuseConfig, guard: Guardrail | None
+) -> KnowMemScore:
     prompts = [knowmem_prompt(known.shots, q) for q in known.questions]
     generated = greedy_completions(
         model, tokenizer, prompts, config.answer_tokens, guard=guard, batch_size=config.batch_size
@@ -299,7 +316,23 @@ def _knowmem(model, tokenizer, known, config: MuseConfig, guard) -> KnowMemScore
     truth = [q.answer for q in known.questions]
     hits = [first_answer(a).lower() == t.lower() for a, t in zip(answers, truth, strict=True)]
     rouge = [rouge_l_f1(a, t) for a, t in zip(answers, truth, strict=True)]
-    return KnowMemScore(len(truth), sum(hits) / len(hits), sum(rouge) / len(rouge), answers)
+    items = choice_items(known, config.sizes.seed)
+    chosen = (
+        evaluate_mcq(
+            model,
+            tokenizer,
+            items,
+            guard=guard,
+            config=McqConfig(scorer="cloze", batch_size=config.batch_size),
+            dataset="knowmem",
+            show_progress=False,
+        ).accuracy
+        if items
+        else float("nan")
+    )
+    return KnowMemScore(
+        len(truth), sum(hits) / len(hits), sum(rouge) / len(rouge), chosen, len(items), answers
+    )
 
 
 def muse_metrics(

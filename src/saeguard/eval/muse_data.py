@@ -17,6 +17,7 @@ from typing import Any
 
 from saeguard.data.corpora import AUSTEN_BOOKS, load_corpus, split_of
 from saeguard.errors import require
+from saeguard.eval.items import McqItem
 
 BLANK = "___"
 KNOWMEM_INSTRUCTION = "Fill in the blank (___) with the missing name."
@@ -116,6 +117,33 @@ def knowmem_set(documents: Sequence[str], config: MuseSizes, source: str) -> Kno
         "give more text with recurring names",
     )
     return KnowMemSet(shots, asked)
+
+
+def choice_items(known: KnowMemSet, seed: int = 0) -> list[McqItem]:
+    """The asked questions as four-option items: the answer and 3 other names of the set (seeded order).
+
+    For small models that rarely generate the exact name, a likelihood choice among names of the
+    same text (chance 25%) still shows what the model knows; scored with ``eval.mcq``'s cloze scorer.
+    """
+    names = sorted({q.answer for q in [*known.shots, *known.questions]})
+    rng = random.Random(seed)
+    items = []
+    for index, question in enumerate(known.questions):
+        others = [name for name in names if name != question.answer]
+        if len(others) < 3:
+            continue
+        choices = [question.answer, *rng.sample(others, 3)]
+        rng.shuffle(choices)
+        items.append(
+            McqItem(
+                f"Which name fills the blank? {question.question}",
+                tuple(choices),
+                choices.index(question.answer),
+                "names in a novel",
+                f"cloze-{index}",
+            )
+        )
+    return items
 
 
 def knowmem_prompt(shots: Sequence[ClozeQuestion], question: ClozeQuestion) -> str:

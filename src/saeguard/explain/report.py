@@ -229,8 +229,9 @@ def trace_page(trace: LatentTrace, nav: Sequence[Link] = ()) -> Page:
     section = Section(
         f"Decision: {decision}",
         paragraphs=[
-            f"rho = {_num(t.rho)} against tau = {_num(t.tau)} ({t.statistic} statistic): the prompt is "
-            f"{decision}. {len(counted)} of {len(t.tokens)} tokens count; the clamp rewrote {clamped} "
+            f"rho = {_num(t.rho)} against tau = {_num(t.tau)} ({t.statistic} statistic): the prompt "
+            f"{'is flagged' if t.flagged else 'passes'}. {len(counted)} of {len(t.tokens)} tokens count; "
+            f"the clamp rewrote {clamped} "
             f"(scope {trace.clamp_scope}, value -{_num(trace.clamp_value)}).",
             "Shading: each token's gate evidence (hover for the latents active on it), then the tokens "
             "the clamp rewrote.",

@@ -276,8 +276,8 @@ def residual_at(
         (B, T, d) hidden states in the model's dtype, on the model's device.
 
     Raises:
-        SaeguardError: an input longer than the model's positions (:func:`max_positions`), or
-            block ``layer`` never ran during the forward.
+        SaeguardError: an input longer than the model's positions (:func:`max_positions`) or
+            holding ids the model does not embed, or block ``layer`` never ran during the forward.
     """
     limit = max_positions(model)
     require(
@@ -285,6 +285,7 @@ def residual_at(
         f"an input of {input_ids.shape[-1]} tokens exceeds the model's {limit} positions: lower the "
         "length that produced it (seq_len, prompt_max_tokens, calibration_long_tokens)",
     )
+    check_token_ids(model, input_ids, "an input")
     position_ids = None
     if attention_mask is not None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

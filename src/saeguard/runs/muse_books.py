@@ -223,8 +223,8 @@ def _cell(value: float | None, n: int | None = None) -> str:
 
 def books_table(result: BooksResult) -> Table:
     """The Table 2 layout: one row per method, MUSE's four criteria, then fluency and cost."""
-    header = ["method", "VerbMem forget ↓", "KnowMem forget ↓", "KnowMem retain ↑", "PrivLeak AUC"]
-    header += ["PrivLeak ↔0", "fluency ppl", "distinct-2", "seconds"]
+    header = ["method", "VerbMem forget ↓", "KnowMem forget ↓", "KnowMem retain ↑", "4-way forget ↓"]
+    header += ["4-way retain ↑", "PrivLeak AUC", "PrivLeak ↔0", "fluency ppl", "distinct-2", "seconds"]
     rows = []
     for row in result.rows:
         m = row.metrics
@@ -234,6 +234,8 @@ def books_table(result: BooksResult) -> Table:
                 _cell(m.verbmem, m.verbmem_samples),
                 _cell(m.knowmem_forget.accuracy, m.knowmem_forget.questions),
                 _cell(m.knowmem_retain.accuracy, m.knowmem_retain.questions),
+                _cell(m.knowmem_forget.choice_accuracy, m.knowmem_forget.choice_questions),
+                _cell(m.knowmem_retain.choice_accuracy, m.knowmem_retain.choice_questions),
                 _cell(m.privleak_auc, m.privleak_samples),
                 _cell(m.privleak),
                 f"{m.fluency.perplexity:.2f}",
@@ -244,7 +246,8 @@ def books_table(result: BooksResult) -> Table:
     return Table(
         header,
         rows,
-        caption="VerbMem: ROUGE-L F1 of greedy continuations of forget passages; KnowMem: cloze accuracy; "
+        caption="VerbMem: ROUGE-L F1 of greedy continuations of forget passages; KnowMem: exact match of the "
+        "generated name (few-shot cloze); 4-way: the true name is the likeliest of four names (chance 0.25); "
         "PrivLeak AUC: Min-K%++ forget vs holdout (raw: no retrained reference offline, 0.5 = as unseen); "
         "fluency: perplexity of the VerbMem continuations under the original model. n = samples.",
     )

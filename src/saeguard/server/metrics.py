@@ -56,6 +56,7 @@ class Metrics:
             self.flagged_fraction.labels(name).set(0.0)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its latency (seconds, until the last byte)."""
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 

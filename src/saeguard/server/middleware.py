@@ -32,6 +32,7 @@ _UNION_HINTS = {
 
 
 def error_response(error: ApiError) -> JSONResponse:
+    """The JSON response of an :class:`ApiError` (503 adds ``retry-after``)."""
     headers = {"retry-after": "1"} if error.status == 503 else None
     return JSONResponse(error.body.model_dump(), status_code=error.status, headers=headers)
 
@@ -55,6 +56,8 @@ def _validation_error(errors: list[dict[str, Any]]) -> ApiError:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    """Turn every exception into OpenAI's error JSON (a 500 only for a bug, logged)."""
+
     async def api_error(_request: Request, error: Exception) -> Response:
         assert isinstance(error, ApiError)
         return error_response(error)

@@ -36,10 +36,12 @@ DECISION_HEADER = "x-saeguard-decision"
 
 
 def new_id(prefix: str) -> str:
+    """A fresh response id, ``PREFIX-<32 hex digits>``."""
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:
+    """Unix time in seconds (the ``created`` field)."""
     return int(time.time())
 
 
@@ -197,4 +199,5 @@ class ChunkMaker:
         return chunk
 
     def usage(self, job: Job, outcome: Outcome) -> Usage:
+        """The token counts of the streamed job."""
         return _usage(len(job.ids), len(outcome.token_ids))

@@ -20,6 +20,8 @@ FinishReason = Literal["stop", "length", "content_filter"]
 
 
 class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the token counts."""
+
     include_usage: StrictBool = False
 
 
@@ -41,11 +43,15 @@ class _Request(BaseModel):
 
 
 class TextPart(BaseModel):
+    """One text part of a message's content (other part types are refused)."""
+
     type: Literal["text"]
     text: StrictStr
 
 
 class ChatMessage(BaseModel):
+    """One turn of the conversation (``developer`` is read as ``system``)."""
+
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart]
     name: StrictStr | None = None
@@ -56,6 +62,8 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``'s body."""
+
     messages: list[ChatMessage]
     max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool = False
@@ -64,6 +72,8 @@ class ChatCompletionRequest(_Request):
 
 
 class CompletionRequest(_Request):
+    """``POST /v1/completions``'s body: text or token-id prompts, one or a list."""
+
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
@@ -92,6 +102,8 @@ class GuardReport(BaseModel):
 
 
 class ChoiceDecision(BaseModel):
+    """The guards' decisions on one choice's prompt, and whether it was refused."""
+
     index: int
     refused: bool
     guards: list[GuardReport]
@@ -106,32 +118,44 @@ class SaeguardInfo(BaseModel):
 
 
 class Usage(BaseModel):
+    """Token counts of a response."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
 class TopLogprob(BaseModel):
+    """A token and its log-probability under the served (guarded) model."""
+
     token: str
     logprob: float
     bytes: list[int] | None = None
 
 
 class TokenLogprob(TopLogprob):
+    """A generated token's log-probability and its most likely alternatives."""
+
     top_logprobs: list[TopLogprob]
 
 
 class ChoiceLogprobs(BaseModel):
+    """A chat choice's logprobs, one entry per generated token."""
+
     content: list[TokenLogprob] | None
 
 
 class AssistantMessage(BaseModel):
+    """The answer; ``refusal`` holds the refusal text when the request was refused."""
+
     role: Literal["assistant"] = "assistant"
     content: str
     refusal: str | None = None
 
 
 class ChatChoice(BaseModel):
+    """One chat answer."""
+
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
@@ -139,6 +163,8 @@ class ChatChoice(BaseModel):
 
 
 class ChatCompletion(BaseModel):
+    """A non-streamed chat response."""
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -158,6 +184,8 @@ class CompletionLogprobs(BaseModel):
 
 
 class CompletionChoice(BaseModel):
+    """One completion (the prompt first when ``echo``)."""
+
     index: int
     text: str
     finish_reason: FinishReason
@@ -165,6 +193,8 @@ class CompletionChoice(BaseModel):
 
 
 class Completion(BaseModel):
+    """A non-streamed completions response, one choice per prompt."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -175,6 +205,8 @@ class Completion(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """One model id (``id``, ``id+guard``, ``id+none``)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -182,11 +214,15 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    """``GET /v1/models``'s body."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class ErrorBody(BaseModel):
+    """What went wrong, and which field (``param``)."""
+
     message: str
     type: str
     param: str | None = None
