@@ -24,13 +24,17 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 if [ -z "${SAEGUARD_GPU_CHECK_SMOKE:-}" ] && ! "$PY" -c "import vllm" 2>/dev/null; then
-  echo "== vLLM is not installed: installing it into $OUT_DIR/venv"
-  "$PY" -m venv --system-site-packages "$OUT_DIR/venv" && PY="$OUT_DIR/venv/bin/python"
-  if [ -n "${SAEGUARD_WHEELS:-}" ]; then
-    timeout 300 "$PY" -m pip install -q --no-index --find-links "$SAEGUARD_WHEELS" vllm
+  echo "== vLLM is not installed: installing it into $OUT_DIR/venv (the system's torch stays as it is)"
+  if "$PY" -m venv --system-site-packages "$OUT_DIR/venv"; then
+    PY="$OUT_DIR/venv/bin/python"
+    if [ -n "${SAEGUARD_WHEELS:-}" ]; then
+      timeout 300 "$PY" -m pip install -q --no-index --find-links "$SAEGUARD_WHEELS" vllm
+    else
+      timeout 420 "$PY" -m pip install -q "vllm>=0.10"
+    fi || echo "== vLLM could not be installed (no network or no wheels): the vLLM part will say so"
   else
-    timeout 420 "$PY" -m pip install -q "vllm>=0.10"
-  fi || echo "== vLLM could not be installed (no network or no wheels): the vLLM part will say so"
+    echo "== no venv module: vLLM not installed; the vLLM part will say so"
+  fi
 fi
 
 "$PY" - "$OUT_DIR" <<'PYTHON' 2>&1 | tee "$OUT_DIR/gpu_check.log"
@@ -97,6 +101,8 @@ model, tokenizer, model_dir, model_kind = load_model()
 report["model"] = model_kind
 layer = min(DEFAULT_LAYER, model.config.num_hidden_layers - 2)
 vocab = int(model.config.vocab_size)
+_eos = tokenizer.eos_token_id if tokenizer is not None else model.config.eos_token_id
+EOS = int(_eos[0] if isinstance(_eos, (list, tuple)) else _eos)
 special = sorted(set(tokenizer.all_special_ids)) if tokenizer is not None else [0, 1, 2]
 
 
@@ -167,7 +173,7 @@ def hf_overhead():
         rows.append({"seq": seq, "batch": 1, "forward_ms": 1e3 * base, **ratios})
     prompt = prompt_ids(32, 7).to(DEVICE)
     generate = lambda: model.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,  # noqa: E731
-                                      pad_token_id=int(model.config.eos_token_id))
+                                      pad_token_id=EOS)
     def guarded_generate():
         with guard.attached(model) as hook:
             hook.forced = True
@@ -178,27 +184,32 @@ def hf_overhead():
 
 
 def host_syncs():
-    """Synchronising CUDA calls one guarded forward (no cache) and one cached decode step make."""
+    """Synchronising CUDA calls (torch.cuda.set_sync_debug_mode) of a forward and a short generate."""
     if DEVICE != "cuda":
         return {"note": "CPU: CUDA sync debug mode needs a GPU"}
     ids = prompt_ids(128, 3).to(DEVICE)
-    counts = {}
-    with torch.no_grad(), guard.attached(model) as hook:
-        hook.forced = None
-        for name, fn in (("unguarded forward", None), ("guarded forward", True)):
-            if fn is None:
-                hook.detach()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode(1)
-                try:
-                    model(input_ids=ids, use_cache=False)
-                finally:
-                    torch.cuda.set_sync_debug_mode(0)
-            counts[name] = [str(w.message)[:160] for w in caught if "synchroniz" in str(w.message)]
-            if fn is None:
-                hook.attach(model)
-    return {name: {"count": len(v), "first": v[:5]} for name, v in counts.items()}
+
+    def count(fn):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode(1)
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        found = [str(w.message)[:160] for w in caught if "synchroniz" in str(w.message).lower()]
+        return {"count": len(found), "first": found[:5]}
+
+    forward = lambda: model(input_ids=ids, use_cache=False)  # noqa: E731
+    generate = lambda: model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=EOS)  # noqa: E731
+    result = {}
+    with torch.no_grad():
+        result["forward, unguarded"] = count(forward)
+        result["generate 4 tokens, unguarded"] = count(generate)
+        with guard.attached(model):
+            result["forward, guarded (deciding)"] = count(forward)
+            result["generate 4 tokens, guarded (deciding)"] = count(generate)
+    return result
 
 
 def part(name, fn):
@@ -223,10 +234,11 @@ def hf_reference(max_new):
         with guard.attached(model) as hook:
             hook.recording = True
             new = model.generate(ids.to(DEVICE), max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False,
-                                 pad_token_id=int(model.config.eos_token_id))[0, ids.shape[1]:].tolist()
+                                 pad_token_id=EOS)[0, ids.shape[1]:].tolist()
             records = hook.records
             out.append({"prompt_flagged": bool(records[0].prompt_flagged[0]), "flagged": bool(records[-1].flagged[0]),
-                        "prompt_rho": float(records[0].rho[0]), "ids": new})
+                        "prompt_rho": float(records[0].rho[0]), "rho": float(records[-1].rho[0]),
+                        "tokens": ids.shape[1] + len(records) - 1, "ids": new})
     return out
 
 
@@ -258,7 +270,7 @@ def vllm_check():
         with guard.attached(model) as hook:
             hook.forced = forced  # False: the unguarded HF ids, the numerical floor of id agreement
             return model.generate(ids.to(DEVICE), max_new_tokens=max_new, min_new_tokens=max_new,
-                                  do_sample=False, pad_token_id=int(model.config.eos_token_id))[0, ids.shape[1]:].tolist()
+                                  do_sample=False, pad_token_id=EOS)[0, ids.shape[1]:].tolist()
 
     guarded = LLM(**common)
     prompts = [TokensPrompt(prompt_token_ids=ids[0].tolist()) for ids in PROMPTS]
@@ -275,6 +287,8 @@ def vllm_check():
         rows.append({"prompt": i, "hf_prompt_flagged": ref["prompt_flagged"],
                      "vllm_prompt_flagged": got.get("prompt_flagged"), "hf_flagged": ref["flagged"],
                      "vllm_flagged": got.get("flagged"), "prompt_rho_minus_tau": ref["prompt_rho"] - guard.tau,
+                     "hf_rho": ref["rho"], "vllm_rho": got.get("rho"), "hf_tokens": ref["tokens"],
+                     "vllm_tokens": got.get("tokens"),
                      "ids_equal": ids == ref["ids"],
                      "first_difference": next((k for k, (a, b) in enumerate(zip(ids, ref["ids"])) if a != b), None)})
     result.update(

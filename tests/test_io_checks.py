@@ -50,7 +50,10 @@ def test_a_folder_where_a_file_is_is_refused(tmp_path: Path):
 
 @pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a read-only /sys")
 def test_a_folder_on_a_read_only_mount_is_refused():
-    with pytest.raises(SaeguardError, match="cannot write /sys/saeguard-test"), staged_folder("/sys/saeguard-test"):
+    with (
+        pytest.raises(SaeguardError, match="cannot write /sys/saeguard-test"),
+        staged_folder("/sys/saeguard-test"),
+    ):
         pass
 
 

@@ -8,6 +8,7 @@ import pickle
 import shutil
 import stat
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ class Payload:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Path.write_text, (self.marker, "ran"))
+
+
+def _set_sae_path(meta: dict, *, path: str) -> None:
+    meta["provenance"]["sae"]["path"] = path
 
 
 def copy_guard(ws: Workspace, name: str, source: str = "guard") -> Path:
@@ -83,7 +88,7 @@ def _corrupt_files(probe: Probe, ws: Workspace) -> None:
         if file == "guardrail.safetensors" and name == "truncated safetensors":
             data = (ws.path("guard") / file).read_bytes()[:200]
         (folder / file).write_bytes(data)
-        probe.error(area, name, f"Guardrail.load(folder with {name})", lambda f=folder: Guardrail.load(f))
+        probe.error(area, name, f"Guardrail.load(folder with {name})", partial(Guardrail.load, folder))
     probe.ok(
         area,
         "no pickle executed",
@@ -181,7 +186,7 @@ def _json_fields(probe: Probe, ws: Workspace) -> None:
     }
     for name, edit in edits.items():
         folder = edit_json(ws, "json", edit)
-        probe.error(area, name, f"guardrail.json with {name}", lambda f=folder: Guardrail.load(f, ws.model))
+        probe.error(area, name, f"guardrail.json with {name}", partial(Guardrail.load, folder, ws.model))
     folder = edit_json(ws, "unknown-key", nested(["config", "brand_new_setting"], 1))
     probe.ok(
         area,
@@ -227,7 +232,7 @@ def _tensors(probe: Probe, ws: Workspace) -> None:
     for name, edit in edits.items():
         folder = edit_tensors(ws, "tensors", edit)
         probe.error(
-            area, name, f"guardrail.safetensors with {name}", lambda f=folder: Guardrail.load(f, ws.model)
+            area, name, f"guardrail.safetensors with {name}", partial(Guardrail.load, folder, ws.model)
         )
 
     def half(t: dict) -> None:
@@ -267,14 +272,14 @@ def _hostile(probe: Probe, ws: Workspace) -> None:
         folder = edit_json(
             ws,
             "traversal",
-            lambda m, p=path: m["provenance"]["sae"].__setitem__("path", p),
+            partial(_set_sae_path, path=path),
             source="topk_guard",
         )
         probe.error(
             area,
             f"TopK recorded {name}",
             f"TopK guard whose recorded SAE path is {path}, no sae=",
-            lambda f=folder: Guardrail.load(f),
+            partial(Guardrail.load, folder),
         )
     folder = edit_json(
         ws,

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from scripts.reliability.cases_artifact import copy_guard, edit_json
@@ -93,7 +94,57 @@ def cases(ws: Workspace) -> list[CliCase]:
     ]
     out += _fit_cases(ws)
     out += _guard_cases(ws)
+    out += _other_commands(ws)
     return out
+
+
+def _other_commands(ws: Workspace) -> list[CliCase]:
+    """Commands others are building (explain, attack, experiment, serve, train-sae): faults listed open."""
+    area = "cli:others"
+    guard, llama = str(ws.path("guard")), str(ws.path("llama"))
+    a_file = ws.fresh("others-file")
+    a_file.write_text("x")
+    bad_config = ws.fresh("bad-config.json")
+    bad_config.write_text("{not json")
+    model = ["--model", llama, "--device", "cpu"]
+    errors = [
+        ("explain missing guard", ["explain", str(ws.root / "missing"), "-o", str(ws.fresh("ex")), *model]),
+        ("explain -o a file", ["explain", guard, "-o", str(a_file), *model]),
+        ("explain --contexts 0", ["explain", guard, "-o", str(ws.fresh("ex")), "--contexts", "0", *model]),
+        (
+            "attack missing guard",
+            ["attack", "--guard", str(ws.root / "missing"), "-o", str(ws.fresh("at")), *model],
+        ),
+        ("attack -o a file", ["attack", "--guard", guard, "-o", str(a_file), *model]),
+        ("experiment unknown", ["experiment", "nosuch", "-o", str(ws.fresh("xp"))]),
+        (
+            "experiment --config missing",
+            [
+                "experiment",
+                "sequential",
+                "-o",
+                str(ws.fresh("xp")),
+                "--config",
+                str(ws.root / "missing.json"),
+            ],
+        ),
+        (
+            "experiment --config not JSON",
+            ["experiment", "sequential", "-o", str(ws.fresh("xp")), "--config", str(bad_config)],
+        ),
+        ("serve missing guard", ["serve", "--guard", str(ws.root / "missing"), *model[:2]]),
+        ("serve --port 0", ["serve", "--guard", guard, "--port", "0", *model[:2]]),
+        (
+            "train-sae --layer 99",
+            ["train-sae", "--layer", "99", "-o", str(ws.fresh("sae")), "--model", llama],
+        ),
+        (
+            "train-sae --width 0",
+            ["train-sae", "--layer", "0", "--width", "0", "-o", str(ws.fresh("sae")), "--model", llama],
+        ),
+        ("train-sae -o a file", ["train-sae", "--layer", "0", "-o", str(a_file), "--model", llama]),
+    ]
+    return [CliCase(area, name, argv, "error", batch="d") for name, argv in errors]
 
 
 def _fit_cases(ws: Workspace) -> list[CliCase]:
@@ -361,15 +412,19 @@ def run(probe: Probe, ws: Workspace, *, workers: int = 2) -> None:
     }
     jobs: list[tuple[list[CliCase], Callable[[], list[dict]]]] = []
     for case in [c for c in chosen if c.batch == "real"]:
-        jobs.append(([case], lambda c=case: [_real(c, env)]))
+        jobs.append(([case], partial(_real_batch, case, env)))
     for batch in sorted({c.batch for c in chosen} - {"real"}):
         group = [c for c in chosen if c.batch == batch]
-        jobs.append((group, lambda g=group: _driver(g, env)))
+        jobs.append((group, partial(_driver, group, env)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [(group, pool.submit(job)) for group, job in jobs]
         for group, future in futures:
             for case, raw in zip(group, future.result(), strict=True):
                 probe.results.append(classify(case, raw))
+
+
+def _real_batch(case: CliCase, env: dict) -> list[dict]:
+    return [_real(case, env)]
 
 
 def _real(case: CliCase, env: dict) -> dict:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
+from functools import partial
 from typing import Any
 
 import torch
@@ -10,6 +13,7 @@ import torch
 from saeguard import Guardrail
 from saeguard.config import Clamp, FitConfig, preset, with_overrides
 from saeguard.testing import random_sae, tiny_gpt2
+from scripts.reliability.cases_artifact import Payload
 from scripts.reliability.fixtures import FAST, Workspace
 from scripts.reliability.framework import Probe
 
@@ -35,6 +39,7 @@ def run(probe: Probe, ws: Workspace) -> None:
     _config(probe, ws)
     _corpora(probe, ws)
     _lengths_and_layers(probe, ws)
+    _statistics_cache(probe, ws)
 
 
 def _wrong_types(probe: Probe, ws: Workspace) -> None:
@@ -87,7 +92,7 @@ def _wrong_types(probe: Probe, ws: Workspace) -> None:
         ("statistics_cache=123", {"statistics_cache": 123}),
     ]
     for given, kw in bad:
-        probe.error(area, given, f"Guardrail.fit(..., {given})", lambda kw=kw: fit(ws, **kw))
+        probe.error(area, given, f"Guardrail.fit(..., {given})", partial(fit, ws, **kw))
 
 
 def _config(probe: Probe, ws: Workspace) -> None:
@@ -154,7 +159,7 @@ def _corpora(probe: Probe, ws: Workspace) -> None:
     }
     for name, what in errors.items():
         probe.error(
-            area, f"forget {name}", f"forget={name} ({what})", lambda n=name: fit(ws, forget=str(root / n))
+            area, f"forget {name}", f"forget={name} ({what})", partial(fit, ws, forget=str(root / name))
         )
     probe.error(area, "forget=folder", "forget=<a folder>", lambda: fit(ws, forget=str(root)))
     probe.error(area, "forget='hf:'", "forget='hf:' (malformed spec)", lambda: fit(ws, forget="hf:"))
@@ -181,6 +186,33 @@ def _corpora(probe: Probe, ws: Workspace) -> None:
             __import__("saeguard.hf.corpus", fromlist=["x"]).iter_documents(str(root / "bom.jsonl"))
         ),
         lambda docs: None if docs == [ws.forget[0]] else f"got {len(docs)} documents",
+    )
+
+
+def _statistics_cache(probe: Probe, ws: Workspace) -> None:
+    area = "api:stats-cache"
+    a_file = ws.fresh("cache-file")
+    a_file.write_text("x")
+    probe.error(
+        area, "cache is a file", "fit(statistics_cache=<a file>)", partial(fit, ws, statistics_cache=a_file)
+    )
+    cache = ws.fresh("cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = fit(ws, statistics_cache=cache).tau
+    marker = ws.root / "stats-pickle-ran"
+    for path in cache.glob("stats-*.safetensors"):
+        path.write_bytes(pickle.dumps(Payload(marker)))
+    probe.ok(
+        area,
+        "cache files replaced by pickle",
+        "refit after every cached statistics file became a pickle payload: same tau, payload never runs",
+        partial(fit, ws, statistics_cache=cache),
+        lambda g: (
+            None
+            if g.tau == first and not marker.exists()
+            else f"tau {g.tau} vs {first}, ran {marker.exists()}"
+        ),
     )
 
 

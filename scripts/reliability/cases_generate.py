@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 import torch
@@ -131,7 +132,7 @@ def _strategies(probe: Probe, ws: Workspace) -> None:
             area,
             name,
             f"guard.generate(..., {options}) == the same with use_cache=False",
-            lambda o=options: parity(ws, **o),
+            partial(parity, ws, **options),
             lambda problem: problem,
         )
     for name, options in {  # need a cache: compared with greedy, which they must reproduce exactly
@@ -143,7 +144,7 @@ def _strategies(probe: Probe, ws: Workspace) -> None:
                 area,
                 f"{name}: {prompt[:12]}",
                 f"guard.generate([{prompt!r}], {options}) == greedy",
-                lambda o=options, p=prompt: (generate(ws, prompts=[p], **o), generate(ws, prompts=[p])),
+                partial(_with_and_without, ws, prompt, options),
                 lambda pair: None if pair[0] == pair[1] else f"{pair[0]} != greedy {pair[1]}",
             )
     refused = {
@@ -157,9 +158,14 @@ def _strategies(probe: Probe, ws: Workspace) -> None:
             area,
             name,
             f"guard.generate(..., {options}): equal to no-cache, or a one-line refusal",
-            lambda o=options: _parity_or_refusal(ws, o),
+            partial(_parity_or_refusal, ws, options),
             lambda problem: problem,
         )
+
+
+def _with_and_without(ws: Workspace, prompt: str, options: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(texts with ``options``, greedy texts) for one prompt."""
+    return generate(ws, prompts=[prompt], **options), generate(ws, prompts=[prompt])
 
 
 def _parity_or_refusal(ws: Workspace, options: dict[str, Any]) -> str | None:

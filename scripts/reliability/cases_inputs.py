@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,6 +34,10 @@ def run(probe: Probe, ws: Workspace) -> None:
 
 def _prompt_rho(guard: Guardrail, model: Any, tok: Any, prompt: Any) -> float:
     return float(guard.generate(model, tok, [prompt], max_new_tokens=1)[1][0].rho[0])
+
+
+def _prompt_length(ws: Workspace, tok: Any) -> int:
+    return int(ws.guard.generate(ws.model, tok, ["cell gene"], max_new_tokens=1)[1][0].fired.shape[1])
 
 
 def _chat(probe: Probe, ws: Workspace) -> None:
@@ -86,9 +91,7 @@ def _chat(probe: Probe, ws: Workspace) -> None:
                 area,
                 f"template {name}",
                 f"chat template that {name}: the user's 2 tokens are found",
-                lambda t=tok: int(
-                    ws.guard.generate(ws.model, t, ["cell gene"], max_new_tokens=1)[1][0].fired.shape[1]
-                ),
+                partial(_prompt_length, ws, tok),
                 lambda length: None if length >= 3 else f"prompt of {length} tokens",
             )
             continue
@@ -96,7 +99,7 @@ def _chat(probe: Probe, ws: Workspace) -> None:
             area,
             f"template {name}",
             f"chat template that {name}",
-            lambda t=tok: ws.guard.generate(ws.model, t, ["cell gene"], max_new_tokens=1),
+            partial(ws.guard.generate, ws.model, tok, ["cell gene"], max_new_tokens=1),
         )
     tricky = {
         "template markers in content": "<|im_start|>assistant cell gene <|im_end|>",
@@ -110,7 +113,7 @@ def _chat(probe: Probe, ws: Workspace) -> None:
             area,
             name,
             f"guard.generate([{content!r}]): succeeds, rho in [0, 1]",
-            lambda c=content: _prompt_rho(ws.guard, ws.model, ws.tok, c),
+            partial(_prompt_rho, ws.guard, ws.model, ws.tok, content),
             lambda rho: None if 0.0 <= rho <= 1.0 else f"rho {rho}",
         )
     conversation = [
@@ -288,14 +291,12 @@ def _mcq(probe: Probe, ws: Workspace) -> None:
     for name, row in bad_rows.items():
         path = root / f"{name.replace(' ', '_')}.jsonl"
         path.write_text(json.dumps(row) + "\n")
-        probe.error(
-            area, f"mcq {name}", f"load_mcq(file with a row whose {name})", lambda p=path: load_mcq(p)
-        )
+        probe.error(area, f"mcq {name}", f"load_mcq(file with a row whose {name})", partial(load_mcq, path))
     files = {"empty": b"", "binary": bytes(range(256)), "bad json": b'{"question": \n'}
     for name, data in files.items():
         path = root / f"{name.replace(' ', '_')}.jsonl"
         path.write_bytes(data)
-        probe.error(area, f"mcq file {name}", f"load_mcq({name} file)", lambda p=path: load_mcq(p))
+        probe.error(area, f"mcq file {name}", f"load_mcq({name} file)", partial(load_mcq, path))
     dup = root / "dup.jsonl"
     dup.write_text("\n".join(json.dumps({**r, "id": "same"}) for r in good[:2]))
     probe.error(area, "mcq duplicate ids", "load_mcq(two rows with id 'same')", lambda: load_mcq(dup))

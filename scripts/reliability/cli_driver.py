@@ -25,8 +25,7 @@ def run_one(argv: list[str]) -> dict:
     started = time.perf_counter()
     sys.argv = ["saeguard", *argv]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("default")
-        try:
+        try:  # the interpreter's default warning filters, as in a real `saeguard` process
             main()
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

@@ -137,9 +137,9 @@ def _where(error: BaseException) -> str:
     """file:line of the innermost saeguard frame of a traceback (else the innermost frame)."""
     frames = traceback.extract_tb(error.__traceback__)
     ours = [f for f in frames if "saeguard" in f.filename and "reliability" not in f.filename]
-    frame = (ours or frames or [None])[-1]
-    if frame is None:
+    if not (ours or frames):
         return "?"
+    frame = (ours or frames)[-1]
     return f"{package_path(frame.filename)}:{frame.lineno}"
 
 

@@ -8,8 +8,8 @@ Layers (docs/architecture.md): config/errors/io -> hf -> core -> eval, baselines
 from saeguard._version import __version__
 from saeguard.config import Clamp, FitConfig
 from saeguard.core.gate import token_scope
-from saeguard.core.hooks import GateHook
 from saeguard.core.guardrail import Guardrail
+from saeguard.core.hooks import GateHook
 from saeguard.core.sae import SelectedLatents, load_sae
 from saeguard.errors import SaeguardError
 

@@ -36,14 +36,17 @@ SHIPPED_SAE = Path(__file__).parent / "resources" / "default_sae"
 """The default SAE as trained by ``saeguard train-sae`` (fp16 SAELens folder; docs/default-sae.md)."""
 
 
-def shipped_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path | None:
+def shipped_sae_dir(
+    layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K
+) -> Path | None:
     """The SAE shipped inside the package for these settings, if there is one."""
     folder = SHIPPED_SAE / f"layer{layer}-w{width}-k{k}"
-    return folder if (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file() else None
+    complete = (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
+    return folder if complete else None
 
 
 def default_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path:
-    """Folder of the default SAE (SAELens layout): the shipped one, else the user cache (may not exist yet)."""
+    """Folder of the default SAE (SAELens layout): the shipped one, else the user cache (may be absent)."""
     shipped = shipped_sae_dir(layer, width, k)
     if shipped is not None:
         return shipped

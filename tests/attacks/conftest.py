@@ -9,7 +9,7 @@ import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from saeguard.attacks import BenignText
-from saeguard.config import FitConfig
+from saeguard.config import FitConfig, GateRule
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.sae import SelectedLatents
 from saeguard.eval.items import McqItem
@@ -55,7 +55,7 @@ def make_planted_guard(planted, tok) -> GuardFactory:
     """
     _, sae = planted
 
-    def build(rule: str = "mean", tau: float = 0.2) -> Guardrail:
+    def build(rule: GateRule = "mean", tau: float = 0.2) -> Guardrail:
         return Guardrail(
             latents=SelectedLatents.from_sae(sae, [PLANTED_LATENT]),
             layer=0,

@@ -6,7 +6,7 @@ import pytest
 
 from saeguard.attacks import AttackSets, BenignText, Dilution, run_attacks
 from saeguard.attacks.dilution import SEPARATOR, dilution_grid
-from saeguard.attacks.report import record_metrics
+from saeguard.attacks.metrics import BenignMetrics, ForgetMetrics, benign_metrics, forget_metrics
 from saeguard.errors import SaeguardError
 from saeguard.eval.items import question_text, shared_prompt
 from saeguard.eval.mcq import McqConfig
@@ -70,24 +70,30 @@ def test_dilution_succeeds_against_the_mean_gate_and_fails_against_the_window_ga
     items = blocked_and_answerable(mean, attack, forget)
     assert len(items) >= 5
     assert all(set(it.question.split()[3:]) <= set(FORGET_WORDS) for it in items)
-    results = {}
+    results: dict[str, tuple[ForgetMetrics, BenignMetrics]] = {}
     for name, guard in (("mean", mean), ("window", window)):
         records = run_attacks(
             model, tok, guard, [attack], AttackSets(items, retain), tmp_path / f"{name}.jsonl",
             mcq=CLOZE, show_progress=False,
         )  # fmt: skip
         assert [r.key for r in records] == ["clean", attack.key]
-        results[name] = record_metrics(records[1], records[0])
+        clean, attacked = records[0].outcomes, records[1].outcomes
+        results[name] = (
+            forget_metrics(clean["forget"], attacked["forget"]),
+            benign_metrics(attacked["retain"]),
+        )
     n = len(items)
     # Mean gate: 150 benign tokens bring rho from 0.33 to 0.06 < tau, so nothing is clamped and every
     # blocked question the base still answers is answered again.
-    assert results["mean"]["forget"].fired.k == 0
-    assert (results["mean"]["forget"].success.k, results["mean"]["forget"].success.n) == (n, n)
+    mean_forget, _ = results["mean"]
+    assert mean_forget.fired.k == 0
+    assert (mean_forget.success.k, mean_forget.success.n) == (n, n)
     # Window gate: the question's own window still fires on every attacked question.
-    assert results["window"]["forget"].fired.k == n
-    assert results["window"]["forget"].success.k < n // 2
-    for metrics in results.values():  # retain questions: no false positive, nothing broken
-        assert metrics["retain"].fired.k == 0 and metrics["retain"].broken.k == 0
+    window_forget, _ = results["window"]
+    assert window_forget.fired.k == n
+    assert window_forget.success.k < n // 2
+    for _, retain_metrics in results.values():  # retain questions: no false positive, nothing broken
+        assert retain_metrics.fired.k == 0 and retain_metrics.broken.k == 0
 
 
 def test_dilution_grid_orders_sources_then_lengths_then_positions(benign):

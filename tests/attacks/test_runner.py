@@ -18,7 +18,7 @@ from saeguard.attacks import (
     run_attacks,
 )
 from saeguard.attacks import runner as runner_module
-from saeguard.attacks.report import record_metrics
+from saeguard.attacks.metrics import fired
 from saeguard.errors import SaeguardError
 from saeguard.eval.mcq import McqConfig
 from saeguard.testing import eval_tokenizer
@@ -57,8 +57,8 @@ def test_each_family_is_measured_on_its_roles_and_prompts_with_their_label(
     assert [o.flagged for o in clean["retain"]] == [False] * 6 and clean["retain"][0].base_correct is None
     assert clean["prompts:forget"][0].flagged and not clean["prompts:benign"][0].flagged
     # The gate judges the whole conversation: split over two turns, the forget questions still fire.
-    split = record_metrics(records[MultiTurn(2).key], records["clean"])
-    assert split["forget"].fired.k == 6 and split["retain"].fired.k == 0
+    split = records[MultiTurn(2).key].outcomes
+    assert fired(split["forget"]).k == 6 and fired(split["retain"]).k == 0
 
 
 def test_a_rerun_resumes_and_another_guard_is_refused(

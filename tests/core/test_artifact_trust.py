@@ -66,7 +66,9 @@ def _refused(folder: Path, model=None) -> str:
 
 
 def test_json_nested_too_deep_is_refused(copy):
-    (copy / META_FILE).write_text('{"format": "saeguard-guardrail", "config": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (copy / META_FILE).write_text(
+        '{"format": "saeguard-guardrail", "config": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    )
     assert "nested too deeply" in _refused(copy)
 
 

@@ -65,7 +65,10 @@ def test_a_model_on_the_meta_device_is_refused_and_the_sae_stays_where_it_was():
 @pytest.mark.parametrize(
     ("kw", "named"),
     [
-        ({"prompt_min_tokens": 300, "prompt_max_tokens": 400}, "prompt_max_tokens 400 exceeds the model's 256"),
+        (
+            {"prompt_min_tokens": 300, "prompt_max_tokens": 400},
+            "prompt_max_tokens 400 exceeds the model's 256",
+        ),
         ({"calibration_long_tokens": 600}, "calibration_long_tokens 600 exceeds the model's 256"),
         ({"seq_len": 1024}, "seq_len 1024 exceeds the model's 256 positions"),
     ],
@@ -91,3 +94,11 @@ def test_a_tokenizer_whose_ids_the_model_lacks_is_refused():
 def test_an_artifact_config_error_names_the_file():
     with pytest.raises(SaeguardError, match=r"^guard.json: config: n_features must be at least 1"):
         FitConfig.from_dict({"n_features": -3}, where="guard.json: config")
+
+
+def test_a_statistics_cache_that_is_a_file_is_refused_before_the_fit(tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("x")
+    with pytest.raises(SaeguardError, match="statistics_cache .* is a file"):
+        _fit(statistics_cache=cache)
+    assert cache.read_text() == "x"

@@ -95,13 +95,19 @@ def test_options_generate_rejects_are_one_line(setup, options, named):
     with pytest.raises(SaeguardError) as caught:
         guard.generate(model, tok, PROMPTS, max_new_tokens=2, **options)
     message = str(caught.value)
-    assert message.startswith("model.generate refused these options") and named in message and "\n" not in message
+    assert (
+        message.startswith("model.generate refused these options")
+        and named in message
+        and "\n" not in message
+    )
 
 
 def test_return_dict_in_generate_gives_the_same_texts(setup):
     model, tok, guard = setup
     plain = guard.generate(model, tok, PROMPTS, max_new_tokens=4)[0]
-    as_dict = guard.generate(model, tok, PROMPTS, max_new_tokens=4, return_dict_in_generate=True, output_scores=True)
+    as_dict = guard.generate(
+        model, tok, PROMPTS, max_new_tokens=4, return_dict_in_generate=True, output_scores=True
+    )
     assert as_dict[0] == plain
 
 

@@ -37,7 +37,7 @@ from saeguard.defaults import default_sae_ready
 ROOT = Path(__file__).resolve().parents[2]
 RUN_LANGUAGES = ("python", "bash")
 MODES = ("tiny",)
-BASH_TIMEOUT_S = 3600
+BASH_TIMEOUT_S = 7200  # a block of CLI commands on a busy 2-core machine
 TAIL = 4000  # characters of a failing block's output shown
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from saeguard.explain.demo import add_fluency, explain_demo
 from saeguard.explain.latents import ScanConfig
 from saeguard.report.demo_page import EXPLAIN_FILE, demo_page
@@ -26,8 +28,13 @@ def test_fluency_shows_the_degenerate_generation(fitted, tokenizer):
     add_fluency(model, tokenizer, guard, generations)
     flagged, passed = (g["fluency"] for g in generations)
     assert flagged["guarded_distinct_2"] == 2 / 7 and flagged["unguarded_distinct_2"] == 1.0
-    assert passed["guarded_perplexity"] == passed["unguarded_perplexity"]  # same text, same score
-    assert all(math.isfinite(v) and v > 1 for g in generations for v in g["fluency"].values() if v != 1.0)
+    assert passed["guarded_perplexity"] == pytest.approx(
+        passed["unguarded_perplexity"], rel=1e-5
+    )  # same text
+    perplexities = [
+        g["fluency"][f"{side}_perplexity"] for g in generations for side in ("guarded", "unguarded")
+    ]
+    assert all(math.isfinite(v) and v > 1 for v in perplexities)
 
 
 def test_demo_page_shows_fluency_and_links_the_explain_report(fitted, tokenizer, forget_corpus, tmp_path):

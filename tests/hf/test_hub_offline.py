@@ -206,7 +206,7 @@ def test_cli_fits_and_evaluates_from_the_hub(recipe: dict[str, Any]) -> None:
     assert cli["fit"]["code"] == 0, cli["fit"]["stderr"]
     assert cli["eval"]["code"] == 0, cli["eval"]["stderr"]
     fitted, evaluated = (" ".join(cli[k]["stdout"].split()) for k in ("fit", "eval"))
-    assert "features 1" in fitted and "forget: 24 inputs" in fitted
+    assert "features 1" in fitted and "forget calibration: 24 inputs" in fitted
     assert "hf:cais/wmdp/wmdp-bio:test: 8 items" in evaluated and "(gate fired 100.0%)" in evaluated
     assert "hf:cais/mmlu/college_biology:test: 8 items" in evaluated and "(gate fired 0.0%)" in evaluated
 

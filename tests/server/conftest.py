@@ -1,4 +1,4 @@
-"""A real server on 127.0.0.1 (a free port) in a background thread, over a tiny guarded Llama.
+"""Fixtures of the server tests: a tiny Llama with two fitted guards, served on 127.0.0.1.
 
 Two guards: ``bio`` flags the forget words (saeguard.testing.FORGET_WORDS), ``lore`` the retain
 words; the tiny model and tokenizer are also saved to disk for ``serve --model PATH`` and lm-eval.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +16,10 @@ import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
+pytest.importorskip("openai")
 
 from saeguard import Guardrail  # noqa: E402
 from saeguard.errors import CalibrationWarning  # noqa: E402
-from saeguard.server import ServerSettings, create_app  # noqa: E402
-from saeguard.server.background import serving  # noqa: E402
 from saeguard.testing import (  # noqa: E402
     FORGET_WORDS,
     RETAIN_WORDS,
@@ -34,32 +30,7 @@ from saeguard.testing import (  # noqa: E402
     tiny_llama,
 )
 
-FLAGGED = ["what is the cell virus gene protein", "what is dna in a cell", "the enzyme of the bacteria"]
-BENIGN = ["the king of the city", "a poem about the river", "what is the mountain"]
-FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, gate_percentile=90, show_progress=False)
-
-
-@dataclass
-class Live:
-    """A running server and what it serves."""
-
-    url: str
-    model: Any
-    tokenizer: Any
-    guards: dict[str, Guardrail]
-
-    def client(self, **kwargs: Any) -> Any:
-        """The official OpenAI client pointed at this server."""
-        kwargs.setdefault("api_key", "unused")
-        return openai.OpenAI(base_url=f"{self.url}/v1", max_retries=0, timeout=60, **kwargs)
-
-
-@contextmanager
-def running(model: Any, tokenizer: Any, guards: dict[str, Guardrail], **settings: Any) -> Iterator[Live]:
-    """Serve ``create_app(...)`` with uvicorn on a free loopback port until the block ends."""
-    app = create_app(model, tokenizer, guards, ServerSettings(model_id="tiny", **settings))
-    with serving(app) as url:
-        yield Live(url, model, tokenizer, guards)
+from .helpers import FIT, Live, running  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import running
+
+from .helpers import running
 
 OK = {"model": "tiny", "messages": [{"role": "user", "content": "the king of the city"}], "max_tokens": 2}
 LONG = " ".join(["cell"] * 300)  # 300 tokens: over the tiny model's 256 positions

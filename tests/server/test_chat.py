@@ -6,9 +6,10 @@ import json
 
 import httpx
 import pytest
-from conftest import BENIGN, FLAGGED, running
 
 from saeguard.server.responses import DECISION_HEADER
+
+from .helpers import BENIGN, FLAGGED, running
 
 TOKENS = 6
 

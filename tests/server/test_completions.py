@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import BENIGN, FLAGGED
 
 from saeguard.eval.lm_eval_adapter import score_requests
+
+from .helpers import BENIGN, FLAGGED
 
 TOKENS = 5
 

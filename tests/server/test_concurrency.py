@@ -8,9 +8,10 @@ import threading
 import time
 
 import httpx
-from conftest import BENIGN, FLAGGED, running
 
 from saeguard.testing import tiny_llama
+
+from .helpers import BENIGN, FLAGGED, running
 
 THREADS, PER_THREAD = 8, 10
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import running
 
 from saeguard.testing import eval_llama, eval_tokenizer, make_guard, make_items
+
+from .helpers import running
 
 lm_eval = pytest.importorskip("lm_eval")
 

@@ -10,7 +10,8 @@ import urllib.parse
 
 import httpx
 import pytest
-from conftest import BENIGN, FLAGGED
+
+from .helpers import BENIGN, FLAGGED
 
 
 def test_the_trace_follows_the_request_guards_in_order(live):

@@ -78,8 +78,14 @@ class Request:
         return min(count, self.hidden.shape[0] - self.computed)
 
 
-def _run(router: GuardRouter, schedule: list[list[tuple[Request, int]]], layer: int = 0) -> None:
-    """Feed ``router`` one flattened batch per step: (request, tokens) pairs, as vLLM would."""
+def _run(
+    router: GuardRouter, schedule: list[list[tuple[Request, int]]], layers: tuple[int, ...] = (0,)
+) -> None:
+    """Feed ``router`` one flattened batch per step: (request, tokens) pairs, as vLLM would.
+
+    With several ``layers`` every hooked block sees the same rows; a request keeps the output
+    of its own guard's block.
+    """
     for step in schedule:
         rows, ids, steps, start = [], [], [], 0
         for request, count in step:
@@ -99,9 +105,11 @@ def _run(router: GuardRouter, schedule: list[list[tuple[Request, int]]], layer: 
             )
             start += count
         hidden = torch.cat(rows)
-        out = router.apply(layer, hidden, torch.cat(ids), steps)
-        out = hidden if out is None else out
+        outs = {layer: router.apply(layer, hidden, torch.cat(ids), steps) for layer in layers}
         for request, item in zip([r for r, _ in step], steps, strict=True):
+            name = router.guard_for(request.extra)
+            out = outs.get(router.guards[name].layer) if name is not None else None
+            out = hidden if out is None else out
             request.out[item.computed : item.computed + item.length] = out[item.start : item.stop]
             request.computed += item.length
         router.retire([r.rid for r, _ in step if r.computed < r.hidden.shape[0]])
@@ -153,6 +161,26 @@ def test_request_recomputed_after_preemption_starts_a_fresh_history(guards, toke
     _run(router, [[(request, 12)]] + [[(request, 1)]] * 4)
     expected, _ = _oracle(bio, request.hidden, request.ids, request.prompt)
     torch.testing.assert_close(request.out, expected, rtol=0, atol=1e-6)
+
+
+def test_guards_on_different_blocks_each_keep_their_requests_state(tokenizer):
+    guards = {
+        "early": make_guard(None, tokenizer, layer=0, tau=0.3, seed=0).hook(),
+        "late": make_guard(None, tokenizer, layer=1, ids=(5, 6), tau=0.3, seed=1).hook(),
+    }
+    early = Request("e", _rows(guards["early"], [False] * 7 + [True] * 7, 9), _ids(14, 9, tokenizer), 7)
+    late = Request("l", _rows(guards["late"], [True] * 6 + [False] * 6, 10), _ids(12, 10, tokenizer), 6)
+    late.extra = {"saeguard": "late"}
+    router = GuardRouter(guards, default="early")
+    _run(
+        router,
+        [[(early, 3), (late, 6)], [(early, 4), (late, 1)]] + [[(early, 1), (late, 1)]] * 7,
+        layers=(0, 1),
+    )
+    for request, gate in ((early, guards["early"]), (late, guards["late"])):
+        expected, _ = _oracle(gate, request.hidden, request.ids, request.prompt)
+        torch.testing.assert_close(request.out, expected, rtol=0, atol=1e-6)
+    assert router.decisions()["e"]["fail_closed"] is False and router.decisions()["e"]["flagged"] is True
 
 
 def test_unknown_guard_names_fall_back_to_the_default(guards):

@@ -9,6 +9,7 @@ from saeguard.bench.cost import memory_child
 
 
 def main(argv: list[str]) -> int:
+    """``memory-child SPEC``: one fit-memory measurement in this fresh process (see ``cost.fit_memory``)."""
     if len(argv) != 2 or argv[0] != "memory-child":
         print("usage: python -m saeguard.bench memory-child '<json spec>'", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ SECTIONS = (
 
 #: target per section: (comparison, value) read as "ratio <= 1.10" etc.
 TARGETS: dict[str, tuple[str, float]] = {
-    "fit_throughput": ("<=", 1.10),  # statistics pass time / bare truncated forward time
+    "fit_throughput": ("<=", 1.10),  # statistics pass / bare truncated forward (CPU seconds on the CPU)
     "fit_memory": ("<=", 1.10),  # peak RSS at the largest corpus / peak RSS at 1x
     "guard_overhead": ("<=", 1.01),  # guarded / unguarded forward time (ReLU, JumpReLU)
     "generation": (">=", 0.98),  # guarded / unguarded tokens per second
@@ -135,12 +135,14 @@ class BenchConfig:
     extra: dict[str, object] = field(default_factory=dict)
 
     def resolved_sizes(self) -> BenchSizes:
+        """``sizes``, else a copy of the preset for the model (``tiny``) or ``quick``."""
         if self.sizes is not None:
             return self.sizes
         preset = "tiny" if self.model == "tiny" else ("quick" if self.quick else "full")
         return replace(PRESETS[preset])
 
     def validate(self) -> None:
+        """Raises SaeguardError for unknown sections, threads < 1 or a firing rate outside (0, 1)."""
         unknown = set(self.sections) - set(SECTIONS)
         require(not unknown, f"unknown bench sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
         require(self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}")

@@ -22,7 +22,7 @@ import torch
 
 from saeguard.bench.config import BenchConfig, BenchSizes
 from saeguard.bench.fixtures import Subject, attach_saes, load_subject
-from saeguard.bench.speed import fit_arch
+from saeguard.bench.throughput import fit_arch
 from saeguard.bench.timing import clock, interleave, median, timer
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.selection import select_features
@@ -43,6 +43,7 @@ _MiB = 2**20
 
 # -- fit memory ---------------------------------------------------------------------------
 def child_spec(config: BenchConfig, subject: Subject, sizes: BenchSizes, **fields: Any) -> dict[str, Any]:
+    """The JSON a ``memory-child`` process rebuilds the subject and the measurement from."""
     return {
         "model": config.model,
         "layer": subject.layer,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saeguard.config import FitConfig
+from saeguard.config import DEFAULT_LAYER, FitConfig
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.sae import SelectedLatents, load_sae
 from saeguard.core.selection import select_features
@@ -70,6 +70,7 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights are."""
         return next(self.model.parameters()).device
 
     def chunks(self, docs: list[str], seq_len: int, count: int) -> list[list[int]]:
@@ -100,6 +101,7 @@ class Subject:
 
 # -- tiny ---------------------------------------------------------------------------------
 def tiny_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary, with specials and a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -120,6 +122,7 @@ def tiny_tokenizer():
 
 
 def tiny_model(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
+    """A random 4-block Llama (hidden size 64) in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -140,12 +143,14 @@ def tiny_model(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 
 
 
 def tiny_docs(words: list[str], count: int, length: int, seed: int) -> list[str]:
+    """``count`` documents of ``length`` words drawn from ``words`` and common words."""
     rng = random.Random(seed)
     pool = words + _TINY_COMMON
     return [" ".join(rng.choice(pool) for _ in range(length)) for _ in range(count)]
 
 
 def tiny_mcq(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` four-choice items over the tiny vocabulary (for the evaluation section)."""
     rng = random.Random(seed)
     return [
         {
@@ -199,6 +204,7 @@ def random_sae(arch: str, sample: torch.Tensor, d_sae: int, *, k: int, rate: flo
 
 
 def trained_default_sae(layer: int) -> Path | None:
+    """The default SAE's folder for ``layer`` when it is shipped or cached, else None (never trains)."""
     try:
         from saeguard.defaults import default_sae_dir
     except ImportError:
@@ -208,10 +214,7 @@ def trained_default_sae(layer: int) -> Path | None:
 
 
 def default_layer() -> int:
-    try:
-        from saeguard.defaults import DEFAULT_LAYER
-    except ImportError:
-        return 3
+    """The default hook layer (``config.DEFAULT_LAYER``: 6, the default SAE's block)."""
     return int(DEFAULT_LAYER)
 
 

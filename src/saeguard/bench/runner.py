@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from saeguard.bench import cost, speed
+from saeguard.bench import cost, speed, throughput
 from saeguard.bench.config import SECTIONS, TARGETS, BenchConfig
 from saeguard.bench.fixtures import load_subject
 from saeguard.errors import CalibrationWarning, one_line
@@ -67,7 +67,7 @@ def _run_sections(config: BenchConfig, log: Callable[[str], object]) -> dict[str
     # a tiny SAE has too few candidate latents above the 95th ratio percentile for 20
     n_features = min(config.n_features, 5 if config.model == "tiny" else config.n_features)
     runners = {
-        "fit_throughput": lambda: speed.fit_throughput(subject, sizes),
+        "fit_throughput": lambda: throughput.fit_throughput(subject, sizes),
         "fit_memory": lambda: cost.fit_memory(config, subject, sizes),
         "guard_overhead": lambda: speed.guard_overhead(subject, sizes),
         "generation": lambda: speed.generation(subject, sizes),
@@ -283,6 +283,7 @@ def _fmt(value: Any) -> str:
 
 
 def render_table(report: dict[str, Any]):
+    """A rich Table of :func:`summary_rows`."""
     from rich.table import Table
 
     table = Table(title=f"saeguard bench ({report['config']['model']})", show_lines=False)

@@ -43,6 +43,7 @@ def native_stderr_silenced() -> Iterator[None]:
 
 
 def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA only; a no-op on the CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -57,10 +58,12 @@ def clock(fn: Callable[[], object], device: torch.device | str = "cpu") -> float
 
 
 def median(values: list[float]) -> float:
+    """The median, NaN for no values."""
     return float(statistics.median(values)) if values else float("nan")
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
+    """(q1, q3), inclusive method; the value itself for one value, NaN for none."""
     if len(values) < 2:
         value = values[0] if values else float("nan")
         return value, value
@@ -77,9 +80,11 @@ class Interleaved:
     ratios: dict[str, list[float]] = field(default_factory=dict)
 
     def ratio(self, name: str) -> float:
+        """Median of the variant's per-round ratios."""
         return median(self.ratios[name])
 
     def summary(self, name: str) -> dict[str, float | int]:
+        """Ratio, its quartiles, median seconds of variant and baseline, and rounds."""
         low, high = quartiles(self.ratios[name])
         return {
             "ratio": self.ratio(name),
@@ -154,6 +159,7 @@ class HookClock:
         self.label = label
 
     def reset(self) -> None:
+        """Zero the seconds and calls."""
         self.seconds = 0.0
         self.calls = 0
 

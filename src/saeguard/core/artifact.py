@@ -163,7 +163,9 @@ def _from_parts(
     if raw_provenance is not None:
         try:
             provenance = (
-                Provenance.from_legacy_info(raw_provenance) if legacy else Provenance.from_dict(raw_provenance)
+                Provenance.from_legacy_info(raw_provenance)
+                if legacy
+                else Provenance.from_dict(raw_provenance)
             )
         except SaeguardError as error:
             raise SaeguardError(f"{where}: {error}") from None

@@ -119,9 +119,9 @@ def prepare_fit(
     """Check everything a fit needs before any forward pass runs.
 
     Raises:
-        SaeguardError: not a loaded language model, no tokenizer, an SAE that reads another layer or width than the one asked for,
-            a length (``seq_len``, ``prompt_max_tokens``, ``calibration_long_tokens``) beyond
-            the model's positions, or corpora without real text.
+        SaeguardError: not a loaded language model, no tokenizer, an SAE that reads another
+            layer or width than the one asked for, a length (``seq_len``, ``prompt_max_tokens``,
+            ``calibration_long_tokens``) beyond the model's positions, or corpora without real text.
     """
     check_language_model(model)
     check_tokenizer(tokenizer, "a fit")

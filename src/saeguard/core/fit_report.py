@@ -137,4 +137,4 @@ def warn_if_uncalibrated(result: FitResult) -> None:
     """Warn (:class:`CalibrationWarning`) when ``result``'s retain side cannot calibrate its gate."""
     report = fit_report(result)
     if report is not None and report.warning is not None:
-        warnings.warn(report.warning, CalibrationWarning, stacklevel=3)
+        warnings.warn(report.warning, CalibrationWarning, stacklevel=4)  # the caller of Guardrail.fit

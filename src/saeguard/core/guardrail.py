@@ -71,6 +71,10 @@ class Guardrail(FitResult):
         config = with_overrides(config, overrides)
         if statistics_cache is not None:
             statistics_cache = as_path(statistics_cache, "statistics_cache")
+            require(
+                not statistics_cache.exists() or statistics_cache.is_dir(),
+                f"statistics_cache {statistics_cache} is a file: give a folder to cache statistics in",
+            )
         inputs = prepare_fit(model, tokenizer, sae, forget, retain, config)
         stats = {
             role: corpus_statistics(inputs, role, config, cache=statistics_cache, show_progress=show_progress)

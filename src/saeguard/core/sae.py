@@ -233,7 +233,7 @@ class SelectedLatents:
             return encode_all(self.full_sae, hidden)[..., self.ids].float()
         require(
             not self.needs_full_sae,
-            "this TopK guardrail was loaded without its SAE (for inspection): load it with sae=PATH to use it",
+            "this TopK guardrail was loaded without its SAE (to inspect): load it with sae=PATH to use it",
         )
         x = hidden.float()
         if self.subtract_decoder_bias:

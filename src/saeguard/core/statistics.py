@@ -2,7 +2,10 @@
 
 The reference implementation keeps every dense activation tensor; here each
 batch is encoded, folded into float64 running sums and dropped, so peak memory
-does not grow with the corpus.
+does not grow with the corpus. For SAELens ReLU, JumpReLU and TopK SAEs the
+encode and the sums are fused (:class:`SaeEncoder`: reused blocks, no dense
+activations), which keeps the pass within ~1.09x a bare forward truncated at the
+default layer (docs/performance.md §1).
 """
 
 from __future__ import annotations
@@ -173,8 +176,8 @@ class SaeEncoder:
     input_bias: torch.Tensor | None  # (d_in,) b_dec when apply_b_dec_to_input, else None
     threshold: torch.Tensor | None  # (F,) JumpReLU: max(threshold, 0); None for ReLU and TopK
     k: int | None = None  # TopK's k
-    _buffers: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False
+    _buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False
     )
 
     @classmethod
@@ -221,6 +224,7 @@ class SaeEncoder:
 
     @property
     def width(self) -> int:
+        """F: the SAE's number of latents (``d_sae``)."""
         return int(self.weight.shape[1])
 
     def sums(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -230,7 +234,7 @@ class SaeEncoder:
         """
         device = tokens.device
         totals = torch.zeros(3, self.width, dtype=torch.float64, device=device)
-        pre_buffer, mask_buffer, ones = self._blocks(device, min(_FUSED_ROWS, max(int(tokens.shape[0]), 1)))
+        pre_buffer, mask_buffer, ones = self._blocks(device)
         for start in range(0, tokens.shape[0], _FUSED_ROWS):
             x = tokens[start : start + _FUSED_ROWS].to(self.weight.dtype)
             if self.input_bias is not None:
@@ -259,15 +263,14 @@ class SaeEncoder:
         totals[1].index_add_(0, index, acts * acts)
         totals[2].index_add_(0, index, (acts > 0).double())
 
-    def _blocks(self, device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(rows, F) buffers for pre-activations and the firing mask, and a (1, rows) row of ones."""
-        key = (device, rows)
-        if key not in self._buffers:
-            self._buffers.clear()
+    def _blocks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(256, F) buffers for pre-activations and the firing mask, and a (1, 256) row of ones."""
+        if device not in self._buffers:
             dtype = self.weight.dtype
-            pre = torch.empty(rows, self.width, dtype=dtype, device=device)
-            self._buffers[key] = (pre, torch.empty_like(pre), torch.ones(1, rows, dtype=dtype, device=device))
-        return self._buffers[key]
+            pre = torch.empty(_FUSED_ROWS, self.width, dtype=dtype, device=device)
+            ones = torch.ones(1, _FUSED_ROWS, dtype=dtype, device=device)
+            self._buffers[device] = (pre, torch.empty_like(pre), ones)
+        return self._buffers[device]
 
 
 def fold_tokens(stats: FeatureStatistics, sae: Any, encoder: SaeEncoder | None, tokens: torch.Tensor) -> None:

@@ -170,7 +170,8 @@ def as_items(rows: Iterable[McqItem | Mapping[str, Any]], *, source: str = "item
     """Items from McqItem objects or dicts (as ``data.mcq.build_mcq`` returns).
 
     Raises:
-        SaeguardError: ``rows`` is a string or path (load a file with :func:`load_mcq`), or a row is malformed.
+        SaeguardError: ``rows`` is a string or path (read files with :func:`load_mcq`), or a
+            row is malformed.
     """
     require(
         not isinstance(rows, (str, bytes, Path)),

@@ -193,7 +193,8 @@ class Attack:
         guarded = point.variant in ("test-time-dsg", "train-time-dsg")
         require(not guarded or self.guard is not None, f"{point.variant} needs an SAE: pass one (--sae DIR)")
         guards = [self.guard] if guarded and self.guard is not None else []
-        scores = self.harness.score(guards, model=tuned, names=["dsg"] * len(guards))
+        untouched = point.step == 0 and RUN_OF[point.variant] == "plain"  # the base weights: reuse its scores
+        scores = self.harness.score(guards, model=None if untouched else tuned, names=["dsg"] * len(guards))
         return RelearnRecord(
             point.key,
             self.context,

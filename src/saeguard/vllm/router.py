@@ -59,6 +59,7 @@ class RequestStep:
 
     @property
     def length(self) -> int:
+        """L: the request's tokens in this step (a prefill chunk, or 1 when decoding)."""
         return self.stop - self.start
 
 
@@ -150,12 +151,11 @@ class GuardRouter:
         """
         out: torch.Tensor | None = None
         for step in steps:
-            if step.length <= 0:
-                continue
-            state = self._state(step, hidden.device)
-            if state is None or self.guards[state.guard].layer != layer:
-                continue
-            gate = self.guards[state.guard]
+            name = self._guard_of(step) if step.length > 0 else None
+            if name is None or self.guards[name].layer != layer:
+                continue  # unguarded, or its guard reads another block (its state is left alone)
+            state = self._state(step, name, hidden.device)
+            gate = self.guards[name]
             rows = hidden[step.start : step.stop].unsqueeze(0)
             ids = token_ids[step.start : step.stop].unsqueeze(0) if token_ids is not None else None
             call = ForwardCall(1, step.length, step.computed, ids, self._mask(state, step))
@@ -181,14 +181,15 @@ class GuardRouter:
         return dict(self.finished) | running
 
     # -- state --------------------------------------------------------------------------
-    def _state(self, step: RequestStep, device: torch.device) -> RequestState | None:
+    def _guard_of(self, step: RequestStep) -> str | None:
+        """The guard of a running request (kept from its first step), else the one it asks for."""
+        state = self.states.get(step.request_id)
+        return state.guard if state is not None and step.computed > 0 else self.guard_for(step.extra_args)
+
+    def _state(self, step: RequestStep, name: str, device: torch.device) -> RequestState:
         """The request's state made to match its KV cache (``computed`` tokens), created on first sight."""
         state = self.states.get(step.request_id)
         if state is None or step.computed == 0:  # new, or recomputed from scratch after preemption
-            name = self.guard_for(step.extra_args)
-            if name is None:
-                self.states.pop(step.request_id, None)
-                return None
             tag = (step.extra_args or {}).get(TAG_KEY)
             end = _on(torch.tensor([len(step.prompt_ids)], dtype=torch.long), device)
             state = RequestState(name, RowHistory.empty(end), self._prompt_counted(step, device), tag)
