@@ -207,8 +207,8 @@ def test_cli_fits_and_evaluates_from_the_hub(recipe: dict[str, Any]) -> None:
     assert cli["eval"]["code"] == 0, cli["eval"]["stderr"]
     fitted, evaluated = (" ".join(cli[k]["stdout"].split()) for k in ("fit", "eval"))
     assert "features 1" in fitted and "forget calibration: 24 inputs" in fitted
-    assert "hf:cais/wmdp/wmdp-bio:test: 8 items" in evaluated and "(gate fired 100.0%)" in evaluated
-    assert "hf:cais/mmlu/college_biology:test: 8 items" in evaluated and "(gate fired 0.0%)" in evaluated
+    # the eval table's "gate fired" column: every WMDP question flagged, no MMLU question
+    assert "8/8 = 100.0%" in evaluated and "0/8 = 0.0%" in evaluated
 
 
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
