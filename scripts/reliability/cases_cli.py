@@ -482,7 +482,9 @@ def classify(case: CliCase, raw: dict) -> Result:
     if "Traceback" in err:
         result.message += f" [{_innermost(err)}]"
     if case.expect in ("usage", "error"):
-        if "Traceback" in err or code not in (0, 2):
+        if code == 124:
+            result.outcome = "LATE-CHECK"
+        elif "Traceback" in err or code not in (0, 2):
             result.outcome = "TRACEBACK"
         elif code == 0:
             result.outcome = "SILENT-WRONG"

@@ -11,27 +11,47 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 import sys
 import time
 import traceback
 import warnings
 
+CASE_SECONDS = int(os.environ.get("SAEGUARD_PROBE_CASE_SECONDS", "150"))
+"""A bad-input case still running after this long works before it checks: stopped, exit status 124."""
 
-def run_one(argv: list[str]) -> dict:
+
+class CaseTimeout(BaseException):
+    """Raised by the alarm inside a case that ran past :data:`CASE_SECONDS`."""
+
+
+def _alarm(_signum: int, _frame: object) -> None:
+    raise CaseTimeout
+
+
+def run_one(argv: list[str], seconds: int = CASE_SECONDS) -> dict:
     from saeguard.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
     started = time.perf_counter()
     sys.argv = ["saeguard", *argv]
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
         try:  # the interpreter's default warning filters, as in a real `saeguard` process
             main()
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except CaseTimeout:
+            print(f"still running after {seconds} s: stopped", file=sys.stderr)
+            code = 124
         except BaseException:  # noqa: BLE001 - what the interpreter would print
             traceback.print_exc()
             code = 1
+        finally:
+            signal.alarm(0)
     return {
         "code": code,
         "out": out.getvalue(),

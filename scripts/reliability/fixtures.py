@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from saeguard import Guardrail
+from saeguard.io import cache_dir
 from saeguard.testing import (
     FORGET_WORDS,
     RETAIN_WORDS,
@@ -104,6 +105,10 @@ def build(root: Path) -> Workspace:
     """Write the workspace under ``root`` and fit the reference guards (about a minute on 2 cores)."""
     torch.set_num_threads(1)
     root.mkdir(parents=True, exist_ok=True)
+    offline = cache_dir() / "data"  # the offline corpora, read (never written) by built-in names
+    if offline.is_dir():
+        (root / "cache").mkdir()
+        (root / "cache" / "data").symlink_to(offline)
     tok = make_tokenizer()
     model, sae = plant_forget_direction(tiny_llama(max_positions=1024), random_sae("jumprelu"))
     model.save_pretrained(root / "llama")

@@ -18,10 +18,11 @@ from typing import Any
 
 from saeguard.errors import SaeguardError
 
-OUTCOMES = ("OK", "TRACEBACK", "SILENT-WRONG", "PARTIAL-OUTPUT", "REFUSED", "MULTI-LINE")
+OUTCOMES = ("OK", "TRACEBACK", "SILENT-WRONG", "PARTIAL-OUTPUT", "REFUSED", "MULTI-LINE", "LATE-CHECK")
 """OK; TRACEBACK: a raw exception or CLI traceback; SILENT-WRONG: success where an error was due, or a
 wrong value; PARTIAL-OUTPUT: a failed call left files behind; REFUSED: an error where success was due;
-MULTI-LINE: an error of more than one line (or with stray output around it)."""
+MULTI-LINE: an error of more than one line (or with stray output around it); LATE-CHECK: a command
+given bad input still working after minutes (it works before it checks)."""
 
 Check = Callable[[Any], "str | None"]
 

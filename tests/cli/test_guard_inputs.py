@@ -48,7 +48,7 @@ def test_generate_takes_a_topk_guardrails_sae(cli, workspace, error_lines):
     base = ["generate", "--guard", str(folder), "--model", str(workspace / "model"), "--device", "cpu"]
     base += ["--max-new-tokens", "2", "--prompt", "what is the cell"]
     code, _, err = cli(base)
-    assert code == 2 and len(error_lines(err)) == 1 and "needs its full SAE" in err
+    assert code == 2 and error_lines(err)[-1].startswith("error: ") and "needs its full SAE" in err
     code, out, err = cli([*base, "--sae", str(workspace / "topk_sae")])
     assert code == 0, err
     assert "guarded:" in out and "gate:" in out
@@ -60,7 +60,7 @@ def test_a_corpus_of_unknown_tokens_fails_before_the_statistics(cli, fit_args, w
     args = fit_args(workspace / "out")
     args[args.index("--forget") + 1] = str(emoji)
     code, out, err = cli(args)
-    lines = error_lines(err)
+    lines = [line for line in error_lines(err) if "Writing model shards" not in line]  # the fixture's saves
     assert code == 2 and out == "" and len(lines) == 1
     assert lines[0].startswith("error: the forget corpus has no document with at least 2 tokens")
     assert not (workspace / "out").exists()
@@ -72,4 +72,4 @@ def test_eval_limit_must_be_a_positive_count(cli, workspace, error_lines):
     )
     for limit in ("0", "-1"):
         code, _, err = cli(["eval", "--mcq", str(workspace / "q.jsonl"), "--limit", limit, "--no-known"])
-        assert code == 2 and len(error_lines(err)) == 1 and "--limit" in err
+        assert code == 2 and error_lines(err)[-1].startswith("error: Invalid value for '--limit'")

@@ -24,9 +24,11 @@ import os
 import re
 import subprocess
 import sys
+import unittest
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from sybil import Document, Example, Region, Sybil
 from sybil.evaluators.python import PythonEvaluator
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
@@ -114,9 +116,13 @@ class Block:
         return f"{self.document.relative_to(ROOT)}:{self.line}:{self.language}"
 
     def run(self) -> None:
-        for directive in self.before:
-            directive.evaluate()
-        self.example.evaluate()
+        """Evaluate the directives before the block, then the block; a skip names the block."""
+        try:
+            for directive in self.before:
+                directive.evaluate()
+            self.example.evaluate()
+        except unittest.SkipTest as skipped:
+            pytest.skip(f"{self.id}: {skipped}")
 
 
 def _language(example: Example) -> str | None:

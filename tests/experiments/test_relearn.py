@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from saeguard.experiments.relearn import CheckpointStream, RelearnConfig, run_relearn
+from saeguard.experiments.common import Scores, SetScore
+from saeguard.experiments.relearn import (
+    CheckpointStream,
+    RelearnConfig,
+    RelearnRecord,
+    headlines,
+    run_relearn,
+)
 
 
 def test_checkpoint_stream_calls_back_before_serving_each_checkpoint_step():
@@ -69,3 +77,29 @@ def test_relearning_lowers_forget_nll_and_records_every_variant_per_checkpoint(
     assert end.cosine < 1.0 - 1e-4
     assert [h.label for h in result.headlines if "test-time" in h.label]
     assert (tmp_path / "out" / "relearn.png").is_file() and (tmp_path / "out" / "index.html").is_file()
+
+
+def _record(variant: str, step: int, accuracy: float) -> RelearnRecord:
+    scores = Scores({"bio": SetScore(accuracy, int(accuracy * 10), 10)})
+    return RelearnRecord(f"{variant}:lr=0.1,step={step}", "ctx", variant, 0.1, step, scores)
+
+
+@pytest.mark.parametrize(
+    ("rmu", "label", "step"),
+    [
+        ([0.2, 0.5, 0.95, 1.0], "RMU recovered", 2),  # judged where RMU is back to >= 90% of base
+        ([0.2, 0.3, 0.4, 0.5], "RMU not recovered", 3),
+        ([1.0, 1.0, 1.0, 1.0], "RMU never unlearned", 3),  # no recovery without forgetting first
+    ],
+)
+def test_headline_reads_test_time_dsg_where_rmu_recovers(rmu, label, step):
+    config = RelearnConfig(
+        forget_mcq=["bio"], learning_rates=[0.1], checkpoints=[0, 1, 2, 3], variants=["test-time-dsg", "rmu"]
+    )
+    dsg = [0.1, 0.2, 0.3, 0.6]
+    records = [_record("rmu", s, a) for s, a in enumerate(rmu)] + [
+        _record("test-time-dsg", s, a) for s, a in enumerate(dsg)
+    ]
+    first = headlines(records, config, base_forget=1.0)[0]
+    assert f"step {step}, {label}" in first.label and first.value == pytest.approx(dsg[step])
+    assert first.met == (dsg[step] <= 0.40)

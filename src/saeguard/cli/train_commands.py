@@ -18,21 +18,25 @@ def train_sae(
     corpus: Annotated[
         str | None, typer.Option(help="Training text; default: the general offline mix")
     ] = None,
-    width: Annotated[list[int], typer.Option(help="Latents (repeatable)")] = [4096],  # noqa: B006
-    k: int = 32,
-    tokens: int = 800_000,
-    batch_size: int = 1024,
+    width: Annotated[list[int], typer.Option(min=1, help="Latents (repeatable)")] = [4096],  # noqa: B006
+    k: Annotated[int, typer.Option(min=1)] = 32,
+    tokens: Annotated[int, typer.Option(min=1)] = 800_000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
     seed: int = 0,
 ) -> None:
     """Train BatchTopK SAEs (saved as JumpReLU) and report FVU, dead latents, LM loss."""
     import torch
 
+    from saeguard.cli.options import check_output
     from saeguard.defaults import SAE_TRAINING_MIX, sae_training_documents
     from saeguard.hf.corpus import iter_documents, resolve_corpus
+    from saeguard.hf.layers import parse_layer
     from saeguard.hf.models import load_model
     from saeguard.sae_training import SAETrainingConfig, train_and_save
 
+    output = check_output(output, folder=True)  # before the model loads and training starts
     lm, tokenizer = load_model(model, dtype=torch.float32)
+    layer = [parse_layer(hook_layer, lm) for hook_layer in layer]
     if corpus is None:
         train_docs, eval_docs, mix = (
             sae_training_documents("train", seed),

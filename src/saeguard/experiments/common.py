@@ -70,6 +70,10 @@ class EvalSettings:
         return KnownConfig(mcq=self.mcq(), permutations=self.permutations)
 
 
+#: The RMU configuration that unlearned on the default model in docs/compare.md (forget 0.47,
+#: utility 1.0 on known items; the same settings at lr 5e-5 and 60 steps did nothing).
+RMU_SETTINGS: dict[str, Any] = {"steering_coeff": 100, "alpha": 100, "layer": 3, "steps": 150}
+RMU_SETTINGS |= {"batch_size": 4, "seq_len": 128, "learning_rate": 5e-4}
 QUICK_EVAL = EvalSettings(mcq_limit=40)  # --quick: 40 questions per set before the known filter
 
 

@@ -31,6 +31,7 @@ from saeguard.experiments.common import (
     CHANCE,
     QUICK_EVAL,
     RECORDS_FILE,
+    RMU_SETTINGS,
     EvalSettings,
     Harness,
     Scores,
@@ -77,20 +78,15 @@ class DataEfficiencyConfig:
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    rmu_fractions: list[float] | None = field(default_factory=lambda: [0.05, 0.25, 1.0])  # None: all
-    rmu: dict[str, Any] = field(
-        default_factory=lambda: (
-            {"steering_coeff": 100, "alpha": 10, "layer": 3, "steps": 40}
-            | {"batch_size": 4, "seq_len": 128, "learning_rate": 5e-5}
-        )
-    )
+    rmu_fractions: list[float] | None = field(default_factory=lambda: [0.05, 1.0])  # None: all
+    rmu: dict[str, Any] = field(default_factory=lambda: dict(RMU_SETTINGS))
     fit: FitConfig = field(default_factory=experiment_fit)
     eval: EvalSettings = field(default_factory=EvalSettings)
     target_points: float = 0.05  # DSG at 5% within this of its full-data forget accuracy
 
     @classmethod
     def quick(cls) -> DataEfficiencyConfig:
-        rmu = cls().rmu | {"steps": 10}
+        rmu = RMU_SETTINGS | {"steps": 60}
         return cls(
             fractions=[0.05, 0.25, 1.0],
             seeds=[0, 1],

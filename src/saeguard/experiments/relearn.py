@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from saeguard.experiments.common import (
     CHANCE,
     QUICK_EVAL,
     RECORDS_FILE,
+    RMU_SETTINGS,
     EvalSettings,
     Harness,
     Statistics,
@@ -101,12 +102,7 @@ class RelearnConfig:
     learning_rates: list[float] = field(default_factory=lambda: [5e-5])  # the paper's 1e-6..5e-5, top end
     checkpoints: list[int] = field(default_factory=lambda: [0, 10, 20, 40])  # optimiser steps
     train: dict[str, Any] = field(default_factory=lambda: {"batch_size": 4, "seq_len": 128})  # TrainConfig
-    rmu: dict[str, Any] = field(
-        default_factory=lambda: (
-            {"steering_coeff": 100, "alpha": 10, "layer": 3, "steps": 60}
-            | {"batch_size": 4, "seq_len": 128, "learning_rate": 5e-5}
-        )
-    )
+    rmu: dict[str, Any] = field(default_factory=lambda: dict(RMU_SETTINGS))
     drift_chunks: int = 8  # held-out forget chunks for the NLL and the drift
     fit: FitConfig = field(default_factory=experiment_fit)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -114,7 +110,7 @@ class RelearnConfig:
 
     @classmethod
     def quick(cls) -> RelearnConfig:
-        rmu = cls().rmu | {"steps": 10}
+        rmu = RMU_SETTINGS | {"steps": 60}
         return cls(checkpoints=[0, 5, 10], rmu=rmu, drift_chunks=4, fit=quick_fit(), eval=QUICK_EVAL)
 
     @property
@@ -231,8 +227,8 @@ def run_relearn(
         seconds=time.perf_counter() - started,
         output=str(out),
         notes=[
-            f"Fine-tuning: {asdict(replace(TrainConfig(), **config.train))}; learning rates "
-            f"{config.learning_rates}; checkpoints {config.checkpoints}; base forget accuracy "
+            f"Fine-tuning: next-token loss on the forget text, {config.train}, learning rates "
+            f"{config.learning_rates}, checkpoints after {config.checkpoints} steps; base forget accuracy "
             f"{base_forget:.3f}. Drift: residual after layer {guard.layer if guard else '-'} on "
             f"{config.drift_chunks} held-out forget chunks, tuned vs original weights."
         ],
@@ -260,13 +256,23 @@ def _accuracy(records: list[RelearnRecord], variant: str, rate: float, sets: lis
 
 
 def headlines(records: list[RelearnRecord], config: RelearnConfig, base_forget: float) -> list[Headline]:
-    """Per learning rate: test-time DSG's forget accuracy once RMU has recovered (or at the last step)."""
+    """Per learning rate: test-time DSG's forget accuracy once RMU has recovered (else at the last step).
+
+    "Recovered": back to ``recovery`` x the base's forget accuracy after the attack began; an RMU
+    model already there before the attack never unlearned, and the label says so.
+    """
     out = []
     for rate in config.learning_rates:
-        rmu = _accuracy(records, "rmu", rate, config.forget_mcq)
-        recovered = [s for s, a in sorted(rmu.items()) if a >= config.recovery * base_forget]
-        step = recovered[0] if recovered else config.checkpoints[-1]
-        when = f"step {step}, RMU recovered" if recovered else f"step {step}, RMU not recovered"
+        rmu, bar = _accuracy(records, "rmu", rate, config.forget_mcq), config.recovery * base_forget
+        recovered = [s for s, a in sorted(rmu.items()) if s > 0 and a >= bar]
+        never = rmu.get(0, 0.0) >= bar  # RMU's weights kept the topic before the attack began
+        step = recovered[0] if recovered and not never else config.checkpoints[-1]
+        if "rmu" not in config.variants:
+            when = f"step {step} (no RMU run)"
+        elif never:
+            when = f"step {step}, RMU never unlearned"
+        else:
+            when = f"step {step}, RMU {'recovered' if recovered else 'not recovered'}"
         for variant in (v for v in ("test-time-dsg", "train-time-dsg", "rmu") if v in config.variants):
             label = f"lr {rate:g}, {when}: {variant} forget accuracy"
             value = _accuracy(records, variant, rate, config.forget_mcq).get(step)

@@ -30,6 +30,7 @@ from saeguard.experiments.common import (
     CHANCE,
     QUICK_EVAL,
     RECORDS_FILE,
+    RMU_SETTINGS,
     EvalSettings,
     Harness,
     Scores,
@@ -84,11 +85,11 @@ def _default_topics() -> list[Topic]:
 
 #: Retain text for every request: Wikipedia topics far from the three requested ones, plus Austen.
 DEFAULT_RETAIN = ["wiki:arts", "wiki:geography", "wiki:everyday-life", "wiki:mathematics", "austen"]
-#: One configuration per gradient method, from its small grid (baselines.registry), 20 steps a request.
-_STEPS = {"steps": 20, "batch_size": 4, "seq_len": 128, "learning_rate": 5e-5}
+#: One configuration per gradient method a request: GradDiff from its small grid (20 steps), RMU
+#: as it unlearned in docs/compare.md.
 SMALL_GRADIENT: dict[str, dict[str, Any]] = {
-    "graddiff": {"retain_weight": 1.0} | _STEPS,
-    "rmu": {"steering_coeff": 100, "alpha": 10, "layer": 3} | _STEPS,
+    "graddiff": {"retain_weight": 1.0, "steps": 20, "batch_size": 4, "seq_len": 128, "learning_rate": 5e-5},
+    "rmu": dict(RMU_SETTINGS),
 }
 
 
@@ -108,7 +109,7 @@ class SequentialConfig:
     @classmethod
     def quick(cls) -> SequentialConfig:
         """Fewer chunks, questions and training steps; RMU the only gradient method."""
-        rmu = SMALL_GRADIENT["rmu"] | {"steps": 5}
+        rmu = RMU_SETTINGS | {"steps": 60}
         return cls(methods=["dsg", "union", "rmu"], gradient={"rmu": rmu}, fit=quick_fit(), eval=QUICK_EVAL)
 
     def validate(self) -> None:
