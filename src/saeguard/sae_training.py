@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,7 @@ from saeguard.core.sae import encode_all
 from saeguard.errors import require
 from saeguard.hf.corpus import counted_mask, iter_chunks, pad_batch, pad_token_id, special_token_ids
 from saeguard.hf.layers import _StopForward, block_output_tensor, decoder_blocks, model_device
+from saeguard.io import staged_folder
 from saeguard.progress import progress_bar
 
 
@@ -275,21 +275,17 @@ def _token_loss(logits: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor) -> 
 
 
 def save_trained_sae(sae: SAE, directory: Path, provenance: dict[str, Any]) -> Path:
-    """SAELens on-disk format plus provenance in the cfg metadata; atomic."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    """SAELens on-disk format plus provenance in the cfg metadata; atomic (``io.staged_folder``).
+
+    A folder already holding an SAE (``cfg.json``) is replaced; any other non-empty folder is
+    refused with a SaeguardError.
+    """
+    with staged_folder(directory, replace=lambda old: (old / "cfg.json").is_file()) as staging:
         sae.save_model(staging)
         cfg_path = staging / "cfg.json"
         cfg = json.loads(cfg_path.read_text())
         cfg.setdefault("metadata", {}).update({"saeguard": provenance})
         cfg_path.write_text(json.dumps(cfg, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
