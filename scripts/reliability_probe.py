@@ -26,6 +26,8 @@ from scripts.reliability import (  # noqa: E402 - the repository root must be on
     cases_fit,
     cases_generate,
     cases_inputs,
+    cases_server,
+    cases_state,
 )
 from scripts.reliability.fixtures import build  # noqa: E402
 from scripts.reliability.framework import Probe  # noqa: E402
@@ -51,7 +53,7 @@ def main() -> int:
         worker = threading.Thread(target=cases_cli.run, args=(cli, ws), daemon=True)
         worker.start()
     if not args.no_api:
-        for module in (cases_fit, cases_artifact, cases_generate, cases_inputs):
+        for module in (cases_fit, cases_artifact, cases_generate, cases_inputs, cases_state, cases_server):
             print(f"running {module.__name__.rsplit('.', 1)[-1]}...", flush=True)
             module.run(api, ws)
     if worker is not None:

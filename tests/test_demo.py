@@ -13,26 +13,29 @@ from saeguard.core.guardrail import Guardrail
 from saeguard.demo import DemoConfig, fit_demo_guard, retain_documents
 
 
-def test_demo_guard_is_fitted_with_the_settings_the_demo_always_used(monkeypatch):
+def test_demo_guard_is_fitted_with_the_demo_preset(monkeypatch):
     import saeguard.data.corpora as corpora
 
     monkeypatch.setattr(corpora, "load_corpus", lambda name, split: [f"{name} {split} {i}" for i in range(3)])
     seen: list[FitConfig] = []
     monkeypatch.setattr(Guardrail, "fit", classmethod(lambda cls, *a, config=None, **kw: seen.append(config)))
     fit_demo_guard(None, None, "sae", DemoConfig(), show_progress=False, cache=None)
-    # The explicit settings of the demo before its fit settings became preset("demo"): the same guard.
+    # The demo fits with preset("demo"): the table's settings plus the gate rule chosen in docs/attacks.md.
     assert seen == [
         FitConfig(
             layer=6,
             n_features=20,
             ratio_percentile=95.0,
-            gate_percentile=95.0,
+            gate_percentile=85.0,
             clamp="5x",
             gate_statistic="activation",
             clamp_scope="input",
             seq_len=256,
             max_forget_chunks=400,
             max_retain_chunks=800,
+            gate_rule="window",
+            window_tokens=16,
+            calibration_long_tokens=2000,
             seed=0,
         )
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saeguard import SaeguardError
-from saeguard.io import as_path, parse_json, staged_folder, write_bytes_atomic
+from saeguard.io import as_path, check_unicode, parse_json, staged_folder, write_bytes_atomic
 
 
 @pytest.mark.parametrize("value", [None, 123, "", b"guards"])
@@ -62,3 +62,23 @@ def test_a_file_under_a_file_is_refused(tmp_path: Path):
     blocker.write_text("x")
     with pytest.raises(SaeguardError, match="cannot write"):
         write_bytes_atomic(blocker / "out.json", b"{}")
+
+
+@pytest.mark.parametrize(
+    "text", ['{"text": "cell \\ud800"}', '["\\udc00 gene"]', '{"\\ud83d": 1}', '{"a": [[{"b": "x\\uDBFF"}]]}']
+)
+def test_json_with_an_unpaired_surrogate_is_one_error(text):
+    with pytest.raises(SaeguardError, match=r"^x.jsonl:3 holds an unpaired surrogate \(U\+D[89A-F]"):
+        parse_json(text, "x.jsonl:3")
+
+
+def test_json_with_a_surrogate_pair_is_read_as_its_character():
+    assert parse_json('{"text": "\\ud83e\\uddec cell"}', "x.json") == {"text": "\U0001f9ec cell"}
+
+
+def test_check_unicode_names_the_position_and_passes_text_through():
+    assert check_unicode("caf\xe9 \U0001f9ec", "the prompt") == "caf\xe9 \U0001f9ec"
+    with pytest.raises(
+        SaeguardError, match=r"the prompt holds an unpaired surrogate \(U\+DC00 at character 4\)"
+    ):
+        check_unicode("cell\udc00", "the prompt")

@@ -16,27 +16,19 @@ import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from scripts.reliability import cases_commands
 from scripts.reliability.cases_artifact import copy_guard, edit_json
+from scripts.reliability.cli_types import CliCase, CliCheck
 from scripts.reliability.fixtures import FAST_CLI, Workspace
 from scripts.reliability.framework import Probe, Result, last_line, leftovers, package_path
 
 REPO = Path(__file__).resolve().parents[2]
-CliCheck = Callable[[str, str], "str | None"]
-
-
-@dataclass
-class CliCase:
-    area: str
-    name: str
-    argv: list[str]
-    expect: str  # "usage", "error" or "success"
-    outputs: list[Path] = field(default_factory=list)
-    check: CliCheck | None = None
-    batch: str = "a"  # "real": its own saeguard process; else the driver batch it runs in
+STRAY_WARNING = re.compile(r"^\S+:\d+: \w*Warning: .*$", re.MULTILINE)
+"""A warning as Python prints it (``file:line: Category: message``): noise on a command's stderr."""
 
 
 def fit_argv(ws: Workspace, output: Path, *extra: str, model: str = "llama", sae: str = "sae") -> list[str]:
@@ -94,57 +86,8 @@ def cases(ws: Workspace) -> list[CliCase]:
     ]
     out += _fit_cases(ws)
     out += _guard_cases(ws)
-    out += _other_commands(ws)
+    out += cases_commands.cases(ws)
     return out
-
-
-def _other_commands(ws: Workspace) -> list[CliCase]:
-    """Commands others are building (explain, attack, experiment, serve, train-sae): faults listed open."""
-    area = "cli:others"
-    guard, llama = str(ws.path("guard")), str(ws.path("llama"))
-    a_file = ws.fresh("others-file")
-    a_file.write_text("x")
-    bad_config = ws.fresh("bad-config.json")
-    bad_config.write_text("{not json")
-    model = ["--model", llama, "--device", "cpu"]
-    errors = [
-        ("explain missing guard", ["explain", str(ws.root / "missing"), "-o", str(ws.fresh("ex")), *model]),
-        ("explain -o a file", ["explain", guard, "-o", str(a_file), *model]),
-        ("explain --contexts 0", ["explain", guard, "-o", str(ws.fresh("ex")), "--contexts", "0", *model]),
-        (
-            "attack missing guard",
-            ["attack", "--guard", str(ws.root / "missing"), "-o", str(ws.fresh("at")), *model],
-        ),
-        ("attack -o a file", ["attack", "--guard", guard, "-o", str(a_file), *model]),
-        ("experiment unknown", ["experiment", "nosuch", "-o", str(ws.fresh("xp"))]),
-        (
-            "experiment --config missing",
-            [
-                "experiment",
-                "sequential",
-                "-o",
-                str(ws.fresh("xp")),
-                "--config",
-                str(ws.root / "missing.json"),
-            ],
-        ),
-        (
-            "experiment --config not JSON",
-            ["experiment", "sequential", "-o", str(ws.fresh("xp")), "--config", str(bad_config)],
-        ),
-        ("serve missing guard", ["serve", "--guard", str(ws.root / "missing"), *model[:2]]),
-        ("serve --port 0", ["serve", "--guard", guard, "--port", "0", *model[:2]]),
-        (
-            "train-sae --layer 99",
-            ["train-sae", "--layer", "99", "-o", str(ws.fresh("sae")), "--model", llama],
-        ),
-        (
-            "train-sae --width 0",
-            ["train-sae", "--layer", "0", "--width", "0", "-o", str(ws.fresh("sae")), "--model", llama],
-        ),
-        ("train-sae -o a file", ["train-sae", "--layer", "0", "-o", str(a_file), "--model", llama]),
-    ]
-    return [CliCase(area, name, argv, "error", batch="d") for name, argv in errors]
 
 
 def _fit_cases(ws: Workspace) -> list[CliCase]:
@@ -421,6 +364,7 @@ def run(probe: Probe, ws: Workspace, *, workers: int = 2) -> None:
         for group, future in futures:
             for case, raw in zip(group, future.result(), strict=True):
                 probe.results.append(classify(case, raw))
+    cases_commands.run_serve(probe, ws, env)
 
 
 def _real_batch(case: CliCase, env: dict) -> list[dict]:
@@ -481,6 +425,8 @@ def classify(case: CliCase, raw: dict) -> Result:
     result.message = last_line(err) or last_line(out)
     if "Traceback" in err:
         result.message += f" [{_innermost(err)}]"
+    if case.expect == "either" and code == 2:  # a refusal is right: judged as an error
+        case = replace(case, expect="error")
     if case.expect in ("usage", "error"):
         if code == 124:
             result.outcome = "LATE-CHECK"
@@ -502,6 +448,8 @@ def classify(case: CliCase, raw: dict) -> Result:
         result.outcome = "TRACEBACK"
     elif case.check is not None and (problem := case.check(out, err)):
         result.outcome, result.message = "SILENT-WRONG", problem
+    elif stray := STRAY_WARNING.search(err):
+        result.outcome, result.message = "MULTI-LINE", f"a warning on stderr: {stray.group(0)[:200]}"
     else:
         result.message = f"exit 0: {last_line(out)}"
     return result

@@ -27,6 +27,7 @@ from saeguard.testing import (
     random_sae,
     tiny_gpt2,
     tiny_llama,
+    tiny_qwen2,
 )
 
 #: Small settings so each fit takes seconds on two busy cores.
@@ -54,17 +55,19 @@ class Workspace:
     retain: list[str]
     gpt2: Any
     extra: dict[str, Any] = field(default_factory=dict)
+    issued: set[Path] = field(default_factory=set)  # handed out by fresh(): cases are built before they run
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def fresh(self, name: str) -> Path:
-        """A path under ``root/out`` that does not exist yet."""
+        """A path under ``root/out`` that does not exist yet and was not handed out before."""
         out = self.root / "out"
         out.mkdir(exist_ok=True)
         index = 0
-        while (out / f"{name}-{index}").exists():
+        while (out / f"{name}-{index}").exists() or out / f"{name}-{index}" in self.issued:
             index += 1
+        self.issued.add(out / f"{name}-{index}")
         return out / f"{name}-{index}"
 
 
@@ -114,8 +117,15 @@ def build(root: Path) -> Workspace:
     model.save_pretrained(root / "llama")
     tok.save_pretrained(root / "llama")
     gpt2 = tiny_gpt2(max_positions=256)
-    gpt2.save_pretrained(root / "gpt2")
-    tok.save_pretrained(root / "gpt2")
+    others = {  # state cases: another model of the same width, another width, too few layers
+        "gpt2": gpt2,
+        "qwen2": tiny_qwen2(),
+        "wide": tiny_llama(hidden_size=48),
+        "shallow": tiny_llama(layers=1),
+    }
+    for name, other in others.items():
+        other.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
     sae.save_model(root / "sae")
     topk = random_sae("topk")
     topk.save_model(root / "topk_sae")
@@ -134,4 +144,11 @@ def build(root: Path) -> Workspace:
             model, tok, root / "topk_sae", forget=forget, retain=retain, show_progress=False, **FAST
         )
         topk_guard.save(root / "topk_guard")
-    return Workspace(root, model, tok, sae, guard, forget, retain, gpt2, {"topk_guard": topk_guard})
+        gpt2_guard = Guardrail.fit(gpt2, tok, sae, forget=forget, retain=retain, show_progress=False, **FAST)
+        gpt2_guard.save(root / "gpt2_guard")
+    extra = {
+        "topk_guard": topk_guard,
+        "gpt2_guard": gpt2_guard,
+        **{k: v for k, v in others.items() if k != "gpt2"},
+    }
+    return Workspace(root, model, tok, sae, guard, forget, retain, gpt2, extra)

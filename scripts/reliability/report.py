@@ -136,7 +136,7 @@ def area_table(results: list[Result]) -> list[str]:
 def expect_table(results: list[Result]) -> list[str]:
     """Markdown rows: per expected kind, the count of each outcome."""
     lines = ["| expected | cases | " + " | ".join(OUTCOMES) + " |", "|---|---|" + "---|" * len(OUTCOMES)]
-    for kind in ("error", "usage", "success"):
+    for kind in ("error", "usage", "success", "either"):
         chosen = [r for r in results if r.expect == kind]
         counts = Counter(r.outcome for r in chosen)
         lines.append(

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from saeguard.experiments.gate_quality import gate_quality
+from gate_quality import gate_quality  # scripts/research, on PYTHONPATH
 
 from saeguard.demo import DemoConfig, fit_demo_guard, mcq_tradeoff, retain_documents
 
@@ -41,8 +41,8 @@ def evaluate_candidates(
                 "sae_metrics": provenance.get("metrics", {}),
                 "gate": asdict(quality),
                 "accuracy": accuracy,
-                "tau": guard.threshold,
-                "clamp": guard.clamp,
+                "tau": guard.tau,
+                "clamp": guard.clamp_value,
             }
         )
         _write(rows, output)

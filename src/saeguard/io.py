@@ -55,18 +55,54 @@ def as_path(value: Any, what: str) -> Path:
     return Path(value).expanduser()
 
 
-def parse_json(text: str, where: str) -> Any:
-    """``text`` as JSON; NaN/Infinity and nesting too deep to read are errors, not values or crashes.
+def check_unicode(text: str, what: str) -> str:
+    """``text`` unchanged, after checking it is valid Unicode (encodable as UTF-8).
+
+    JSON's ``"\\ud800"`` escapes and Python strings can hold an unpaired surrogate, which no
+    tokenizer reads (they fail with a ``TypeError``).
 
     Raises:
-        SaeguardError: ``where`` is not valid JSON (one line naming it and the problem).
+        SaeguardError: ``text`` holds an unpaired surrogate (``what`` and its position named).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise SaeguardError(
+            f"{what} holds an unpaired surrogate (U+{ord(text[error.start]):04X} at character "
+            f"{error.start}), which is not text: remove it or fix the text's encoding"
+        ) from None
+    return text
+
+
+def _check_strings(value: Any, where: str) -> None:
+    """:func:`check_unicode` on every string (keys too) of a parsed JSON value, without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            check_unicode(item, where)
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``text`` as JSON; NaN/Infinity, too-deep nesting and unpaired surrogates are errors, not values.
+
+    Raises:
+        SaeguardError: ``where`` is not valid JSON or holds a string that is not text (one line
+            naming it and the problem).
     """
 
     def no_constant(name: str) -> None:
         raise ValueError(f"{name} is not a number")
 
     try:
-        return json.loads(text, parse_constant=no_constant)
+        value = json.loads(text, parse_constant=no_constant)
+        if "\\ud" in text or "\\uD" in text:  # only an escape can make a surrogate
+            _check_strings(value, where)
+        return value
     except RecursionError:
         raise SaeguardError(
             f"{where} is nested too deeply to read as JSON (deeper than Python's limit)"

@@ -24,12 +24,10 @@ duration of a ``with`` block so the real release name loads the tiny SAE.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
-import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from tokenizers import pre_tokenizers, processors
+from transformers import Gemma2ForCausalLM, PreTrainedTokenizerFast
 
-from saeguard.errors import require
 from saeguard.io import staged_folder, write_text_atomic
 from saeguard.testing import (
     COMMON_WORDS,
@@ -49,9 +46,28 @@ from saeguard.testing import (
     PLANTED_LATENT,
     RETAIN_WORDS,
     corpus,
+    fast_tokenizer,
     plant_forget_direction,
     random_sae,
+    word_level,
 )
+from saeguard.testing import tiny_gemma2 as gemma2_decoder
+from saeguard.testing.hf_cache import add_dataset, folder_files, quiet_progress, write_snapshot
+
+__all__ = [  # the cache layout writers are saeguard.testing.hf_cache, re-exported for this module's callers
+    "HubCache",
+    "add_dataset",
+    "build_hub_cache",
+    "folder_files",
+    "gemma_scope_files",
+    "gemma_tokenizer",
+    "mcq_rows",
+    "planted_pair",
+    "saelens_files",
+    "tiny_gemma2",
+    "tiny_gemma_scope",
+    "write_snapshot",
+]
 
 MODEL_REPO = "google/gemma-2-2b-it"
 GEMMA_SCOPE_RELEASE = "gemma-scope-2b-pt-res"  # registered in SAELens's pretrained_saes.yaml
@@ -65,7 +81,6 @@ D_MODEL, D_SAE, N_LAYERS = 32, 64, 5
 WMDP = ("cais/wmdp", "wmdp-bio")
 MMLU = ("cais/mmlu", "college_biology")
 WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1")
-_LFS_SUFFIXES = (".safetensors", ".npz", ".parquet", ".bin")
 _TURN_START, _TURN_END = "<start_of_turn>", "<end_of_turn>"
 #: EVAL_VOCAB with Gemma's turn markers and role name at the same ids (so
 #: ``plant_forget_direction`` finds the forget words), plus "college" for MMLU's subject.
@@ -114,88 +129,28 @@ class HubCache:
         }
 
 
-# -- the hub cache layout ---------------------------------------------------------------------------
-def _blob_name(name: str, data: bytes) -> str:
-    """The hub's blob name: sha256 for LFS files, git's blob sha1 for the rest."""
-    if name.endswith(_LFS_SUFFIXES):
-        return hashlib.sha256(data).hexdigest()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def write_snapshot(
-    hub_cache: str | Path, repo_id: str, files: Mapping[str, bytes], *, repo_type: str = "model"
-) -> Path:
-    """Store ``files`` (repo path -> bytes) as the ``main`` revision of ``repo_id``; returns the snapshot.
-
-    Writes ``{repo_type}s--org--name/blobs/<hash>``, ``refs/main`` (a 40-hex commit
-    derived from the content) and ``snapshots/<commit>/<path>`` as relative
-    symlinks into ``blobs``, as ``huggingface_hub`` does. An existing revision is
-    left in place; a new one becomes ``main``.
-    """
-    require(repo_type in ("model", "dataset"), f"repo_type must be 'model' or 'dataset', got {repo_type!r}")
-    repo = Path(hub_cache) / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    blobs = {name: _blob_name(name, data) for name, data in sorted(files.items())}
-    commit = hashlib.sha1(json.dumps(blobs, sort_keys=True).encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    for name, blob in blobs.items():
-        blob_path = repo / "blobs" / blob
-        blob_path.parent.mkdir(parents=True, exist_ok=True)
-        if not blob_path.exists():
-            blob_path.write_bytes(files[name])
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.is_symlink():
-            link.symlink_to(os.path.relpath(blob_path, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
-
-
-def folder_files(folder: str | Path) -> dict[str, bytes]:
-    """Every file under ``folder`` keyed by its POSIX path relative to it."""
-    base = Path(folder)
-    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
-
-
 # -- model, tokenizer, SAE ---------------------------------------------------------------------------
 def gemma_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer shaped like Gemma's: adds BOS, turn markers, the Gemma-2 chat template."""
-    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(GEMMA_VOCAB)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend = word_level(GEMMA_VOCAB, pre_tokenizers.Whitespace())
     bos = GEMMA_VOCAB.index("<bos>")
     backend.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=[_TURN_START, _TURN_END],
-    )
-    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-    return tokenizer
+    return fast_tokenizer(backend, [_TURN_START, _TURN_END], GEMMA_CHAT_TEMPLATE)
 
 
 def tiny_gemma2(seed: int = 0, *, layers: int = N_LAYERS) -> Gemma2ForCausalLM:
     """A random Gemma-2 (d_model 32, ``layers`` blocks, 8k positions) over :data:`GEMMA_VOCAB`."""
-    torch.manual_seed(seed)
-    ids = {t: GEMMA_VOCAB.index(t) for t in ("<pad>", "<bos>", "<eos>")}
-    config = Gemma2Config(
-        vocab_size=len(GEMMA_VOCAB),
-        hidden_size=D_MODEL,
-        intermediate_size=2 * D_MODEL,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=8192,
-        pad_token_id=ids["<pad>"],
-        bos_token_id=ids["<bos>"],
-        eos_token_id=ids["<eos>"],
+    pad, bos, eos = (GEMMA_VOCAB.index(t) for t in ("<pad>", "<bos>", "<eos>"))
+    return gemma2_decoder(
+        seed,
+        len(GEMMA_VOCAB),
+        layers=layers,
+        max_positions=8192,
+        sliding_window=4096,  # Gemma2Config's own default (the tests' 16 is for short inputs)
+        special_ids=(pad, bos, eos),
     )
-    return Gemma2ForCausalLM(config).eval()
 
 
 def planted_pair(seed: int = 0) -> tuple[Gemma2ForCausalLM, Any]:
@@ -272,69 +227,6 @@ def mcq_rows(words: Sequence[str], n: int, seed: int, subject: str | None = None
     ]
 
 
-def _parquet(rows: list[dict[str, Any]], class_label: bool) -> bytes:
-    import datasets
-
-    features = None
-    if class_label:  # cais/mmlu stores the answer as ClassLabel(A-D)
-        features = datasets.Features(
-            question=datasets.Value("string"),
-            subject=datasets.Value("string"),
-            choices=datasets.List(datasets.Value("string")),
-            answer=datasets.ClassLabel(names=list("ABCD")),
-        )
-    buffer = io.BytesIO()
-    datasets.Dataset.from_list(rows, features=features).to_parquet(buffer)
-    return buffer.getvalue()
-
-
-def add_dataset(
-    root: str | Path,
-    repo_id: str,
-    config: str,
-    splits: Mapping[str, list[dict[str, Any]]],
-    *,
-    class_label: bool = False,
-) -> Path:
-    """Put one config of ``repo_id`` in the hub cache (README + parquet) and prepare it in the datasets cache.
-
-    The Arrow cache is written by ``datasets``' own parquet builder under the name,
-    config and commit an online ``load_dataset(repo_id, config)`` would use, so
-    offline loads (which read only that cache) find it. Returns the hub snapshot.
-    """
-    from datasets.load import LocalDatasetModuleFactory, get_dataset_builder_class
-
-    card = (
-        "---\nconfigs:\n"
-        f"- config_name: {config}\n  data_files:\n"
-        + "".join(f"  - split: {s}\n    path: {config}/{s}-*\n" for s in splits)
-        + "---\n"
-    )
-    files = {f"{config}/{s}-00000-of-00001.parquet": _parquet(r, class_label) for s, r in splits.items()}
-    snapshot = write_snapshot(
-        Path(root) / "hub", repo_id, {"README.md": card.encode(), **files}, repo_type="dataset"
-    )
-    module = LocalDatasetModuleFactory(str(snapshot)).get_module()
-    namespace, name = repo_id.split("/")
-    # datasets refuses local data files for a builder that has a repo_id, so prepare
-    # under the bare name and move the result to where a hub load keeps it.
-    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=root) as tmp:
-        builder = get_dataset_builder_class(module, dataset_name=name)(
-            cache_dir=tmp, dataset_name=name, config_name=config, hash=snapshot.name, base_path=str(snapshot)
-        )
-        builder.download_and_prepare()
-        prepared = Path(builder.cache_dir)
-        target = (
-            Path(root)
-            / "datasets"
-            / f"{namespace}___{name}"
-            / prepared.relative_to(tmp).parent.relative_to(name)
-        )
-        target.mkdir(parents=True, exist_ok=True)
-        os.replace(prepared, target / prepared.name)
-    return snapshot
-
-
 LOCAL_TASK = """task: saeguard_local_wmdp
 dataset_path: parquet
 dataset_kwargs:
@@ -354,24 +246,6 @@ metric_list:
 
 
 # -- everything --------------------------------------------------------------------------------------
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No progress bars from transformers or datasets while the cache is written."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    shown = (hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if shown[0]:
-            hf_logging.enable_progress_bar()
-        if shown[1]:
-            datasets.enable_progress_bars()
-
-
 def build_hub_cache(root: str | Path, *, n_items: int = 8, seed: int = 0) -> HubCache:
     """Write the tiny model, both SAE repos, WMDP/MMLU/wikitext and a local lm-eval task under ``root``.
 
@@ -387,7 +261,11 @@ def build_hub_cache(root: str | Path, *, n_items: int = 8, seed: int = 0) -> Hub
     model, sae = planted_pair(seed)
     retain = corpus(RETAIN_WORDS, 24, 40, seed + 7)
     mmlu_words = RETAIN_WORDS + COMMON_WORDS
-    with _quiet(), staged_folder(root) as stage, tempfile.TemporaryDirectory(prefix="saeguard-model-") as tmp:
+    with (
+        quiet_progress(),
+        staged_folder(root) as stage,
+        tempfile.TemporaryDirectory(prefix="saeguard-model-") as tmp,
+    ):
         model.save_pretrained(tmp)
         gemma_tokenizer().save_pretrained(tmp)
         write_snapshot(stage / "hub", MODEL_REPO, folder_files(tmp))

@@ -75,3 +75,34 @@ def test_bad_source_and_prompt_file_fail_in_one_line_before_the_model_loads(work
     ]
     code, _, err = _run(monkeypatch, capsys, _args(workspace, "--prompts", str(workspace / "none.txt")))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not found" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tokens", "0"], "tokens must be whole numbers of at least 1, got [30, 0]"),
+        (["--tokens", "-5"], "tokens must be whole numbers of at least 1, got [30, -5]"),
+        (["--padding-tokens", "-1"], "padding_tokens must be whole numbers of at least 1, got [60, -1]"),
+        (["--limit", "0"], "Invalid value for '--limit'"),
+        (["--other-limit", "0"], "Invalid value for '--other-limit'"),
+    ],
+)
+def test_lengths_and_limits_below_1_fail_in_one_line_before_the_model_loads(
+    workspace, monkeypatch, capsys, extra, message
+):
+    import saeguard.cli.attack_commands as commands
+
+    monkeypatch.setattr(
+        commands, "load_cli_model", lambda *a: pytest.fail("loaded the model before checking")
+    )
+    code, _, err = _run(monkeypatch, capsys, _args(workspace, *extra))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+
+
+def test_a_binary_prompt_file_fails_in_one_line(workspace, monkeypatch, capsys):
+    (workspace / "prompts.txt").write_bytes(bytes(range(256)) * 4)
+    code, _, err = _run(monkeypatch, capsys, _args(workspace, "--prompts", str(workspace / "prompts.txt")))
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: --prompts {workspace / 'prompts.txt'} is not UTF-8 text: convert it first"
+    ]

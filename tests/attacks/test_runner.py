@@ -117,3 +117,14 @@ def test_load_prompts_reads_txt_and_labelled_jsonl(tmp_path):
         load_prompts(tmp_path / "bad.jsonl")
     with pytest.raises(SaeguardError, match="not found"):
         load_prompts(tmp_path / "missing.txt")
+
+
+def test_load_prompts_reads_json_with_the_one_json_reader(tmp_path):
+    (tmp_path / "nan.jsonl").write_text('{"prompt": "cell", "score": NaN}\n')
+    with pytest.raises(SaeguardError, match=r"nan.jsonl:1 is not valid JSON \(NaN is not a number\)"):
+        load_prompts(tmp_path / "nan.jsonl")
+    (tmp_path / "surrogate.jsonl").write_text('{"prompt": "cell \\ud800"}\n')
+    with pytest.raises(SaeguardError, match="surrogate.jsonl:1 holds an unpaired surrogate"):
+        load_prompts(tmp_path / "surrogate.jsonl")
+    (tmp_path / "bom.txt").write_bytes("\ufeffwhat is a cell\n".encode())
+    assert [p.text for p in load_prompts(tmp_path / "bom.txt")] == ["what is a cell"]

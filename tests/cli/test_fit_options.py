@@ -65,19 +65,22 @@ def test_preset_paper_is_fitconfig_defaults():
     assert preset("paper") == FitConfig() and PRESETS["paper"] == {}
 
 
-def test_preset_demo_is_the_demo_config_fit_and_the_settings_the_demo_always_used():
+def test_preset_demo_is_the_demo_config_fit_and_the_measured_settings():
     assert DemoConfig().fit == preset("demo")
     assert preset("demo") == FitConfig(
         layer=6,
         n_features=20,
         ratio_percentile=95.0,
-        gate_percentile=95.0,
+        gate_percentile=85.0,
         clamp=Clamp(5.0, relative=True),
         gate_statistic="activation",
         clamp_scope="input",
         seq_len=256,
         max_forget_chunks=400,
         max_retain_chunks=800,
+        gate_rule="window",
+        window_tokens=16,
+        calibration_long_tokens=2000,
         seed=0,
     )
 

@@ -167,3 +167,6 @@ def test_a_topk_guardrail_is_inspected_without_its_sae_but_not_run(tmp_path):
     assert inspected.summary()["latent_ids"] == guard.summary()["latent_ids"]
     with pytest.raises(SaeguardError, match="loaded without its SAE"):
         inspected.generate(model, make_tokenizer(), PROMPTS, max_new_tokens=1)
+    with pytest.raises(SaeguardError, match="loaded without its SAE"):  # at attach, not at a forward
+        inspected.attach(model)
+    assert model(torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, model.config.vocab_size)  # no hook left

@@ -82,3 +82,14 @@ def test_score_requests_checks_its_inputs(requests, kw, named):
 def test_score_requests_scores_valid_requests():
     scores = score_requests(tiny_llama(), [([1, 5, 6], [7]), ([1, 8], [9, 10])], 64, 2, 0)
     assert len(scores) == 2 and all(torch.isfinite(torch.tensor(s[0])) and s[0] < 0 for s in scores)
+
+
+@pytest.mark.parametrize("field", ["question", "choices"])
+def test_an_item_with_an_unpaired_surrogate_is_refused_before_scoring(field):
+    row = (
+        {**ROW, field: "cell \ud800"}
+        if field == "question"
+        else {**ROW, "choices": ["a", "b\udc00", "c", "d"]}
+    )
+    with pytest.raises(SaeguardError, match=r"^items\[0\] holds an unpaired surrogate \(U\+D"):
+        as_items([row])

@@ -9,8 +9,9 @@ import torch
 
 from saeguard import SaeguardError, token_scope
 from saeguard.eval.items import question_text
+from saeguard.eval.lm_eval_adapter import guarded_lm
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
-from saeguard.testing import EVAL_VOCAB, make_guard, make_items, make_tokenizer
+from saeguard.testing import EVAL_VOCAB, make_guard, make_items, make_tokenizer, tiny_llama
 
 pytest.importorskip("lm_eval")
 
@@ -157,3 +158,16 @@ def test_judging_the_request_also_reads_the_continuation(llama, tok):
     assert scores["request"] != scores["context"]
     with pytest.raises(SaeguardError, match="unknown judge"):
         score_requests(llama, [(context, continuation)], 256, 1, 0, judge="answer")
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (lambda: tiny_llama(hidden_size=48), "hidden size 32, this model has 48"),
+        (lambda: tiny_llama(layers=1), "this model has 1"),
+    ],
+)
+def test_guarded_lm_refuses_a_guard_of_another_model_before_any_request(other, message):
+    guard = make_guard(None, make_tokenizer(), layer=1)
+    with pytest.raises(SaeguardError, match=message):
+        guarded_lm(other(), make_tokenizer(), guard)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from saeguard.config import FitConfig
 from saeguard.eval.items import McqItem
-from saeguard.experiments.common import EvalSettings
+from saeguard.experiments.harness import EvalSettings
 from saeguard.testing import (
     FORGET_WORDS,
     PLANTED_LATENT,
@@ -65,6 +67,18 @@ class World:
         path = self.folder / name
         path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
         return str(path)
+
+    def run(self, run_experiment: Callable[..., Any], config: Any, output: str = "out") -> Any:
+        """``run_experiment`` (an experiment's run function) on this world, quietly, into folder/output."""
+        return run_experiment(
+            self.model,
+            self.tokenizer,
+            self.sae,
+            config,
+            self.folder / output,
+            cache_dir=self.folder / "cache",
+            show_progress=False,
+        )
 
 
 def topic_items(words: list[str], n: int, seed: int, prefix: str) -> list[McqItem]:

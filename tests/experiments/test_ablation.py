@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from saeguard.experiments.ablation import AblationConfig, run_ablation
-from saeguard.experiments.common import Harness, Statistics, load_documents
+import pytest
+
+from saeguard.experiments.ablation import AblationConfig, AblationRecord, along, headlines, run_ablation
+from saeguard.experiments.common import Statistics, load_documents
+from saeguard.experiments.harness import Harness, Scores, SetScore
 
 
 def test_axes_vary_one_at_a_time_around_the_centre_without_duplicates(tiny_fit):
@@ -42,16 +45,8 @@ def test_static_clamp_equals_the_dynamic_guard_with_its_gate_forced_on(world, ti
         fit=tiny_fit,
         eval=tiny_eval,
     )
-    cache = tmp_path / "c"
-    result = run_ablation(
-        world.model,
-        world.tokenizer,
-        world.sae,
-        config,
-        tmp_path / "out",
-        cache_dir=cache,
-        show_progress=False,
-    )
+    cache = tmp_path / "cache"  # where world.run keeps the statistics
+    result = world.run(run_ablation, config)
     done = {r.key: r for r in result.records}
     assert all(r.error is None for r in result.records), [r.error for r in result.records]
     static, dynamic = (
@@ -90,3 +85,46 @@ def test_static_clamp_equals_the_dynamic_guard_with_its_gate_forced_on(world, ti
     for name, scores in static.sets.items():
         assert forced_on.sets[name].predictions == scores.predictions, name
     assert (tmp_path / "out" / "ablation.png").is_file()
+
+
+def test_headlines_read_the_centre_and_the_forget_range_along_each_axis(tiny_fit):
+    config = AblationConfig(
+        forget_mcq=["bio"],
+        utility_mcq=["geo"],
+        clamp=["2x", "20x"],
+        gate_percentile=[50.0, 95.0],
+        ratio_percentile=[90.0],
+        n_features=[1, 2],
+        fit=tiny_fit,  # centre: p_ratio 90, N 1, 20x, p_dyn 95
+    )
+    forget = {
+        "dsg:p_ratio=90,n=1,c=2x,p_dyn=95": 0.8,
+        "dsg:p_ratio=90,n=1,c=20x,p_dyn=95": 0.3,
+        "dsg:p_ratio=90,n=1,c=20x,p_dyn=50": 0.2,
+        "dsg:p_ratio=90,n=2,c=20x,p_dyn=95": None,  # failed: drops out of its axis
+        "static:p_ratio=90,n=1,c=2x": 0.7,
+        "static:p_ratio=90,n=1,c=20x": 0.5,
+        "static:p_ratio=90,n=2,c=20x": 0.6,
+    }
+    records = []
+    for point in config.points():
+        a, utility = forget[point.key], 1.0 if point.gate == "dynamic" else 0.8
+        if a is None:
+            records.append(AblationRecord.of(point, "c", error="fewer candidates than n_features"))
+            continue
+        sets = {"bio": SetScore(a, round(10 * a), 10), "geo": SetScore(utility, round(10 * utility), 10)}
+        records.append(AblationRecord.of(point, "c", scores=Scores(sets)))
+    assert [r.clamp for r in along(records, "clamp", "dynamic", config.fit)] == ["2x", "20x"]
+    assert [r.n_features for r in along(records, "n_features", "always", config.fit)] == [1, 2]
+    assert along(records, "gate_percentile", "always", config.fit) == []  # the static clamp has no gate
+    found = {h.label: h.value for h in headlines(records, config)}
+    assert found == {
+        "dsg centre: forget accuracy": 0.3,
+        "dsg centre: utility accuracy": 1.0,
+        "dsg: forget accuracy range over clamp c": pytest.approx(0.5),
+        "dsg: forget accuracy range over p_dyn": pytest.approx(0.1),
+        "static centre: forget accuracy": 0.5,
+        "static centre: utility accuracy": 0.8,
+        "static: forget accuracy range over clamp c": pytest.approx(0.2),
+        "static: forget accuracy range over N": pytest.approx(0.1),
+    }  # one value on p_ratio (and on N for dsg): no range

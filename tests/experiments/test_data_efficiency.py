@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from saeguard import Guardrail
 from saeguard.experiments.common import load_documents
-from saeguard.experiments.data_efficiency import DataEfficiencyConfig, run_data_efficiency, subset
+from saeguard.experiments.data_efficiency import (
+    DataEfficiencyConfig,
+    DataRecord,
+    headlines,
+    run_data_efficiency,
+    subset,
+    summary,
+)
+from saeguard.experiments.harness import Scores, SetScore
 from saeguard.testing import FORGET_WORDS, corpus
 
 from .conftest import UTILITY_WORDS
@@ -38,15 +48,7 @@ def test_fractions_and_seeds_are_recorded_and_full_data_equals_the_plain_fit(
         fit=tiny_fit,
         eval=tiny_eval,
     )
-    result = run_data_efficiency(
-        world.model,
-        world.tokenizer,
-        world.sae,
-        config,
-        tmp_path / "out",
-        cache_dir=tmp_path / "c",
-        show_progress=False,
-    )
+    result = world.run(run_data_efficiency, config)
     docs = load_documents([world.bio], "train", role="forget", seed=tiny_fit.seed)
     keys = [r.key for r in result.records]
     assert keys == [
@@ -76,3 +78,53 @@ def test_fractions_and_seeds_are_recorded_and_full_data_equals_the_plain_fit(
     assert recorded.tau == full.tau > 0 and recorded.clamp_value == full.clamp_value
     assert result.records[3].scores.guards == []  # RMU: weights, no guard
     assert any(h.label == "dsg: forget accuracy, all documents" for h in result.headlines)
+
+
+def _record(method: str, fraction: float, seed: int, forget: float, utility: float) -> DataRecord:
+    sets = {
+        "bio": SetScore(forget, round(10 * forget), 10),
+        "geo": SetScore(utility, round(10 * utility), 10),
+    }
+    key = f"{method}:fraction={fraction:g},seed={seed}"
+    return DataRecord(key=key, context="c", method=method, fraction=fraction, seed=seed, scores=Scores(sets))
+
+
+def test_headline_compares_the_seed_mean_at_five_percent_with_the_full_data_fit():
+    config = DataEfficiencyConfig(forget_mcq=["bio"], utility_mcq=["geo"], fractions=[0.05, 0.25, 1.0])
+    records = [
+        _record("dsg", 1.0, 0, 0.3, 0.9),
+        _record("dsg", 0.05, 0, 0.2, 0.8),
+        _record("dsg", 0.05, 1, 0.6, 1.0),
+        _record("dsg", 0.25, 0, 0.3, 0.9),
+        _record("dsg", 0.25, 1, 0.3, 0.9),
+        _record("rmu", 0.05, 0, 0.9, 0.2),  # RMU never enters DSG's headline
+        DataRecord(
+            key="dsg:fraction=0.25,seed=2", context="c", method="dsg", fraction=0.25, seed=2, error="x"
+        ),
+    ]
+    assert summary(records, "dsg", ["bio"]) == {
+        0.05: (pytest.approx(0.4), pytest.approx(0.2), 2),  # mean, sd over seeds, seeds
+        0.25: (pytest.approx(0.3), pytest.approx(0.0), 2),  # the failed seed is left out
+        1.0: (0.3, 0.0, 1),
+    }
+    found = {h.label: (h.value, h.met) for h in headlines(records, config)}
+    assert found == {
+        "dsg: forget accuracy, all documents": (0.3, None),
+        "dsg: forget accuracy at 0.05 minus full data": (pytest.approx(0.1), False),  # target: <= 0.05
+        "dsg: utility at 0.05 minus full data": (pytest.approx(0.0), None),
+        "dsg: forget accuracy at 0.25 minus full data": (pytest.approx(0.0), None),  # no target there
+        "dsg: utility at 0.25 minus full data": (pytest.approx(0.0), None),
+    }
+    assert headlines(records[1:], config) == []  # no full-data fit: nothing to compare with
+
+
+def test_quick_keeps_the_target_fraction_and_the_full_data_with_two_seeds():
+    points = [p.key for p in DataEfficiencyConfig.quick().points()]
+    assert points == [
+        "dsg:fraction=0.05,seed=0",
+        "dsg:fraction=0.05,seed=1",
+        "dsg:fraction=0.25,seed=0",
+        "dsg:fraction=0.25,seed=1",
+        "dsg:fraction=1,seed=0",
+        "rmu:fraction=1,seed=0",
+    ]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from saeguard.experiments.common import Scores, SetScore
+from saeguard.experiments.harness import Scores, SetScore
 from saeguard.experiments.relearn import (
     CheckpointStream,
     RelearnConfig,
@@ -42,15 +42,7 @@ def test_relearning_lowers_forget_nll_and_records_every_variant_per_checkpoint(
         eval=tiny_eval,
     )
     before = [p.detach().clone() for p in world.model.parameters()]
-    result = run_relearn(
-        world.model,
-        world.tokenizer,
-        world.sae,
-        config,
-        tmp_path / "out",
-        cache_dir=tmp_path / "c",
-        show_progress=False,
-    )
+    result = world.run(run_relearn, config)
     assert all(
         torch.equal(a, b) for a, b in zip(before, world.model.parameters(), strict=True)
     )  # copies trained
@@ -81,7 +73,14 @@ def test_relearning_lowers_forget_nll_and_records_every_variant_per_checkpoint(
 
 def _record(variant: str, step: int, accuracy: float) -> RelearnRecord:
     scores = Scores({"bio": SetScore(accuracy, int(accuracy * 10), 10)})
-    return RelearnRecord(f"{variant}:lr=0.1,step={step}", "ctx", variant, 0.1, step, scores)
+    return RelearnRecord(
+        key=f"{variant}:lr=0.1,step={step}",
+        context="ctx",
+        variant=variant,
+        learning_rate=0.1,
+        step=step,
+        scores=scores,
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,3 +102,13 @@ def test_headline_reads_test_time_dsg_where_rmu_recovers(rmu, label, step):
     first = headlines(records, config, base_forget=1.0)[0]
     assert f"step {step}, {label}" in first.label and first.value == pytest.approx(dsg[step])
     assert first.met == (dsg[step] <= 0.40)
+
+
+def test_headline_without_an_rmu_run_reads_test_time_dsg_at_the_last_checkpoint():
+    config = RelearnConfig(
+        forget_mcq=["bio"], learning_rates=[0.1], checkpoints=[0, 1, 2], variants=["test-time-dsg"]
+    )
+    records = [_record("test-time-dsg", s, a) for s, a in enumerate([0.1, 0.3, 0.5])]
+    [only] = headlines(records, config, base_forget=1.0)
+    assert only.label == "lr 0.1, step 2 (no RMU run): test-time-dsg forget accuracy"
+    assert (only.value, only.met) == (0.5, False)  # above chance + 15 points

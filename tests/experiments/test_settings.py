@@ -6,8 +6,13 @@ import pytest
 
 from saeguard.errors import SaeguardError
 from saeguard.experiments import NAMES, experiment
-from saeguard.experiments.common import settings_dict, settings_from_dict
+from saeguard.experiments.ablation import AXES, GATES, AblationConfig
+from saeguard.experiments.common import RMU_SETTINGS
+from saeguard.experiments.data_efficiency import DataEfficiencyConfig
+from saeguard.experiments.relearn import RelearnConfig
 from saeguard.experiments.sequential import SequentialConfig, Topic
+from saeguard.experiments.settings import settings_dict, settings_from_dict
+from saeguard.experiments.zero_shot import ZeroShotConfig
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -19,6 +24,19 @@ def test_default_and_quick_settings_validate_and_quick_is_smaller(name):
     assert quick.fit.max_forget_chunks < full.fit.max_forget_chunks
     assert quick.eval.mcq_limit < full.eval.mcq_limit
     assert settings_from_dict(full, settings_dict(full)) == full  # the saved JSON reads back
+
+
+def test_quick_keeps_what_each_headline_reads():
+    sequential = SequentialConfig.quick()
+    assert len(sequential.topics) == 3 and "dsg" in sequential.methods  # no gradient chain (minutes each)
+    relearn = RelearnConfig.quick()
+    assert {"unguarded", "test-time-dsg", "rmu"} <= set(relearn.variants)
+    assert relearn.rmu == RMU_SETTINGS and relearn.checkpoints[0] == 0  # RMU as it unlearned; a start
+    data = DataEfficiencyConfig.quick()
+    assert {0.05, 1.0} <= set(data.fractions) and len(data.seeds) >= 2 and data.rmu == RMU_SETTINGS
+    assert ZeroShotConfig.quick().fisher  # the overlap with the Fisher selection
+    ablation = AblationConfig.quick()
+    assert all(len(getattr(ablation, axis)) >= 2 for axis in AXES) and set(ablation.gates) == set(GATES)
 
 
 def test_json_settings_merge_over_the_defaults_and_unknown_keys_are_refused():

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from saeguard.errors import SaeguardError
-from saeguard.experiments.descriptions import DescribeSettings, describe_latents, import_descriptions
+from saeguard.experiments.descriptions import (
+    DescribeSettings,
+    Descriptions,
+    LatentDescription,
+    LatentExample,
+    describe_latents,
+    import_descriptions,
+    select_by_description,
+)
 from saeguard.experiments.zero_shot import ZeroShotConfig, run_zero_shot
 from saeguard.hf.corpus import iter_documents
 from saeguard.testing import FORGET_WORDS, PLANTED_LATENT, corpus
@@ -57,15 +65,7 @@ def test_latent_whose_contexts_are_the_query_words_is_selected_and_compared_with
         fit=tiny_fit,
         eval=tiny_eval,
     )
-    result = run_zero_shot(
-        world.model,
-        world.tokenizer,
-        world.sae,
-        config,
-        tmp_path / "out",
-        cache_dir=tmp_path / "c",
-        show_progress=False,
-    )
+    result = world.run(run_zero_shot, config)
     done = {r.key: r for r in result.records}
     assert list(done) == ["zero-shot:tau=p95", "zero-shot:tau=0.5", "fisher:tau=p95"]
     assert all(r.error is None for r in result.records), [r.error for r in result.records]
@@ -95,3 +95,44 @@ def test_imported_descriptions_are_read_from_neuronpedia_style_rows(tmp_path):
     (tmp_path / "empty.jsonl").write_text('{"name": 1}\n')
     with pytest.raises(SaeguardError, match="no rows with an index"):
         import_descriptions(tmp_path / "empty.jsonl")
+
+
+def _latent(j: int, frequency: float, contexts: list[str], text: str = "") -> LatentDescription:
+    examples = [LatentExample(c.split()[-1], c, 1.0) for c in contexts]
+    return LatentDescription(j, frequency, 1.0, examples, text)
+
+
+def test_selection_ranks_by_match_then_rarity_and_skips_dense_latents():
+    latents = [
+        _latent(0, 0.010, ["the cell wall", "a river bank"]),  # half its contexts match
+        _latent(1, 0.200, ["a cell", "the cell"]),  # matches fully but fires on 20% of tokens
+        _latent(2, 0.001, ["one cell"]),
+        _latent(3, 0.002, ["so much"], text="protein folding"),  # an imported description matches
+        _latent(4, 0.001, ["excellent work", "the river"]),  # "cell" only inside a word
+    ]
+    descriptions = Descriptions("key", DescribeSettings(), 100, latents)
+    assert select_by_description(descriptions, ["cell", "protein"], 3, max_frequency=0.05) == [2, 3, 0]
+    assert select_by_description(descriptions, ["cell"], 10, max_frequency=0.5) == [2, 1, 0]
+    with pytest.raises(SaeguardError, match="no latent's examples match"):
+        select_by_description(descriptions, ["virus"], 3)
+
+
+def test_keywords_no_latent_matches_leave_an_error_record_and_a_report(world, tiny_fit, tiny_eval):
+    config = ZeroShotConfig(
+        keywords=["zebra"],
+        general=[_general(world)],
+        hand_taus=[],
+        describe=DESCRIBE,
+        retain=[world.retain],
+        fisher=False,
+        forget_mcq=[world.bio_mcq],
+        utility_mcq=[world.utility_mcq],
+        fit=tiny_fit,
+        eval=tiny_eval,
+    )
+    result = world.run(run_zero_shot, config)
+    [record] = result.records
+    assert record.key == "zero-shot:tau=p95" and record.scores is None
+    assert "no latent's examples match ['zebra']" in record.error
+    assert [h.label for h in result.headlines] == ["unguarded forget accuracy"]
+    assert (world.folder / "out" / "zero-shot.md").is_file()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from saeguard.cli import main
 
 
@@ -46,3 +48,36 @@ def test_explain_of_a_missing_guard_is_one_line(tmp_path, monkeypatch, capsys):
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:")
     assert not (tmp_path / "r").exists()
+
+
+def _no_model(*_args, **_kwargs):
+    raise AssertionError("the model must not load")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--forget", "missing.txt"], "missing.txt"),
+        (["--forget", "empty.txt"], "the forget text to scan is empty"),
+        (["--retain", "bad.jsonl"], "bad.jsonl"),
+        (["--prompt", "  "], "--prompt is empty"),
+    ],
+)
+def test_bad_text_or_prompt_is_one_line_before_the_model_loads(extra, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("saeguard.cli.explain_commands.load_cli_model", _no_model)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{not json\n')
+    code, _, err = _run(["explain", "guard", "--output", "r", *extra], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_output_folder_of_other_files_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("saeguard.cli.explain_commands.load_cli_model", _no_model)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = _run(["explain", "guard", "--output", str(tmp_path / "mine")], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not hold a saeguard explain report" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from saeguard.core import fit
+from saeguard.core import fit, fit_inputs
 from saeguard.errors import SaeguardError
 from saeguard.hf.fingerprint import model_identity
 from saeguard.io import to_jsonable
@@ -33,8 +33,10 @@ def _run(llama, tok, tmp_path, config, sae=0):
 
 def test_compare_runs_every_method_and_resumes(llama, tok, tmp_path, compare_config, monkeypatch):
     calls = []
-    original = fit.collect_statistics
-    monkeypatch.setattr(fit, "collect_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fit_inputs.collect_statistics
+    monkeypatch.setattr(
+        fit_inputs, "collect_statistics", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     before = model_identity(llama)["fingerprint"]
     # gradient methods need no SAE: they can run first, the SAE methods join the folder later
     first = _run(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from saeguard.core import fit
+from saeguard.core import fit_inputs
 from saeguard.core.fit import FitConfig
 from saeguard.errors import SaeguardError
 from saeguard.eval.mcq import McqConfig
@@ -44,8 +44,10 @@ def _run(llama, tok, tmp_path, config, **kwargs):
 
 def test_sweep_records_every_point_and_resumes(llama, tok, tmp_path, monkeypatch):
     calls = []
-    original = fit.collect_statistics
-    monkeypatch.setattr(fit, "collect_statistics", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fit_inputs.collect_statistics
+    monkeypatch.setattr(
+        fit_inputs, "collect_statistics", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     first = _run(llama, tok, tmp_path, _config(), heldout={"near": corpus(RETAIN_WORDS, 3, 30, seed=5)})
     assert (first.computed, first.skipped) == (4, 0)
     assert len(calls) == 2  # one statistics pass per corpus for the whole grid

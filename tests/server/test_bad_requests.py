@@ -49,6 +49,25 @@ CHAT_CASES = {
         "256 positions",
     ),
     "tools": ({**OK, "tools": [{"type": "function"}]}, 400, "tools", "tools"),
+    # found by the reliability probe (docs/reliability.md)
+    "model empty": ({**OK, "model": ""}, 404, "model", "does not exist"),
+    "model alias without a guard": ({**OK, "model": "tiny+"}, 404, "model", "does not exist"),
+    "a lone surrogate in the content": (
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "cell \\ud800"}]}',
+        400,
+        "messages",
+        "unpaired surrogate",
+    ),
+    "seed beyond torch's range": ({**OK, "seed": 2**64, "temperature": 1.0}, 400, "seed", "seed"),
+    "response_format json": (
+        {**OK, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
+        "not supported",
+    ),
+    "logit_bias": ({**OK, "logit_bias": {"5": 100}}, 400, "logit_bias", "not supported"),
+    "presence_penalty": ({**OK, "presence_penalty": 0.5}, 400, "presence_penalty", "not supported"),
+    "functions": ({**OK, "functions": [{"name": "f"}]}, 400, "functions", "not supported"),
 }
 COMPLETION_CASES = {
     "empty prompt": ({"prompt": ""}, 400, "prompt", "non-empty"),
@@ -58,6 +77,7 @@ COMPLETION_CASES = {
     "max_tokens zero without echo": ({"prompt": "a poem", "max_tokens": 0}, 400, "max_tokens", "at least 1"),
     "stream with echo": ({"prompt": "a poem", "stream": True, "echo": True}, 400, "stream", "without echo"),
     "logprobs too many": ({"prompt": "a poem", "logprobs": 50}, 400, "logprobs", "logprobs"),
+    "best_of above 1": ({"prompt": "a poem", "best_of": 2}, 400, "best_of", "not supported"),
 }
 
 
@@ -121,3 +141,18 @@ def test_paths_methods_and_the_api_key(tiny):
         assert httpx.get(f"{server.url}/").status_code == 200
         client = server.client(api_key="sesame")
         assert client.chat.completions.create(**OK).choices[0].finish_reason == "length"
+
+
+def test_the_defaults_of_unsupported_fields_are_accepted(live):
+    body = {**OK, "response_format": {"type": "text"}, "presence_penalty": 0.0, "logit_bias": {}, "seed": -1}
+    assert _post(live.url, "/v1/chat/completions", body).status_code == 200
+    completion = {"model": "tiny", "prompt": "a poem", "max_tokens": 1, "best_of": 1}
+    assert _post(live.url, "/v1/completions", completion).status_code == 200
+
+
+def test_a_trace_over_the_positions_gets_a_400_not_a_trace(live):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": LONG}]}
+    response = _post(live.url, "/saeguard/trace", body)
+    _check_error(response, 400, "messages", "256 positions")
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    _healthy(live.url)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -30,6 +32,15 @@ def cli(monkeypatch, capsys):
         return code, out, err, served
 
     return run
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another socket listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -84,15 +95,22 @@ def test_serve_loads_the_model_and_named_guards_and_binds_loopback(cli, saved_mo
         (["--guard", "x={bio}", "--guard", "x={lore}"], "used twice"),
         (["--guard", "{bio}", "--default-guard", "chem"], "no --guard has that name"),
         (["--model-name", "a+b"], "--model-name"),
+        (["--guard", "{bio}", "--port", "{busy}"], "cannot listen on 127.0.0.1:"),
+        (
+            ["--guard", "{bio}", "--host", "no-such-host.invalid"],
+            "--host no-such-host.invalid: cannot resolve",
+        ),
     ],
 )
-def test_bad_serve_options_fail_in_one_line_before_loading(cli, guard_dirs, args, message, monkeypatch):
+def test_bad_serve_options_fail_in_one_line_before_loading(
+    cli, guard_dirs, busy_port, args, message, monkeypatch
+):
     import saeguard.cli.serve_commands as commands
 
     monkeypatch.setattr(
         commands, "load_cli_model", lambda *a: pytest.fail("loaded the model before checking")
     )
-    filled = [a.format(bio=guard_dirs["bio"], lore=guard_dirs["lore"]) for a in args]
+    filled = [a.format(bio=guard_dirs["bio"], lore=guard_dirs["lore"], busy=busy_port) for a in args]
     code, _, err, served = cli(["serve", *filled])
     assert code == 2 and not served
     assert message in err and len(err.strip().splitlines()) == 1

@@ -13,7 +13,6 @@ item on every run and machine.
 
 from __future__ import annotations
 
-import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from saeguard.errors import SaeguardError, require
 from saeguard.eval.items import Framing, McqItem
+from saeguard.io import parse_json
 
 Role = Literal["forget", "retain", "near"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -97,11 +97,15 @@ def load_prompts(path: str | Path) -> list[FreePrompt]:
     JSONL rows are ``{"prompt": str, "label": "forget" | "benign", "id": str (optional)}``.
 
     Raises:
-        SaeguardError: a missing or empty file, a row that is not such an object (named by line).
+        SaeguardError: a missing, empty or non-UTF-8 file, a row that is not such an object or not
+            valid JSON (named by line).
     """
     path = Path(path).expanduser()
     require(path.is_file(), f"--prompts {path} not found: give a .txt (one prompt a line) or .jsonl file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not text
+    except UnicodeDecodeError:
+        raise SaeguardError(f"--prompts {path} is not UTF-8 text: convert it first") from None
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -109,10 +113,7 @@ def load_prompts(path: str | Path) -> list[FreePrompt]:
         if path.suffix != ".jsonl":
             prompts.append(FreePrompt(f"{path.stem}:{number}", line.strip()))
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SaeguardError(f"{path}:{number} is not valid JSON: fix that line") from None
+        row = parse_json(line, f"{path}:{number}")
         label = row.get("label", "forget") if isinstance(row, Mapping) else None
         require(
             isinstance(row, Mapping) and isinstance(row.get("prompt"), str) and bool(row["prompt"].strip()),

@@ -64,6 +64,15 @@ class AttackGrid:
     padding_tokens: tuple[int, ...] = (2000,)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Raises SaeguardError for a length or turn count below 1 (before any model work)."""
+        for name in ("tokens", "padding_tokens", "turns"):
+            values = getattr(self, name)
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            require(
+                bool(values) and not bad, f"{name} must be whole numbers of at least 1, got {list(values)}"
+            )
+
     def attacks(self, benign: BenignText) -> list[Attack]:
         """The clean reference, the neighbours, then every family's settings, in report order."""
         return [

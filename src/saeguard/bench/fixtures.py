@@ -102,43 +102,18 @@ class Subject:
 # -- tiny ---------------------------------------------------------------------------------
 def tiny_tokenizer():
     """A word-level tokenizer over the tiny vocabulary, with specials and a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from saeguard.testing import fast_tokenizer, word_level
 
     words = _TINY_SPECIAL + ["user", "assistant", "system", "answer:", "(", "A", "B", "C", "D"]
     words += _TINY_FORGET + _TINY_RETAIN + _TINY_COMMON + ["<unk>"]
-    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    tokenizer.chat_template = _TINY_TEMPLATE
-    return tokenizer
+    return fast_tokenizer(word_level(words), ["<|im_start|>", "<|im_end|>"], _TINY_TEMPLATE)
 
 
 def tiny_model(vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
     """A random 4-block Llama (hidden size 64) in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from saeguard.testing import tiny_llama
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(seed, vocab_size, hidden_size=64, layers=4, max_positions=2048)
     return model.to(dtype).eval()  # type: ignore[arg-type]  # transformers' wrapped .to() stub wants a model
 
 

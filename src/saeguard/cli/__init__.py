@@ -85,9 +85,9 @@ def report_usage_error(error: BaseException) -> int:
 
 def main() -> None:
     """Entry point of the `saeguard` command: one-line errors, exit 2 for bad input, 130 on Ctrl-C."""
-    from transformers.utils import logging as hf_logging
+    from saeguard.cli.quiet import quiet_libraries
 
-    hf_logging.disable_progress_bar()  # our own progress bars only; errors stay one line
+    quiet_libraries()  # other libraries' warnings and log lines stay off stderr
     _register()
     try:
         app(standalone_mode=False, prog_name="saeguard")

@@ -101,8 +101,10 @@ def attack_command(
     quick: Annotated[
         bool, typer.Option("--quick", help="A few settings per family, <= 24 known questions per set")
     ] = False,
-    limit: Annotated[int, typer.Option(help="Forget questions drawn per set before the known filter")] = 150,
-    other_limit: Annotated[int, typer.Option(help="Retain / near questions drawn per set")] = 60,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Forget questions drawn per set before the known filter")
+    ] = 150,
+    other_limit: Annotated[int, typer.Option(min=1, help="Retain / near questions drawn per set")] = 60,
     known: Annotated[bool, typer.Option(help="Attack only questions the base model knows")] = True,
     permutations: Annotated[
         Orderings, typer.Option(help="Known filter orders: cyclic (4) or all (24)")

@@ -14,6 +14,7 @@ from rich.table import Table
 from typer.models import OptionInfo
 
 from saeguard.cli.fit_options import FitSettings, fit_options
+from saeguard.cli.muse_commands import MUSE_PANEL, MuseMethods, MuseQuick, run_muse
 from saeguard.cli.options import (
     AUTO_DEVICE,
     DEFAULT_DTYPE,
@@ -102,25 +103,35 @@ def eval_command(
         typer.Option(
             help="MUSE Books instead of MCQs: forget this Austen novel (e.g. prideprejudice), keep the "
             "others; the original model, DSG (--guard, or fitted with the default SAE) and "
-            "GA/GradDiff/NPO/RMU side by side (--limit: samples per metric); docs/muse.md"
+            "GA/GradDiff/NPO/RMU side by side (--limit: samples per metric); docs/muse.md",
+            rich_help_panel=MUSE_PANEL,
         ),
     ] = None,
+    method: MuseMethods = None,
+    quick: MuseQuick = False,
 ) -> None:
-    """MCQ accuracy with and without a guardrail: counts, Wilson 95% intervals, all items and known items."""
+    """MCQ accuracy with and without a guardrail (counts, Wilson 95% intervals); --muse BOOK: MUSE Books."""
     if muse is not None:  # issue 16: MUSE-style metrics, DSG beside the gradient baselines
-        from saeguard.core.guardrail import Guardrail
-        from saeguard.runs.muse_books import books_config, run_books
-
-        books = books_config(muse, limit)  # a bad book fails before any model loads
-        output = check_output(output or Path("reports/muse"), folder=True)
-        sae_spec = None if guard is not None else resolve_sae(None, model)
-        lm, tokenizer = load_cli_model(model, device, dtype)
-        loaded = Guardrail.load(guard, lm, strict=False) if guard is not None else None
-        run_books(lm, tokenizer, books, sae=sae_spec, guard=loaded, output=output, log=console.print)
-        console.print(f"report: {output / 'index.html'}")
+        if mcq:
+            raise typer.BadParameter("give --mcq or --muse, not both (two separate runs)", param_hint="--mcq")
+        index = run_muse(
+            muse,
+            guard=guard,
+            model=model,
+            methods=method,
+            quick=quick,
+            limit=limit,
+            output=output,
+            device=device,
+            dtype=dtype,
+            console=console,
+        )
+        typer.echo(f"report: {index}")  # one line, never wrapped: a path to copy
         return
     if not mcq:
         raise typer.BadParameter("give at least one --mcq question set (or --muse BOOK)", param_hint="--mcq")
+    if method or quick:
+        raise typer.BadParameter("--method and --quick belong to --muse BOOK", param_hint="--method/--quick")
     from saeguard.core.guardrail import Guardrail
     from saeguard.eval.known import KnownConfig
     from saeguard.eval.mcq import McqConfig

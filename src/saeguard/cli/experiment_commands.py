@@ -55,7 +55,7 @@ def experiment(
 
     from saeguard.errors import SaeguardError
     from saeguard.experiments import experiment as find_experiment
-    from saeguard.experiments.common import settings_from_dict
+    from saeguard.experiments.settings import settings_from_dict
 
     chosen = find_experiment(name)
     settings = chosen.config.quick() if quick else chosen.config()

@@ -15,9 +15,11 @@ from saeguard.cli.options import (
     Dtype,
     Model,
     check_output,
+    check_replace,
     load_cli_model,
     resolve_device,
 )
+from saeguard.errors import require
 
 TEXT_PANEL = "Text to scan (top contexts and histograms; built-in names read their held-out split)"
 
@@ -53,20 +55,25 @@ def explain(
 ) -> None:
     """Why the guard decides: each selected latent's numbers, contexts and output tokens; a prompt's trace."""
     from saeguard.core.guardrail import Guardrail
-    from saeguard.explain.guard import explain_guard
+    from saeguard.explain.guard import explain_guard, read_texts
     from saeguard.explain.latents import ScanConfig
     from saeguard.explain.prompt import trace_latents
-    from saeguard.explain.report import write_explain_report
+    from saeguard.explain.report import is_explain_report, write_explain_report
     from saeguard.hf.corpus import corpus_mix
 
+    # every input is checked before the model loads: the output, the device, the texts, the guard
     output = check_output(output, folder=True)
+    check_replace(output, force=True, is_ours=is_explain_report, what="saeguard explain report")
     device = resolve_device(device)
-    texts = {
-        role: corpus_mix(specs, "heldout")
-        for role, specs in (("forget", forget), ("retain", retain))
-        if specs
-    }
-    loaded = Guardrail.load(guard)  # a bad artifact fails before the model loads
+    require(prompt is None or bool(prompt.strip()), "--prompt is empty: give the text to trace")
+    texts = read_texts(
+        {
+            role: corpus_mix(specs, "heldout")
+            for role, specs in (("forget", forget), ("retain", retain))
+            if specs
+        }
+    )
+    loaded = Guardrail.load(guard)
     lm, tokenizer = load_cli_model(model, device, dtype)
     loaded.check_model(lm, strict=False)
     scan = ScanConfig(top_k=contexts, max_chunks=max_chunks)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -21,10 +21,9 @@ from saeguard.cli.options import (
     resolve_device,
 )
 from saeguard.errors import SaeguardError, require
-from saeguard.server.settings import Policy, ServerSettings
+from saeguard.server.settings import NAME, Policy, ServerSettings
 
 SERVER_PANEL = "Server"
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 DEFAULTS = ServerSettings()
 _INSTALL = "install the serve extra: pip install 'saeguard[serve]' (FastAPI, uvicorn, prometheus-client)"
@@ -45,7 +44,7 @@ def parse_guards(specs: list[str]) -> dict[str, Path]:
         path = Path(folder if sep else spec).expanduser()
         name = name if sep else path.resolve().name
         require(
-            bool(_NAME.fullmatch(name)) and name != "none",
+            bool(NAME.fullmatch(name)) and name != "none",
             f"--guard {spec}: the name {name!r} must be letters, digits, '_', '.' or '-' (not 'none'); "
             "give one as NAME=FOLDER",
         )
@@ -53,6 +52,30 @@ def parse_guards(specs: list[str]) -> dict[str, Path]:
         require(name not in guards, f"--guard {spec}: the name {name!r} is used twice; give NAME=FOLDER")
         guards[name] = path
     return guards
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go, so an address that cannot be served fails before any work.
+
+    Raises:
+        SaeguardError: ``host`` does not resolve, or ``port`` cannot be bound there (in use,
+            privileged, an address of another machine).
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise SaeguardError(
+            f"--host {host}: cannot resolve it ({error}): use an address such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as error:
+            raise SaeguardError(
+                f"cannot listen on {host}:{port} ({error.strerror or error}): choose another --port "
+                "or stop what holds it"
+            ) from None
 
 
 def serve(
@@ -127,8 +150,9 @@ def serve(
     require(not unknown, f"--default-guard {unknown[0] if unknown else ''}: no --guard has that name")
     name = model_name or (DEFAULT_MODEL if model == DEFAULT_MODEL else Path(model).name)
     require(
-        bool(_NAME.fullmatch(name)), f"--model-name {name!r}: use letters, digits, '_', '.' or '-' (no '+')"
+        bool(NAME.fullmatch(name)), f"--model-name {name!r}: use letters, digits, '_', '.' or '-' (no '+')"
     )
+    check_listen(host, port)
     device = resolve_device(device)
     lm, tokenizer = load_cli_model(model, device, dtype)
     guards = {key: Guardrail.load(path, lm, strict=strict) for key, path in folders.items()}

@@ -3,7 +3,9 @@
 ``Guardrail.fit`` runs them in one call; sweeps and experiments compute the
 statistics once (cached on disk by model + SAE + tokenizer + corpus) and call
 ``fit_from_statistics`` for each configuration, so there is one implementation
-of fitting. Results are plain :class:`FitResult` state.
+of fitting. Results are plain :class:`FitResult` state. Checking the inputs
+(:func:`prepare_fit`) and their statistics (:func:`corpus_statistics`) live in
+``core/fit_inputs.py``; this module selects, calibrates and retunes.
 """
 
 from __future__ import annotations
@@ -12,15 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
-from torch import nn
 
 from saeguard._version import __version__
 from saeguard.config import Clamp, FitConfig, GateStatisticKind
 from saeguard.core.calibration import calibrate_tau, gate_rho, prompt_rho
+from saeguard.core.fit_inputs import (
+    CorpusRole,
+    FitInputs,
+    corpus_statistics,
+    eval_mode,
+    prepare_fit,
+    statistics_batch_size,
+)
 from saeguard.core.fit_report import warn_if_uncalibrated
 from saeguard.core.gate import GateRule, GateStatistic, activation_weights
 from saeguard.core.provenance import (
@@ -31,29 +39,29 @@ from saeguard.core.provenance import (
     SaeRecord,
     SelectionRecord,
 )
-from saeguard.core.sae import SelectedLatents, load_sae, sae_fingerprint, sae_hook_name, sae_source
+from saeguard.core.sae import SelectedLatents, sae_source
 from saeguard.core.selection import select_by_frequency, select_features
-from saeguard.core.statistics import FeatureStatistics, Shard, collect_statistics, token_batches
+from saeguard.core.statistics import FeatureStatistics, Shard, token_batches
 from saeguard.errors import SaeguardError, require
-from saeguard.hf.corpus import (
-    CorpusSpec,
-    check_tokenizer,
-    count_chunks,
-    iter_chunks,
-    iter_documents,
-    special_token_ids,
-)
-from saeguard.hf.fingerprint import model_fingerprint, model_name, tokenizer_fingerprint, weight_sample
-from saeguard.hf.layers import (
-    check_language_model,
-    hidden_size,
-    layer_count,
-    max_positions,
-    parse_layer,
-)
+from saeguard.hf.corpus import count_chunks, iter_chunks, special_token_ids
+from saeguard.hf.fingerprint import model_fingerprint, model_name, weight_sample
+from saeguard.hf.layers import hidden_size, layer_count
 from saeguard.io import text_fingerprint
 
-CorpusRole = Literal["forget", "retain"]
+__all__ = [  # the inputs' side is core/fit_inputs.py, re-exported here for callers of core.fit
+    "CorpusRole",
+    "FitInputs",
+    "FitResult",
+    "calibration_rho",
+    "corpus_statistics",
+    "fit_from_statistics",
+    "gate_rule_for",
+    "gate_statistic_for",
+    "prepare_fit",
+    "retune",
+    "statistics_batch_size",
+]
+
 R = TypeVar("R", bound="FitResult")
 
 
@@ -97,150 +105,6 @@ class FitResult:
         return gate_rule_for(self.config)
 
 
-@dataclass
-class FitInputs:
-    """Validated inputs of a fit: the model, the loaded SAE, the layer and the documents."""
-
-    model: nn.Module
-    tokenizer: Any
-    sae: Any
-    sae_spec: Any
-    layer: int
-    forget_docs: list[str]
-    retain_docs: list[str]
-
-    def documents(self, role: CorpusRole) -> list[str]:
-        return self.forget_docs if role == "forget" else self.retain_docs
-
-
-def prepare_fit(
-    model: nn.Module, tokenizer, sae, forget: CorpusSpec, retain: CorpusSpec, config: FitConfig
-) -> FitInputs:
-    """Check everything a fit needs before any forward pass runs.
-
-    Raises:
-        SaeguardError: not a loaded language model, no tokenizer, an SAE that reads another
-            layer or width than the one asked for, a length (``seq_len``, ``prompt_max_tokens``,
-            ``calibration_long_tokens``) beyond the model's positions, or corpora without real text.
-    """
-    check_language_model(model)
-    check_tokenizer(tokenizer, "a fit")
-    _check_lengths(model, config)
-    sae_spec = sae
-    sae = load_sae(sae)
-    hook_name = sae_hook_name(sae)
-    layer = parse_layer(config.layer if config.layer is not None else hook_name, model)
-    if config.layer is not None and hook_name is not None:
-        try:
-            sae_layer = parse_layer(hook_name, model)
-        except SaeguardError:
-            sae_layer = None  # a hook name we cannot read (e.g. attention output): the given layer decides
-        require(
-            sae_layer is None or sae_layer == layer,
-            f"the SAE reads layer {sae_layer} ({hook_name}) but layer {layer} was asked for: "
-            "drop --layer/layer= to use the SAE's, or pass the SAE trained on that layer",
-        )
-    width = hidden_size(model)
-    require(
-        int(sae.cfg.d_in) == width,
-        f"SAE width mismatch: the SAE reads {sae.cfg.d_in}-dim activations but the model's "
-        f"hidden size is {width}: use an SAE trained on this model",
-    )
-    sae = sae.to(next(model.parameters()).device)
-    return FitInputs(
-        model=model,
-        tokenizer=tokenizer,
-        sae=sae,
-        sae_spec=sae_spec,
-        layer=layer,
-        forget_docs=_documents(forget, "forget", tokenizer),
-        retain_docs=_documents(retain, "retain", tokenizer),
-    )
-
-
-def _check_lengths(model: nn.Module, config: FitConfig) -> None:
-    """Every length the config chooses fits the model's positions (a chat template adds a few tokens)."""
-    limit = max_positions(model)
-    if limit is None:
-        return
-    for name in ("seq_len", "prompt_max_tokens", "calibration_long_tokens"):
-        value, most = getattr(config, name), limit if name == "seq_len" else limit // 2
-        require(
-            value <= limit if name == "seq_len" else value < limit,
-            f"{name} {value} exceeds the model's {limit} positions: use {name}={most} or less",
-        )
-
-
-def corpus_statistics(
-    inputs: FitInputs,
-    role: CorpusRole,
-    config: FitConfig,
-    *,
-    cache: str | Path | None = None,
-    show_progress: bool = True,
-    shard: Shard | None = None,
-) -> FeatureStatistics:
-    """Per-latent statistics of the forget or retain corpus, cached when ``cache`` is set.
-
-    With a ``shard`` only that rank's batches run (the partial sums; may hold no token).
-    """
-    docs = inputs.documents(role)
-    limit = config.max_forget_chunks if role == "forget" else config.max_retain_chunks
-
-    def compute() -> FeatureStatistics:
-        chunks = iter_chunks(docs, inputs.tokenizer, config.seq_len, max_chunks=limit)
-        batches = token_batches(chunks, inputs.tokenizer, statistics_batch_size(inputs, config))
-        with _eval_mode(inputs.model):
-            return collect_statistics(
-                inputs.model,
-                inputs.sae,
-                inputs.layer,
-                batches if shard is None else shard.take(batches),
-                description=f"{role} statistics",
-                total=count_chunks(docs, inputs.tokenizer, config.seq_len, max_chunks=limit)
-                if show_progress and shard is None
-                else None,
-                show_progress=show_progress,
-                allow_empty=shard is not None,
-            )
-
-    if cache is None:
-        return compute()
-    key = text_fingerprint(
-        [
-            model_fingerprint(inputs.model, inputs.layer),
-            str(inputs.layer),
-            sae_fingerprint(inputs.sae),
-            tokenizer_fingerprint(inputs.tokenizer),
-            text_fingerprint(docs),
-            str(config.seq_len),
-            str(limit),
-            *([] if shard is None else [f"shard {shard.rank}/{shard.count}"]),
-        ]
-    )
-    path = Path(cache).expanduser() / f"stats-{key}.safetensors"
-    if path.is_file():
-        try:
-            return FeatureStatistics.load(path)
-        except SaeguardError:
-            path.unlink(missing_ok=True)  # truncated or foreign file: recompute it
-    stats = compute()
-    stats.save(path)
-    return stats
-
-
-def statistics_batch_size(inputs: FitInputs, config: FitConfig) -> int:
-    """``config.batch_size``, or the largest batch fitting ``memory_budget_gb`` of activations."""
-    if config.memory_budget_gb is None:
-        return config.batch_size
-    from saeguard.hf.batching import suggest_batch_size
-
-    budget = int(config.memory_budget_gb * 2**30)
-    return suggest_batch_size(
-        inputs.model, config.seq_len, inputs.layer, budget, d_sae=int(inputs.sae.cfg.d_sae)
-    )
-
-
 def calibration_rho(
     inputs: FitInputs,
     latents: SelectedLatents,
@@ -259,7 +123,7 @@ def calibration_rho(
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
         shape = config.prompt_shape()
-        with _eval_mode(inputs.model):
+        with eval_mode(inputs.model):
             return prompt_rho(
                 inputs.model,
                 tokenizer,
@@ -280,7 +144,7 @@ def calibration_rho(
             total = count_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
             chunks = islice(chunks, *shard.span(total, config.batch_size))
         batches = token_batches(chunks, tokenizer, config.batch_size)
-    with _eval_mode(inputs.model):
+    with eval_mode(inputs.model):
         return gate_rho(
             inputs.model,
             inputs.layer,
@@ -454,32 +318,3 @@ def retune(guard: R, *, gate_percentile: float | None = None, clamp: Clamp | str
             },
         )
     return replace(guard, tau=estimate.tau, clamp_value=value, config=config, provenance=provenance)
-
-
-def _documents(spec: CorpusSpec, name: str, tokenizer) -> list[str]:
-    """The corpus's documents; at least one must have 2 tokens the statistics count (not special/unknown)."""
-    docs = list(iter_documents(spec))
-    require(bool(docs), f"the {name} corpus is empty: give it at least one document")
-    special = special_token_ids(tokenizer)
-    require(
-        any(
-            sum(i not in special for i in tokenizer(doc, add_special_tokens=False)["input_ids"]) >= 2
-            for doc in docs
-        ),
-        f"the {name} corpus has no document with at least 2 tokens the tokenizer knows (not special or "
-        "unknown): give it real text in the model's language",
-    )
-    return docs
-
-
-class _eval_mode:
-    """Run a block with the model in eval mode, restoring its mode after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.model.train(self.was_training)

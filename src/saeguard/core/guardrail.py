@@ -152,9 +152,11 @@ class Guardrail(FitResult):
         the user's turns, as :meth:`generate` does; without it every non-special token counts.
 
         Raises:
-            SaeguardError: ``model`` is not the model the guard was fitted on (see :meth:`check_model`).
+            SaeguardError: ``model`` is not the model the guard was fitted on (see :meth:`check_model`),
+                or a TopK guard read without its SAE (its gate cannot run).
         """
         self.check_model(model, strict=strict)
+        self.latents.check_runnable()  # else the first forward would fail inside the model
         hook = self.hook(tokenizer=tokenizer)
         hook.attach(model)
         return hook

@@ -223,6 +223,13 @@ class SelectedLatents:
             full_sae=full,
         )
 
+    def check_runnable(self) -> None:
+        """Raises SaeguardError for a TopK guard read without its full SAE (loaded to inspect only)."""
+        require(
+            self.full_sae is not None or not self.needs_full_sae,
+            "this TopK guardrail was loaded without its SAE (to inspect): load it with sae=PATH to use it",
+        )
+
     def activations(self, hidden: torch.Tensor) -> torch.Tensor:
         """f_j(h) for the selected j, shape (..., N), in float32.
 
@@ -231,10 +238,7 @@ class SelectedLatents:
         """
         if self.full_sae is not None:
             return encode_all(self.full_sae, hidden)[..., self.ids].float()
-        require(
-            not self.needs_full_sae,
-            "this TopK guardrail was loaded without its SAE (to inspect): load it with sae=PATH to use it",
-        )
+        self.check_runnable()
         x = hidden.float()
         if self.subtract_decoder_bias:
             x = x - self.decoder_bias

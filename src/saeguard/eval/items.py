@@ -17,7 +17,7 @@ from typing import Any, Literal
 from saeguard.errors import SaeguardError, one_line, require
 from saeguard.hf.chat import chat_spans, encode_text_spans
 from saeguard.hf.prompts import encode_with_span, has_chat_template, render_chat
-from saeguard.io import parse_json, text_fingerprint
+from saeguard.io import check_unicode, parse_json, text_fingerprint
 
 N_CHOICES = 4
 LETTERS = "ABCD"
@@ -133,8 +133,8 @@ def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = 
     """Validate one row; ``where`` (e.g. ``items.jsonl:12``) names it in the error.
 
     Raises:
-        SaeguardError: not a mapping, an empty question, not exactly 4 string choices,
-            or an answer that is not 0-3 / A-D.
+        SaeguardError: not a mapping, an empty question, not exactly 4 string choices, text
+            with an unpaired surrogate, or an answer that is not 0-3 / A-D.
     """
     require(isinstance(row, Mapping), f"{where}: expected a JSON object with question/choices/answer")
     question = row.get("question")
@@ -151,6 +151,8 @@ def item_from_row(row: Any, where: str, *, subject: str = "", default_id: str = 
         len(choices) == N_CHOICES,
         f"{where}: has {len(choices)} choices, expected {N_CHOICES}: fix the row or drop it",
     )
+    for text in (question, *choices):
+        check_unicode(text, where)
     answer = _answer_index(row.get("answer"))
     if answer is None or not 0 <= answer < N_CHOICES:
         raise SaeguardError(

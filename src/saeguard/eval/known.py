@@ -35,6 +35,11 @@ Orderings = Literal["all", "cyclic"]
 #: ``score_fn(items) -> predicted option index per item``: swap in a fake scorer for tests.
 ScoreFn = Callable[[Sequence[McqItem]], Sequence[int]]
 _CACHE_VERSION = 1
+SHIPPED_KNOWN = Path(__file__).resolve().parent.parent / "resources" / "known"
+"""Known sets of the embedded default model for the demo's and attack suite's question sets, as
+``known_items`` would cache them (same file names: the key covers model weights, tokenizer, items
+and settings, so a file is only used for exactly that combination). Regenerate with
+``scripts/ship_known_sets.py``; ``tests/eval/test_shipped_known.py`` recomputes one."""
 
 
 @dataclass
@@ -296,9 +301,10 @@ def known_items(
     path = None
     if model is not None and score_fn is None and use_cache:
         path = known_cache_path(model, tokenizer, items, config, cache_dir)
-        if path.is_file():
-            cached = KnownSet.load(path)
-            return replace(cached, dataset=dataset)
+        shipped = SHIPPED_KNOWN / path.name
+        for candidate in (path, shipped):  # the user's cache first, then what ships for the default
+            if candidate.is_file():
+                return replace(KnownSet.load(candidate), dataset=dataset)
     if score_fn is None:
         if model is None:
             raise SaeguardError("known_items needs a model or a score_fn")

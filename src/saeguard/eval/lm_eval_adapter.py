@@ -67,9 +67,13 @@ def guarded_lm(
     ``judge``: the tokens of a loglikelihood request the gate decides on (see :func:`score_requests`).
 
     Raises:
-        SaeguardError: lm-eval is not installed, or an unknown ``judge``.
+        SaeguardError: lm-eval is not installed, an unknown ``judge``, or a ``guard`` that cannot run
+            on ``model`` (another width or layer count, a TopK guard read without its SAE).
     """
     _check_judge(judge)
+    if guard is not None:  # checked here, not at lm-eval's first request
+        guard.check_model(model, strict=False)
+        guard.latents.check_runnable()
     hflm = _hflm_class()
 
     class GuardedHFLM(hflm):  # type: ignore[misc, valid-type]  # lm-eval is optional: imported at call time

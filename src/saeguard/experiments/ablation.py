@@ -12,8 +12,7 @@ tau and c are re-derived per point (``core.fit.retune``), as ``runs.sweep`` does
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,34 +23,19 @@ from torch import nn
 from saeguard.config import Clamp, FitConfig
 from saeguard.core.fit import retune
 from saeguard.core.guardrail import Guardrail
-from saeguard.core.sae import load_sae, sae_source
 from saeguard.errors import require
 from saeguard.experiments.common import (
     CHANCE,
     QUICK_EVAL,
-    RECORDS_FILE,
-    EvalSettings,
-    Harness,
-    Scores,
+    Record,
+    Setup,
     Statistics,
     experiment_fit,
-    load_documents,
     quick_fit,
-    run_context,
-    scores_or_none,
-    settings_dict,
 )
-from saeguard.experiments.report import (
-    ExperimentResult,
-    Headline,
-    accuracy_cell,
-    num,
-    or_nan,
-    write_experiment,
-)
-from saeguard.hf.fingerprint import model_identity
+from saeguard.experiments.harness import EvalSettings
+from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, finish, num, or_nan
 from saeguard.report import Section, Table
-from saeguard.runs.grid import RecordFile, run_grid
 
 THREAT_MODEL = (
     "ordinary users ask ordinary questions; the ablation measures how the trade-off depends on the "
@@ -138,24 +122,14 @@ class AblationPoint:
         )
 
 
-@dataclass
-class AblationRecord:
-    key: str
-    context: str
+@dataclass(kw_only=True)
+class AblationRecord(Record):
     gate: str
     ratio_percentile: float
     n_features: int
     clamp: str
     gate_percentile: float | None
-    scores: Scores | None = None
-    error: str | None = None
-    seconds: float = 0.0
     kind: str = "saeguard-ablation-record"
-    version: int = 1
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AblationRecord:
-        return cls(**(dict(data) | {"scores": scores_or_none(data.get("scores"))}))
 
     def value(self, axis: str) -> float:
         """This record's value on ``axis`` (a relative clamp as its multiple)."""
@@ -173,6 +147,27 @@ def static(guard: Guardrail) -> Guardrail:
     return replace(guard, config=replace(guard.config, gate="always", clamp_scope="fired"))
 
 
+@dataclass
+class _Run:
+    setup: Setup
+    config: AblationConfig
+    stats: Statistics | None = None  # one pass for every point
+
+    def prepare(self, members: list[AblationPoint]) -> Guardrail:
+        """Selection and calibration once per (p_ratio, N)."""
+        if self.stats is None:
+            self.stats = self.setup.statistics(self.setup.documents["forget"], self.setup.documents["retain"])
+        first = members[0]
+        fit = replace(self.config.fit, ratio_percentile=first.ratio_percentile, n_features=first.n_features)
+        return self.stats.guard(fit)
+
+    def evaluate(self, point: AblationPoint, template: Guardrail) -> AblationRecord:
+        guard = retune(template, gate_percentile=point.gate_percentile, clamp=point.clamp)
+        chosen = guard if point.gate == "dynamic" else static(guard)
+        scores = self.setup.harness.score([chosen], names=[GATES[point.gate]])
+        return AblationRecord.of(point, self.setup.context, scores=scores)
+
+
 def run_ablation(
     model: nn.Module,
     tokenizer: Any,
@@ -187,120 +182,47 @@ def run_ablation(
     """Run (or resume) every point; records, the four-panel plot and the report go to ``output``.
 
     Raises:
-        SaeguardError: bad settings, no SAE, unreadable data, a set without known items, or
-            ``output`` holding records of another setup.
+        SaeguardError: bad settings, no SAE, unreadable data, or ``output`` holding records of
+            another setup.
     """
-    started = time.perf_counter()
     config = config or AblationConfig()
-    config.validate()
-    require(sae is not None, "the ablation needs an SAE: pass one (--sae DIR)")
-    out = Path(output).expanduser()
-    sae_spec, sae = sae, load_sae(sae)
-    if log is not None:
-        log("loading question sets and known items")
-    harness = Harness.build(
+    setup = Setup.open(
+        "ablation",
         model,
         tokenizer,
-        [*config.forget_mcq, *config.utility_mcq],
-        config.eval,
+        sae,
+        config,
+        output,
+        sets=[*config.forget_mcq, *config.utility_mcq],
+        documents={"forget": (config.forget, "train"), "retain": (config.retain, "train")},
+        record=AblationRecord,
         cache_dir=cache_dir,
         show_progress=show_progress,
+        log=log,
     )
-    forget = load_documents(config.forget, "train", role="forget", seed=config.fit.seed)
-    retain = load_documents(config.retain, "train", role="retain", seed=config.fit.seed)
-    context = run_context("ablation", harness, sae, config, {"forget": forget, "retain": retain})
-    records = RecordFile.open(out / RECORDS_FILE, AblationRecord.from_dict, context=context, what="ablation")
-    stats: list[Statistics] = []
-
-    def prepare(members: list[AblationPoint]) -> Guardrail:
-        if not stats:
-            stats.append(
-                Statistics.compute(
-                    model,
-                    tokenizer,
-                    sae,
-                    forget,
-                    retain,
-                    config.fit,
-                    cache_dir=cache_dir,
-                    show_progress=show_progress,
-                )
-            )
-        first = members[0]
-        fit = replace(config.fit, ratio_percentile=first.ratio_percentile, n_features=first.n_features)
-        return stats[0].guard(fit)
-
-    def evaluate(point: AblationPoint, template: Guardrail) -> AblationRecord:
-        began = time.perf_counter()
-        guard = retune(template, gate_percentile=point.gate_percentile, clamp=point.clamp)
-        scores = harness.score(
-            [guard if point.gate == "dynamic" else static(guard)], names=[GATES[point.gate]]
-        )
-        return AblationRecord(
-            point.key,
-            context,
-            point.gate,
-            point.ratio_percentile,
-            point.n_features,
-            point.clamp,
-            point.gate_percentile,
-            scores,
-            seconds=time.perf_counter() - began,
-        )
-
-    def failed(point: AblationPoint, error: str) -> AblationRecord:
-        return AblationRecord(
-            point.key,
-            context,
-            point.gate,
-            point.ratio_percentile,
-            point.n_features,
-            point.clamp,
-            point.gate_percentile,
-            error=error,
-        )
-
+    run = _Run(setup, config)
     points = config.points()
-    counts = run_grid(
-        records,
-        points,
-        prepare=prepare,
-        group=lambda p: (p.ratio_percentile, p.n_features),
-        evaluate=evaluate,
-        failed=failed,
-        description="ablation",
-        show_progress=show_progress,
+    counts = setup.grid(
+        points, prepare=run.prepare, group=lambda p: (p.ratio_percentile, p.n_features), evaluate=run.evaluate
     )
-    ordered = [records.done[p.key] for p in points]
-    result = ExperimentResult(
-        experiment="ablation",
-        config=settings_dict(config),
-        context=context,
-        model=model_identity(model),
-        sae=sae_source(sae_spec, sae),
-        known=harness.known,
+    ordered = setup.ordered(points)
+    fit = config.fit
+    return finish(
+        setup,
+        ordered,
+        counts,
+        headlines(ordered, config),
         threat_model=THREAT_MODEL,
-        headlines=headlines(ordered, config),
-        records=ordered,
-        computed=counts.computed,
-        skipped=counts.skipped,
-        seconds=time.perf_counter() - started,
-        output=str(out),
         notes=[
-            f"Centre: p_ratio {config.fit.ratio_percentile:g}, N {config.fit.n_features}, clamp "
-            f"{config.fit.clamp}, p_dyn {config.fit.gate_percentile:g}, gate statistic "
-            f"{config.fit.gate_statistic}, clamp scope {config.fit.clamp_scope}."
+            f"Centre: p_ratio {fit.ratio_percentile:g}, N {fit.n_features}, clamp {fit.clamp}, p_dyn "
+            f"{fit.gate_percentile:g}, gate statistic {fit.gate_statistic}, clamp scope {fit.clamp_scope}."
         ],
-    )
-    write_experiment(
-        result,
         title="saeguard experiment: ablation (static vs dynamic clamp)",
         summary="Forget and utility accuracy as the clamp c, the gate percentile p_dyn, the ratio percentile "
         "p_ratio and the number of latents N vary one at a time, with and without the gate.",
         sections=[_table(ordered, config)],
         figures={"ablation.png": (_plot(ordered, config), "One axis at a time around the centre")},
     )
-    return result
 
 
 def along(records: list[AblationRecord], axis: str, gate: str, centre: FitConfig) -> list[AblationRecord]:

@@ -10,53 +10,33 @@ the resumable grid.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from torch import nn
 
-from saeguard.baselines import TrainConfig, grid_configs, unlearn
 from saeguard.config import FitConfig
-from saeguard.core.fit import corpus_statistics
-from saeguard.core.sae import load_sae, sae_source
+from saeguard.core.guardrail import Guardrail
 from saeguard.errors import require
 from saeguard.experiments.common import (
     CHANCE,
     QUICK_EVAL,
-    RECORDS_FILE,
     RMU_SETTINGS,
-    EvalSettings,
-    Harness,
-    Scores,
+    Record,
+    Setup,
     Statistics,
     experiment_fit,
-    load_documents,
     mean_std,
     quick_fit,
-    run_context,
-    scores_or_none,
-    settings_dict,
-    train_device,
 )
-from saeguard.experiments.report import (
-    ExperimentResult,
-    Headline,
-    accuracy_cell,
-    bounded,
-    num,
-    write_experiment,
-)
-from saeguard.hf.fingerprint import model_identity
-from saeguard.io import cache_root
+from saeguard.experiments.harness import EvalSettings
+from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, bounded, finish, num
 from saeguard.report import Section, Table
-from saeguard.runs.grid import RecordFile, run_grid
 
 THREAT_MODEL = (
     "the defender holds only part of the forget data (or a budget for it); the question is how "
@@ -86,14 +66,9 @@ class DataEfficiencyConfig:
 
     @classmethod
     def quick(cls) -> DataEfficiencyConfig:
-        rmu = RMU_SETTINGS | {"steps": 60}
+        """The target's fraction (5%) and the full data, two seeds; RMU once, as it unlearned."""
         return cls(
-            fractions=[0.05, 0.25, 1.0],
-            seeds=[0, 1],
-            rmu_fractions=[1.0],
-            rmu=rmu,
-            fit=quick_fit(),
-            eval=QUICK_EVAL,
+            fractions=[0.05, 0.25, 1.0], seeds=[0, 1], rmu_fractions=[1.0], fit=quick_fit(), eval=QUICK_EVAL
         )
 
     @property
@@ -134,25 +109,15 @@ class DataPoint:
         return f"{self.method}:fraction={self.fraction:g},seed={self.seed}"
 
 
-@dataclass
-class DataRecord:
+@dataclass(kw_only=True)
+class DataRecord(Record):
     """One method fitted (or trained) on ``documents`` forget documents drawn with ``seed``."""
 
-    key: str
-    context: str
     method: str
     fraction: float
     seed: int
     documents: int = 0
-    scores: Scores | None = None
-    error: str | None = None
-    seconds: float = 0.0
     kind: str = "saeguard-data-efficiency-record"
-    version: int = 1
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataRecord:
-        return cls(**(dict(data) | {"scores": scores_or_none(data.get("scores"))}))
 
 
 def subset(documents: list[str], fraction: float, seed: int) -> list[str]:
@@ -166,59 +131,26 @@ def subset(documents: list[str], fraction: float, seed: int) -> list[str]:
 
 @dataclass
 class _Run:
-    model: nn.Module
-    tokenizer: Any
-    sae: Any
+    setup: Setup
     config: DataEfficiencyConfig
-    harness: Harness
-    forget: list[str]
-    retain: list[str]
-    context: str
-    cache_dir: str | Path | None
-    show_progress: bool
     full: Statistics | None = None  # the full-data statistics: inputs and the shared retain pass
 
     def evaluate(self, point: DataPoint, _prepared: None) -> DataRecord:
-        started = time.perf_counter()
-        docs = subset(self.forget, point.fraction, point.seed)
+        docs = subset(self.setup.documents["forget"], point.fraction, point.seed)
         if point.method == "dsg":
-            scores = self.harness.score([self._guard(docs)], names=["dsg"])
+            scores = self.setup.harness.score([self._guard(docs)], names=["dsg"])
         else:
-            base = TrainConfig(seed=point.seed, device=train_device(self.model))
-            method = grid_configs("rmu", {k: [v] for k, v in self.config.rmu.items()}, base=base)[0]
-            trained, _ = unlearn(copy.deepcopy(self.model), self.tokenizer, "rmu", docs, self.retain, method)
-            scores = self.harness.score(model=trained.eval())
-        return DataRecord(
-            point.key,
-            self.context,
-            point.method,
-            point.fraction,
-            point.seed,
-            len(docs),
-            scores,
-            seconds=time.perf_counter() - started,
-        )
+            retain = self.setup.documents["retain"]
+            trained = self.setup.unlearned("rmu", self.config.rmu, docs, retain, seed=point.seed)
+            scores = self.setup.harness.score(model=trained)
+        return DataRecord.of(point, self.setup.context, documents=len(docs), scores=scores)
 
-    def _guard(self, docs: list[str]):  # -> Guardrail
-        fit = self.config.fit
+    def _guard(self, docs: list[str]) -> Guardrail:
         if self.full is None:
-            self.full = Statistics.compute(
-                self.model,
-                self.tokenizer,
-                self.sae,
-                self.forget,
-                self.retain,
-                fit,
-                cache_dir=self.cache_dir,
-                show_progress=self.show_progress,
-            )
-        inputs = replace(self.full.inputs, forget_docs=docs)
-        cache = cache_root(self.cache_dir)
-        forget = corpus_statistics(inputs, "forget", fit, cache=cache, show_progress=self.show_progress)
-        return Statistics(inputs, forget, self.full.retain).guard(fit)
-
-    def failed(self, point: DataPoint, error: str) -> DataRecord:
-        return DataRecord(point.key, self.context, point.method, point.fraction, point.seed, error=error)
+            self.full = self.setup.statistics(self.setup.documents["forget"], self.setup.documents["retain"])
+        fit, setup = self.config.fit, self.setup
+        stats = self.full.with_forget(docs, fit, cache_dir=setup.cache_dir, show_progress=setup.show_progress)
+        return stats.guard(fit)
 
 
 def run_data_efficiency(
@@ -235,63 +167,37 @@ def run_data_efficiency(
     """Run (or resume) every (method, fraction, seed); records, plot and report to ``output``.
 
     Raises:
-        SaeguardError: bad settings, DSG without an SAE, unreadable data, a set without known
-            items, or ``output`` holding records of another setup.
+        SaeguardError: bad settings, DSG without an SAE, unreadable data, or ``output``
+            holding records of another setup.
     """
-    started = time.perf_counter()
     config = config or DataEfficiencyConfig()
-    config.validate()
-    out = Path(output).expanduser()
-    require(sae is not None or "dsg" not in config.methods, "DSG needs an SAE: pass one (--sae DIR)")
-    sae_spec, sae = sae, (load_sae(sae) if sae is not None else None)
-    if log is not None:
-        log("loading question sets and known items")
-    harness = Harness.build(
+    setup = Setup.open(
+        "data-efficiency",
         model,
         tokenizer,
-        [*config.forget_mcq, *config.utility_mcq],
-        config.eval,
+        sae,
+        config,
+        output,
+        sets=[*config.forget_mcq, *config.utility_mcq],
+        documents={"forget": (config.forget, "train"), "retain": (config.retain, "train")},
+        record=DataRecord,
         cache_dir=cache_dir,
         show_progress=show_progress,
+        log=log,
     )
-    forget = load_documents(config.forget, "train", role="forget", seed=config.fit.seed)
-    retain = load_documents(config.retain, "train", role="retain", seed=config.fit.seed)
-    context = run_context("data-efficiency", harness, sae, config, {"forget": forget, "retain": retain})
-    records = RecordFile.open(
-        out / RECORDS_FILE, DataRecord.from_dict, context=context, what="data-efficiency experiment"
-    )
-    run = _Run(model, tokenizer, sae, config, harness, forget, retain, context, cache_dir, show_progress)
     points = config.points()
-    counts = run_grid(
-        records,
-        points,
-        evaluate=run.evaluate,
-        failed=run.failed,
-        description="data-efficiency",
-        show_progress=show_progress,
-    )
-    ordered = [records.done[p.key] for p in points]
-    result = ExperimentResult(
-        experiment="data-efficiency",
-        config=settings_dict(config),
-        context=context,
-        model=model_identity(model),
-        sae=sae_source(sae_spec, sae) if sae is not None else None,
-        known=harness.known,
+    counts = setup.grid(points, evaluate=_Run(setup, config).evaluate)
+    ordered = setup.ordered(points)
+    return finish(
+        setup,
+        ordered,
+        counts,
+        headlines(ordered, config),
         threat_model=THREAT_MODEL,
-        headlines=headlines(ordered, config),
-        records=ordered,
-        computed=counts.computed,
-        skipped=counts.skipped,
-        seconds=time.perf_counter() - started,
-        output=str(out),
         notes=[
-            f"{len(forget)} forget documents in all; fractions {config.fractions}, seeds {config.seeds} "
-            "(fraction 1: every document, once); mean ± standard deviation over seeds."
+            f"{len(setup.documents['forget'])} forget documents in all; fractions {config.fractions}, seeds "
+            f"{config.seeds} (fraction 1: every document, once); mean ± standard deviation over seeds."
         ],
-    )
-    write_experiment(
-        result,
         title="saeguard experiment: data efficiency",
         summary="Forget and utility accuracy of DSG and RMU fitted on a fraction of the forget documents, "
         "with the spread over seeds.",
@@ -300,7 +206,6 @@ def run_data_efficiency(
             "data-efficiency.png": (_plot(ordered, config), "Accuracy against the forget-data fraction")
         },
     )
-    return result
 
 
 def summary(records: list[DataRecord], method: str, sets: list[str]) -> dict[float, tuple[float, float, int]]:

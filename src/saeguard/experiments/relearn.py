@@ -16,7 +16,6 @@ model's on held-out forget text (cosine, norm ratio, the selected latents' activ
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +26,10 @@ from torch import nn
 
 from saeguard.baselines import TrainConfig
 from saeguard.config import FitConfig
-from saeguard.core.sae import load_sae, sae_source
 from saeguard.core.statistics import token_batches
 from saeguard.errors import require
-from saeguard.experiments.common import (
-    CHANCE,
-    QUICK_EVAL,
-    RECORDS_FILE,
-    RMU_SETTINGS,
-    EvalSettings,
-    Harness,
-    Statistics,
-    experiment_fit,
-    load_documents,
-    quick_fit,
-    run_context,
-    settings_dict,
-)
+from saeguard.experiments.common import CHANCE, QUICK_EVAL, RMU_SETTINGS, Setup, experiment_fit, quick_fit
+from saeguard.experiments.harness import EvalSettings
 from saeguard.experiments.relearn_attack import (
     RUN_OF,
     VARIANTS,
@@ -54,18 +40,9 @@ from saeguard.experiments.relearn_attack import (
     RelearnRecord,
     relearn_loss,
 )
-from saeguard.experiments.report import (
-    ExperimentResult,
-    Headline,
-    accuracy_cell,
-    bounded,
-    num,
-    write_experiment,
-)
+from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, bounded, finish, num
 from saeguard.hf.corpus import iter_chunks
-from saeguard.hf.fingerprint import model_identity
 from saeguard.report import Section, Table
-from saeguard.runs.grid import RecordFile, run_grid
 
 __all__ = [
     "THREAT_MODEL",
@@ -110,8 +87,13 @@ class RelearnConfig:
 
     @classmethod
     def quick(cls) -> RelearnConfig:
-        rmu = RMU_SETTINGS | {"steps": 60}
-        return cls(checkpoints=[0, 5, 10], rmu=rmu, drift_chunks=4, fit=quick_fit(), eval=QUICK_EVAL)
+        """Checkpoints 0/4/8; RMU as it unlearned (else nothing is there to relearn); no train-time run.
+
+        Train-time DSG is a third fine-tuning run (~1 min on 2 cores); the headline compares
+        test-time DSG with RMU, so --quick keeps those (docs/experiments.md: the cost estimates).
+        """
+        variants = ["unguarded", "test-time-dsg", "rmu"]
+        return cls(variants=variants, checkpoints=[0, 4, 8], drift_chunks=4, fit=quick_fit(), eval=QUICK_EVAL)
 
     @property
     def needs_sae(self) -> bool:
@@ -149,99 +131,69 @@ def run_relearn(
     """Run (or resume) the relearning attack on every variant; records, plot and report to ``output``.
 
     Raises:
-        SaeguardError: bad settings, a DSG variant without an SAE, unreadable data, a set without
-            known items, or ``output`` holding records of another setup.
+        SaeguardError: bad settings, a DSG variant without an SAE, unreadable data, or ``output``
+            holding records of another setup.
     """
-    started = time.perf_counter()
     config = config or RelearnConfig()
-    config.validate()
-    say = log or (lambda _line: None)
-    out = Path(output).expanduser()
-    require(sae is not None or not config.needs_sae, "the DSG variants need an SAE: pass one (--sae DIR)")
-    sae_spec, sae = sae, (load_sae(sae) if sae is not None else None)
-    harness = Harness.build(
+    documents = {
+        "forget": (config.forget, "train"),
+        "retain": (config.retain, "train"),
+        "heldout": (config.forget, "heldout"),
+    } | ({"relearn": (config.relearn, "train")} if config.relearn else {})
+    setup = Setup.open(
+        "relearn",
         model,
         tokenizer,
-        [*config.forget_mcq, *config.utility_mcq],
-        config.eval,
+        sae,
+        config,
+        output,
+        sets=[*config.forget_mcq, *config.utility_mcq],
+        documents=documents,
+        record=RelearnRecord,
         cache_dir=cache_dir,
         show_progress=show_progress,
+        log=log,
     )
-    seed = config.fit.seed
-    forget = load_documents(config.forget, "train", role="forget", seed=seed)
-    retain = load_documents(config.retain, "train", role="retain", seed=seed)
-    relearn = load_documents(config.relearn, "train", role="relearn", seed=seed) if config.relearn else forget
-    heldout_docs = load_documents(config.forget, "heldout", role="forget", seed=seed)
     seq_len = int(config.train.get("seq_len", TrainConfig().seq_len))
-    chunks = iter_chunks(heldout_docs, tokenizer, seq_len, max_chunks=config.drift_chunks)
+    chunks = iter_chunks(setup.documents["heldout"], tokenizer, seq_len, max_chunks=config.drift_chunks)
     heldout = list(token_batches(chunks, tokenizer, config.eval.batch_size))
     guard = None
-    if sae is not None:
-        say("fitting the guardrail on the original weights")
-        guard = Statistics.compute(
-            model,
-            tokenizer,
-            sae,
-            forget,
-            retain,
-            config.fit,
-            cache_dir=cache_dir,
-            show_progress=show_progress,
-        ).guard(config.fit)
-    documents = {"forget": forget, "retain": retain, "relearn": relearn, "heldout": heldout_docs}
-    context = run_context("relearn", harness, sae, config, documents)
-    records = RecordFile.open(
-        out / RECORDS_FILE, RelearnRecord.from_dict, context=context, what="relearn experiment"
-    )
-    run = Attack(model, tokenizer, config, harness, guard, forget, relearn, retain, heldout, context, say)
+    if setup.sae is not None:
+        setup.say("fitting the guardrail on the original weights")
+        guard = setup.statistics(setup.documents["forget"], setup.documents["retain"]).guard(config.fit)
+    attack = Attack(setup, config, guard, heldout)
     points = [
         RelearnPoint(v, lr, s)
         for lr in config.learning_rates
         for v in config.variants
         for s in config.checkpoints
     ]
-    counts = run_grid(
-        records,
+    counts = setup.grid(
         points,
-        prepare=run.prepare,
+        prepare=attack.prepare,
         group=lambda p: (RUN_OF[p.variant], p.learning_rate),
         evaluate=lambda point, prepared: prepared[point.key],
-        failed=run.failed,
-        description="relearn",
-        show_progress=show_progress,
     )
-    ordered = [records.done[p.key] for p in points]
-    base_forget = harness.score().accuracy(config.forget_mcq) or 1.0
-    result = ExperimentResult(
-        experiment="relearn",
-        config=settings_dict(config),
-        context=context,
-        model=model_identity(model),
-        sae=sae_source(sae_spec, sae) if sae is not None else None,
-        known=harness.known,
+    ordered = setup.ordered(points)
+    base_forget = setup.harness.score().accuracy(config.forget_mcq) or 1.0
+    return finish(
+        setup,
+        ordered,
+        counts,
+        headlines(ordered, config, base_forget),
         threat_model=THREAT_MODEL,
-        headlines=headlines(ordered, config, base_forget),
-        records=ordered,
-        computed=counts.computed,
-        skipped=counts.skipped,
-        seconds=time.perf_counter() - started,
-        output=str(out),
         notes=[
             f"Fine-tuning: next-token loss on the forget text, {config.train}, learning rates "
             f"{config.learning_rates}, checkpoints after {config.checkpoints} steps; base forget accuracy "
             f"{base_forget:.3f}. Drift: residual after layer {guard.layer if guard else '-'} on "
             f"{config.drift_chunks} held-out forget chunks, tuned vs original weights."
         ],
-    )
-    write_experiment(
-        result,
         title="saeguard experiment: relearning attack",
         summary="Forget and utility accuracy, held-out forget NLL and latent drift at each fine-tuning "
         "checkpoint, for the fine-tuned model alone, with test-time and train-time DSG, and for RMU.",
         sections=[_table(ordered, config)],
         figures={"relearn.png": (_plot(ordered, config), "Accuracy and drift along the fine-tuning")},
     )
-    return result
 
 
 def _accuracy(records: list[RelearnRecord], variant: str, rate: float, sets: list[str]) -> dict[int, float]:

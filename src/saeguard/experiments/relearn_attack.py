@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saeguard.baselines import TrainConfig, grid_configs, unlearn
+from saeguard.baselines import TrainConfig
 from saeguard.baselines.likelihood import mean_nll
 from saeguard.baselines.training import make_cyclers, prepare_trainable, seed_everything, train_loop
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.hooks import GateHook
 from saeguard.errors import require
-from saeguard.experiments.common import Harness, Scores, scores_or_none, train_device
+from saeguard.experiments.common import Record, Setup, train_device
 from saeguard.hf.corpus import TokenBatch
 from saeguard.hf.layers import model_device, residual_at
 
@@ -58,32 +58,21 @@ class Drift:
     firing_overlap: float  # Jaccard of the tokens where some selected latent fires
 
 
-@dataclass
-class RelearnRecord:
+@dataclass(kw_only=True)
+class RelearnRecord(Record):
     """One variant at one checkpoint of one learning rate."""
 
-    key: str
-    context: str
     variant: str
     learning_rate: float
     step: int
-    scores: Scores | None = None
     forget_nll: float | None = None  # held-out forget text, the model without any guard
     drift: Drift | None = None
-    error: str | None = None
-    seconds: float = 0.0
     kind: str = "saeguard-relearn-record"
-    version: int = 1
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RelearnRecord:
+    def parse(cls, data: dict[str, Any]) -> dict[str, Any]:
         drift = data.get("drift")
-        return cls(
-            **(
-                dict(data)
-                | {"scores": scores_or_none(data.get("scores")), "drift": Drift(**drift) if drift else None}
-            )
-        )
+        return super().parse(data) | {"drift": Drift(**drift) if drift else None}
 
 
 def relearn_loss(
@@ -115,32 +104,22 @@ class CheckpointStream(Iterator[TokenBatch]):
 
 @dataclass
 class Attack:
-    """The model, harness, guard and texts of one relearning experiment; ``prepare`` runs one group."""
+    """One relearning experiment's setup, guard and held-out batches; ``prepare`` runs one group."""
 
-    model: nn.Module
-    tokenizer: Any
+    setup: Setup
     config: RelearnConfig
-    harness: Harness
-    guard: Guardrail | None
-    forget_docs: list[str]
-    relearn_docs: list[str]
-    retain_docs: list[str]
-    heldout: list[TokenBatch]
-    context: str
-    say: Callable[[str], None]
+    guard: Guardrail | None  # fitted on the original weights
+    heldout: list[TokenBatch]  # held-out forget chunks for the NLL and the drift
     reference: list[torch.Tensor] = field(default_factory=list)  # original residuals on ``heldout``
     rmu_model: nn.Module | None = None
 
     def start_model(self, run: str) -> nn.Module:
         if run != "rmu":
-            return self.model
+            return self.setup.model
         if self.rmu_model is None:
-            self.say("unlearning with RMU before the attack")
-            base = TrainConfig(seed=self.config.fit.seed, device=train_device(self.model))
-            method = grid_configs("rmu", {k: [v] for k, v in self.config.rmu.items()}, base=base)[0]
-            self.rmu_model, _ = unlearn(
-                copy.deepcopy(self.model), self.tokenizer, "rmu", self.forget_docs, self.retain_docs, method
-            )
+            self.setup.say("unlearning with RMU before the attack")
+            docs = self.setup.documents
+            self.rmu_model = self.setup.unlearned("rmu", self.config.rmu, docs["forget"], docs["retain"])
         return self.rmu_model
 
     def prepare(self, members: list[RelearnPoint]) -> dict[str, RelearnRecord]:
@@ -149,15 +128,15 @@ class Attack:
         wanted = {(p.variant, p.step) for p in members}
         steps = max(p.step for p in members)
         train = replace(
-            TrainConfig(seed=self.config.fit.seed, device=train_device(self.model)),
+            TrainConfig(seed=self.config.fit.seed, device=train_device(self.setup.model)),
             **(self.config.train | {"learning_rate": rate}),
         )
         train = replace(train, steps=max(steps, 1)).validate()
         seed_everything(train.seed)
         tuned = copy.deepcopy(self.start_model(run)).to(train.torch_device(), train.torch_dtype())
-        forget_batches, retain_batches = make_cyclers(
-            self.tokenizer, self.relearn_docs, self.retain_docs, train
-        )
+        docs = self.setup.documents
+        relearn = docs.get("relearn", docs["forget"])  # the fine-tuning text: the forget text by default
+        forget_batches, retain_batches = make_cyclers(self.setup.tokenizer, relearn, docs["retain"], train)
         tuned, params = prepare_trainable(tuned, train)
         hooks: list[GateHook] = []
         records: dict[str, RelearnRecord] = {}
@@ -168,12 +147,12 @@ class Attack:
             hooks.clear()
             for variant in (v for v in self.config.variants if RUN_OF[v] == run and (v, step) in wanted):
                 point = RelearnPoint(variant, rate, step)
-                self.say(f"{point.key}: measuring")
+                self.setup.say(f"{point.key}: measuring")
                 records[point.key] = self.measure(point, tuned)
             if run == "train-time" and self.guard is not None:
                 hooks.append(self.guard.attach(tuned))
 
-        self.say(f"{run} fine-tuning at lr {rate:g} for {steps} steps")
+        self.setup.say(f"{run} fine-tuning at lr {rate:g} for {steps} steps")
         stream = CheckpointStream(forget_batches, {s for _, s in wanted}, checkpoint)
         try:
             if steps == 0:  # only the start is wanted (a resumed run)
@@ -194,14 +173,13 @@ class Attack:
         require(not guarded or self.guard is not None, f"{point.variant} needs an SAE: pass one (--sae DIR)")
         guards = [self.guard] if guarded and self.guard is not None else []
         untouched = point.step == 0 and RUN_OF[point.variant] == "plain"  # the base weights: reuse its scores
-        scores = self.harness.score(guards, model=None if untouched else tuned, names=["dsg"] * len(guards))
-        return RelearnRecord(
-            point.key,
-            self.context,
-            point.variant,
-            point.learning_rate,
-            point.step,
-            scores,
+        scores = self.setup.harness.score(
+            guards, model=None if untouched else tuned, names=["dsg"] * len(guards)
+        )
+        return RelearnRecord.of(
+            point,
+            self.setup.context,
+            scores=scores,
             forget_nll=self.nll(tuned),
             drift=self.drift(tuned),
             seconds=time.perf_counter() - started,
@@ -227,7 +205,7 @@ class Attack:
         device = model_device(model)
         latents = self.guard.latents.to(device)
         if not self.reference:
-            self.reference = [self._residual(self.model, b) for b in self.heldout]
+            self.reference = [self._residual(self.setup.model, b) for b in self.heldout]
         cosine = norm = before_act = after_act = 0.0
         both = either = tokens = 0
         for batch, original in zip(self.heldout, self.reference, strict=True):
@@ -253,8 +231,3 @@ class Attack:
             model, self.guard.layer, batch.input_ids.to(device), batch.attention_mask.to(device)
         )
         return hidden[batch.counted.to(device)].float()
-
-    def failed(self, point: RelearnPoint, error: str) -> RelearnRecord:
-        return RelearnRecord(
-            point.key, self.context, point.variant, point.learning_rate, point.step, error=error
-        )

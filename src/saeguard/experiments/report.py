@@ -5,11 +5,13 @@ result as JSON, its figures (PNG, matplotlib ``Figure`` objects, no pyplot state
 report page (``saeguard.report``: the one jinja2 template every report uses) that opens
 with the experiment's threat model and its headline numbers against the targets of
 issue 15. Files are written atomically, so a crash never leaves half a report.
+:func:`finish` is how every experiment ends: its result from the :class:`Setup`, then the folder.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +19,16 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from saeguard.experiments.common import RECORDS_FILE, Scores
+from saeguard.core.sae import sae_source
+from saeguard.experiments.common import RECORDS_FILE, Setup
+from saeguard.experiments.harness import Scores
+from saeguard.experiments.settings import settings_dict
+from saeguard.hf.fingerprint import model_identity
 from saeguard.io import write_json
 from saeguard.report import Figure as PageFigure
 from saeguard.report import Page, Section, Table, with_n, write_page
 from saeguard.report.figures import save_figure
+from saeguard.runs.grid import GridCounts
 
 HTML_FILE = "index.html"
 
@@ -91,6 +98,44 @@ def headline_table(headlines: Sequence[Headline]) -> Table:
         for h in headlines
     ]
     return Table(["headline", "value", "target", "met"], rows, caption="Targets: issue 15.")
+
+
+def finish(
+    setup: Setup,
+    records: list[Any],
+    counts: GridCounts,
+    headlines: list[Headline],
+    *,
+    threat_model: str,
+    notes: list[str],
+    title: str,
+    summary: str,
+    sections: Sequence[Section],
+    figures: Mapping[str, tuple[Figure, str]],
+) -> ExperimentResult:
+    """The run's :class:`ExperimentResult` (setup, settings, ``records`` in grid order), written out.
+
+    Raises:
+        SaeguardError: an empty section or table (``saeguard.report.write_page``).
+    """
+    result = ExperimentResult(
+        experiment=setup.name,
+        config=settings_dict(setup.config),
+        context=setup.context,
+        model=model_identity(setup.model),
+        sae=sae_source(setup.sae_spec, setup.sae) if setup.sae is not None else None,
+        known=setup.harness.known,
+        threat_model=threat_model,
+        headlines=headlines,
+        records=records,
+        computed=counts.computed,
+        skipped=counts.skipped,
+        seconds=time.perf_counter() - setup.started,
+        output=str(setup.output),
+        notes=notes,
+    )
+    write_experiment(result, title=title, summary=summary, sections=sections, figures=figures)
+    return result
 
 
 def write_experiment(

@@ -12,7 +12,6 @@ so a resumed gradient method retrains its earlier steps.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,40 +20,30 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import nn
 
-from saeguard.baselines import TrainConfig, grid_configs, names, unlearn
+from saeguard.baselines import names
 from saeguard.config import FitConfig
 from saeguard.core.guardrail import Guardrail
-from saeguard.core.sae import load_sae, sae_source
 from saeguard.errors import require
 from saeguard.experiments.common import (
     CHANCE,
     QUICK_EVAL,
-    RECORDS_FILE,
     RMU_SETTINGS,
-    EvalSettings,
-    Harness,
-    Scores,
-    Statistics,
+    Record,
+    Setup,
     experiment_fit,
-    load_documents,
     quick_fit,
-    run_context,
-    scores_or_none,
-    settings_dict,
-    train_device,
 )
+from saeguard.experiments.harness import EvalSettings
 from saeguard.experiments.report import (
     ExperimentResult,
     Headline,
     accuracy_cell,
     bounded,
+    finish,
     num,
     or_nan,
-    write_experiment,
 )
-from saeguard.hf.fingerprint import model_identity
 from saeguard.report import Section, Table
-from saeguard.runs.grid import RecordFile, run_grid
 
 THREAT_MODEL = (
     "requests to forget more topics arrive one at a time while the model is deployed. DSG adds "
@@ -108,9 +97,12 @@ class SequentialConfig:
 
     @classmethod
     def quick(cls) -> SequentialConfig:
-        """Fewer chunks, questions and training steps; RMU the only gradient method."""
-        rmu = RMU_SETTINGS | {"steps": 60}
-        return cls(methods=["dsg", "union", "rmu"], gradient={"rmu": rmu}, fit=quick_fit(), eval=QUICK_EVAL)
+        """Fewer chunks and questions; DSG stacked and the union guard only (no gradient chain).
+
+        The gradient chains cost ~2 min (RMU) to ~6 min (GradDiff) per request on 2 cores, over
+        the --quick budget on their own (docs/experiments.md).
+        """
+        return cls(methods=["dsg", "union"], fit=quick_fit(), eval=QUICK_EVAL)
 
     def validate(self) -> None:
         require(bool(self.topics), "sequential needs at least one topic: list the requests in order")
@@ -143,106 +135,71 @@ class SequentialPoint:
         return f"{self.method}:step={self.step}"
 
 
-@dataclass
-class SequentialRecord:
+@dataclass(kw_only=True)
+class SequentialRecord(Record):
     """One method after ``step`` requests (``step`` 0: the unguarded base model)."""
 
-    key: str
-    context: str
     method: str
     step: int
-    requested: list[str]  # topics forgotten so far, in order
-    scores: Scores | None = None
-    error: str | None = None
-    seconds: float = 0.0
+    requested: list[str] = field(default_factory=list)  # topics forgotten so far, in order
     kind: str = "saeguard-sequential-record"
-    version: int = 1
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SequentialRecord:
-        return cls(**(dict(data) | {"scores": scores_or_none(data.get("scores"))}))
 
 
 @dataclass
 class _Run:
     """Guards and unlearned models, made on demand in request order and kept for later steps."""
 
-    model: nn.Module
-    tokenizer: Any
-    sae: Any
+    setup: Setup
     config: SequentialConfig
-    harness: Harness
-    forget: dict[str, list[str]]
-    retain: list[str]
-    context: str
-    cache_dir: str | Path | None
-    show_progress: bool
-    say: Callable[[str], None]
     guards: dict[str, Guardrail] = field(default_factory=dict)
     trained: dict[str, tuple[int, nn.Module]] = field(default_factory=dict)
+
+    def forget(self, topic: Topic) -> list[str]:
+        return self.setup.documents[f"forget-{topic.name}"]
 
     def guard(self, topics: list[Topic]) -> Guardrail:
         """The guard of one request (one topic) or of the union of several (N per topic)."""
         label = "+".join(t.name for t in topics)
         if label not in self.guards:
-            self.say(f"fitting the {label} guardrail")
-            docs = [doc for t in topics for doc in self.forget[t.name]]
-            stats = Statistics.compute(
-                self.model,
-                self.tokenizer,
-                self.sae,
-                docs,
-                self.retain,
-                self.config.fit,
-                cache_dir=self.cache_dir,
-                show_progress=self.show_progress,
-            )
+            self.setup.say(f"fitting the {label} guardrail")
+            docs = [doc for t in topics for doc in self.forget(t)]
+            stats = self.setup.statistics(docs, self.setup.documents["retain"])
             fit = replace(self.config.fit, n_features=self.config.fit.n_features * len(topics))
             self.guards[label] = stats.guard(fit)
         return self.guards[label]
 
     def unlearned(self, method: str, step: int) -> nn.Module:
         """The model after ``method`` unlearned topics 1..step, one request after another."""
-        done, model = self.trained.get(method, (0, self.model))
+        done, model = self.trained.get(method, (0, self.setup.model))
         require(done <= step, "internal: sequential steps must be evaluated in order")
-        base = TrainConfig(seed=self.config.fit.seed, device=train_device(self.model))
-        settings = {k: [v] for k, v in self.config.gradient[method].items()}
         for index in range(done, step):
             topic = self.config.topics[index]
-            self.say(f"{method}: unlearning {topic.name} (request {index + 1})")
-            method_config = grid_configs(method, settings, base=base)[0]
-            source = model if index else copy.deepcopy(self.model)
+            self.setup.say(f"{method}: unlearning {topic.name} (request {index + 1})")
             self.trained.pop(method, None)  # trained in place: a failure leaves no half-trained chain
-            model, _ = unlearn(
-                source, self.tokenizer, method, self.forget[topic.name], self.retain, method_config
+            model = self.setup.unlearned(
+                method,
+                self.config.gradient[method],
+                self.forget(topic),
+                self.setup.documents["retain"],
+                start=model if index else None,
             )
-            model.eval()
             self.trained = {method: (index + 1, model)}  # one method's chain in memory at a time
         return model
 
     def evaluate(self, point: SequentialPoint, _prepared: None) -> SequentialRecord:
-        started = time.perf_counter()
         requested = self.config.topics[: point.step]
+        harness = self.setup.harness
         if point.method == "dsg":
-            stack = [self.guard([t]) for t in requested]
-            scores = self.harness.score(stack, names=[t.name for t in requested])
+            scores = harness.score([self.guard([t]) for t in requested], names=[t.name for t in requested])
         elif point.method == "union":
-            scores = self.harness.score([self.guard(requested)], names=["union"])
+            scores = harness.score([self.guard(requested)], names=["union"])
         else:
-            scores = self.harness.score(model=self.unlearned(point.method, point.step))
-        return SequentialRecord(
-            point.key,
-            self.context,
-            point.method,
-            point.step,
-            [t.name for t in requested],
-            scores,
-            seconds=time.perf_counter() - started,
-        )
+            scores = harness.score(model=self.unlearned(point.method, point.step))
+        return self.record(point, scores=scores)
 
-    def failed(self, point: SequentialPoint, error: str) -> SequentialRecord:
-        names = [t.name for t in self.config.topics[: point.step]]
-        return SequentialRecord(point.key, self.context, point.method, point.step, names, error=error)
+    def record(self, point: SequentialPoint, **values: Any) -> SequentialRecord:
+        requested = [t.name for t in self.config.topics[: point.step]]
+        return SequentialRecord.of(point, self.setup.context, requested=requested, **values)
 
 
 def run_sequential(
@@ -259,76 +216,55 @@ def run_sequential(
     """Run (or resume) the sequence for every method; write records, plot and report to ``output``.
 
     Raises:
-        SaeguardError: bad settings, an unreadable corpus or question set, a set without known
-            items, or ``output`` holding records of another setup.
+        SaeguardError: bad settings, an unreadable corpus or question set, or ``output``
+            holding records of another setup.
     """
-    started = time.perf_counter()
     config = config or SequentialConfig()
-    config.validate()
-    say = log or (lambda _line: None)
-    out = Path(output).expanduser()
-    require(sae is not None or not config.needs_sae, "the DSG methods need an SAE: pass one (--sae DIR)")
-    sae_spec, sae = sae, (load_sae(sae) if sae is not None else None)
-    say("loading question sets and known items")
-    harness = Harness.build(
+    documents = {"retain": (config.retain, "train")} | {
+        f"forget-{t.name}": (t.forget, "train") for t in config.topics
+    }
+    setup = Setup.open(
+        "sequential",
         model,
         tokenizer,
-        [*config.forget_sets, *config.utility_mcq],
-        config.eval,
+        sae,
+        config,
+        output,
+        sets=[*config.forget_sets, *config.utility_mcq],
+        documents=documents,
+        record=SequentialRecord,
         cache_dir=cache_dir,
         show_progress=show_progress,
+        log=log,
     )
-    seed = config.fit.seed
-    forget = {
-        t.name: load_documents(t.forget, "train", role=f"forget-{t.name}", seed=seed) for t in config.topics
-    }
-    retain = load_documents(config.retain, "train", role="retain", seed=seed)
-    context = run_context("sequential", harness, sae, config, {"retain": retain} | forget)
-    records = RecordFile.open(
-        out / RECORDS_FILE, SequentialRecord.from_dict, context=context, what="sequential experiment"
-    )
-    if BASE_KEY not in records.done:
-        records.save(SequentialRecord(BASE_KEY, context, "base", 0, [], harness.score()))
-    run = _Run(model, tokenizer, sae, config, harness, forget, retain, context, cache_dir, show_progress, say)
+    if BASE_KEY not in setup.records.done:
+        base = setup.harness.score()
+        setup.records.save(
+            SequentialRecord(key=BASE_KEY, context=setup.context, method="base", step=0, scores=base)
+        )
+    run = _Run(setup, config)
     points = [SequentialPoint(m, k) for m in config.methods for k in range(1, len(config.topics) + 1)]
-    counts = run_grid(
-        records,
-        points,
-        evaluate=run.evaluate,
-        failed=run.failed,
-        group=lambda point: point.method,
-        description="sequential",
-        show_progress=show_progress,
+    counts = setup.grid(
+        points, evaluate=run.evaluate, failed=lambda p, e: run.record(p, error=e), group=lambda p: p.method
     )
-    result = ExperimentResult(
-        experiment="sequential",
-        config=settings_dict(config),
-        context=context,
-        model=model_identity(model),
-        sae=sae_source(sae_spec, sae) if sae is not None else None,
-        known=harness.known,
+    records = [setup.records.done[BASE_KEY], *setup.ordered(points)]
+    return finish(
+        setup,
+        records,
+        counts,
+        headlines(setup.records.done, config),
         threat_model=THREAT_MODEL,
-        headlines=headlines(records.done, config),
-        records=[records.done[BASE_KEY], *(records.done[p.key] for p in points)],
-        computed=counts.computed,
-        skipped=counts.skipped,
-        seconds=time.perf_counter() - started,
-        output=str(out),
         notes=[
             f"Requests in order: {', '.join(t.name for t in config.topics)}; kept subjects: "
             f"{', '.join(config.utility_mcq)}; retain text: {', '.join(config.retain)}.",
             "'union': one guardrail refitted on the union of the forget texts so far, N latents per topic.",
         ],
-    )
-    write_experiment(
-        result,
         title="saeguard experiment: sequential unlearning",
         summary="Forget accuracy of every requested topic and utility on kept subjects after each request, "
         "for stacked DSG guardrails, one union guardrail, and gradient baselines applied in turn.",
-        sections=[_table(result.records, config)],
-        figures={"sequential.png": (_plot(result.records, config), "Accuracy after each request")},
+        sections=[_table(records, config)],
+        figures={"sequential.png": (_plot(records, config), "Accuracy after each request")},
     )
-    return result
 
 
 def headlines(done: Mapping[str, SequentialRecord], config: SequentialConfig) -> list[Headline]:

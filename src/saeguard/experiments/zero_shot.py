@@ -13,8 +13,7 @@ the same harness for comparison, with the overlap of the two latent sets.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,22 +23,8 @@ from torch import nn
 from saeguard.config import FitConfig
 from saeguard.core.fit import prepare_fit
 from saeguard.core.guardrail import Guardrail
-from saeguard.core.sae import load_sae, sae_source
 from saeguard.errors import require
-from saeguard.experiments.common import (
-    QUICK_EVAL,
-    RECORDS_FILE,
-    EvalSettings,
-    Harness,
-    Scores,
-    Statistics,
-    experiment_fit,
-    load_documents,
-    quick_fit,
-    run_context,
-    scores_or_none,
-    settings_dict,
-)
+from saeguard.experiments.common import QUICK_EVAL, Record, Setup, experiment_fit, quick_fit
 from saeguard.experiments.descriptions import (
     DescribeSettings,
     SelectedLatent,
@@ -47,11 +32,10 @@ from saeguard.experiments.descriptions import (
     import_descriptions,
     zero_shot_guard,
 )
-from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, num, write_experiment
-from saeguard.hf.fingerprint import model_identity
+from saeguard.experiments.harness import EvalSettings, Scores
+from saeguard.experiments.report import ExperimentResult, Headline, accuracy_cell, finish, num
 from saeguard.io import cache_root
 from saeguard.report import Section, Table
-from saeguard.runs.grid import RecordFile, run_grid
 
 THREAT_MODEL = (
     "the defender has no forget data at all, only a topic name and keywords; users ask ordinary "
@@ -121,71 +105,47 @@ class ZeroShotConfig:
 @dataclass(frozen=True)
 class ZeroShotPoint:
     method: str  # "zero-shot" or "fisher"
-    tau: str  # "p95": a retain percentile; "0.6": by hand
+    tau_rule: str  # "p95": a retain percentile; "0.6": by hand
 
     @property
     def key(self) -> str:
-        return f"{self.method}:tau={self.tau}"
+        return f"{self.method}:tau={self.tau_rule}"
 
 
-@dataclass
-class ZeroShotRecord:
-    key: str
-    context: str
+@dataclass(kw_only=True)
+class ZeroShotRecord(Record):
     method: str
     tau_rule: str
-    scores: Scores | None = None
     selected: list[SelectedLatent] = field(default_factory=list)  # zero-shot points only
-    error: str | None = None
-    seconds: float = 0.0
     kind: str = "saeguard-zero-shot-record"
-    version: int = 1
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ZeroShotRecord:
-        selected = [SelectedLatent(**s) for s in data.get("selected", [])]
-        return cls(**(dict(data) | {"scores": scores_or_none(data.get("scores")), "selected": selected}))
+    def parse(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return super().parse(data) | {"selected": [SelectedLatent(**s) for s in data.get("selected", [])]}
 
 
 @dataclass
 class _Run:
-    model: nn.Module
-    tokenizer: Any
-    sae_spec: Any
-    sae: Any
+    setup: Setup
     config: ZeroShotConfig
-    harness: Harness
-    general: list[str]
-    context: str
-    cache_dir: str | Path | None
-    show_progress: bool
 
     def prepare(self, members: list[ZeroShotPoint]) -> tuple[Guardrail, list[SelectedLatent]]:
-        config = self.config
+        config, setup, docs = self.config, self.setup, self.setup.documents
         if members[0].method == "fisher":
-            forget = load_documents(config.forget, "train", role="forget", seed=config.fit.seed)
-            stats = Statistics.compute(
-                self.model,
-                self.tokenizer,
-                self.sae,
-                forget,
-                self.retain(),
-                config.fit,
-                cache_dir=self.cache_dir,
-                show_progress=self.show_progress,
-            )
-            return stats.guard(config.fit), []
-        inputs = prepare_fit(self.model, self.tokenizer, self.sae, self.general, self.retain(), config.fit)
-        inputs = replace(inputs, sae_spec=self.sae_spec)  # the provenance names where the SAE came from
+            return setup.statistics(docs["forget"], docs["retain"]).guard(config.fit), []
+        inputs = prepare_fit(
+            setup.model, setup.tokenizer, setup.sae, docs["general"], docs["retain"], config.fit
+        )
+        inputs = replace(inputs, sae_spec=setup.sae_spec)  # the provenance names where the SAE came from
         descriptions = describe_latents(
-            self.model,
-            self.tokenizer,
+            setup.model,
+            setup.tokenizer,
             inputs.sae,
             inputs.layer,
-            self.general,
+            docs["general"],
             config.describe,
-            cache=cache_root(self.cache_dir),
-            show_progress=self.show_progress,
+            cache=cache_root(setup.cache_dir),
+            show_progress=setup.show_progress,
         )
         if config.descriptions is not None:
             imported = import_descriptions(config.descriptions)
@@ -197,32 +157,17 @@ class _Run:
             config.keywords,
             config.fit,
             max_frequency=config.max_frequency,
-            show_progress=self.show_progress,
+            show_progress=setup.show_progress,
         )
-
-    def retain(self) -> list[str]:
-        return load_documents(self.config.retain, "train", role="retain", seed=self.config.fit.seed)
 
     def evaluate(
         self, point: ZeroShotPoint, prepared: tuple[Guardrail, list[SelectedLatent]]
     ) -> ZeroShotRecord:
-        started = time.perf_counter()
         guard, selected = prepared
-        if not point.tau.startswith("p"):
-            guard = replace(guard, tau=float(point.tau))
-        scores = self.harness.score([guard], names=[point.method])
-        return ZeroShotRecord(
-            point.key,
-            self.context,
-            point.method,
-            point.tau,
-            scores,
-            selected,
-            seconds=time.perf_counter() - started,
-        )
-
-    def failed(self, point: ZeroShotPoint, error: str) -> ZeroShotRecord:
-        return ZeroShotRecord(point.key, self.context, point.method, point.tau, error=error)
+        if not point.tau_rule.startswith("p"):
+            guard = replace(guard, tau=float(point.tau_rule))
+        scores = self.setup.harness.score([guard], names=[point.method])
+        return ZeroShotRecord.of(point, self.setup.context, scores=scores, selected=selected)
 
 
 def run_zero_shot(
@@ -240,71 +185,44 @@ def run_zero_shot(
 
     Raises:
         SaeguardError: bad settings, no SAE, unreadable data or descriptions, keywords no latent
-            matches, a set without known items, or ``output`` holding records of another setup.
+            matches, or ``output`` holding records of another setup.
     """
-    started = time.perf_counter()
     config = config or ZeroShotConfig()
-    config.validate()
-    require(sae is not None, "zero-shot selection needs an SAE: pass one (--sae DIR)")
-    out = Path(output).expanduser()
-    sae_spec, sae = sae, load_sae(sae)
-    if log is not None:
-        log("loading question sets and known items")
-    harness = Harness.build(
+    documents = {"general": (config.general, "train"), "retain": (config.retain, "train")}
+    setup = Setup.open(
+        "zero-shot",
         model,
         tokenizer,
-        [*config.forget_mcq, *config.utility_mcq],
-        config.eval,
+        sae,
+        config,
+        output,
+        sets=[*config.forget_mcq, *config.utility_mcq],
+        documents=documents | ({"forget": (config.forget, "train")} if config.fisher else {}),
+        record=ZeroShotRecord,
         cache_dir=cache_dir,
         show_progress=show_progress,
+        log=log,
     )
-    general = load_documents(config.general, "train", role="general", seed=config.fit.seed)
-    context = run_context("zero-shot", harness, sae, config, {"general": general})
-    records = RecordFile.open(
-        out / RECORDS_FILE, ZeroShotRecord.from_dict, context=context, what="zero-shot experiment"
-    )
-    run = _Run(model, tokenizer, sae_spec, sae, config, harness, general, context, cache_dir, show_progress)
+    run = _Run(setup, config)
     points = config.points()
-    counts = run_grid(
-        records,
-        points,
-        prepare=run.prepare,
-        group=lambda p: p.method,
-        evaluate=run.evaluate,
-        failed=run.failed,
-        description="zero-shot",
-        show_progress=show_progress,
-    )
-    ordered = [records.done[p.key] for p in points]
-    base = harness.score()
-    result = ExperimentResult(
-        experiment="zero-shot",
-        config=settings_dict(config),
-        context=context,
-        model=model_identity(model),
-        sae=sae_source(sae_spec, sae),
-        known=harness.known,
+    counts = setup.grid(points, prepare=run.prepare, group=lambda p: p.method, evaluate=run.evaluate)
+    ordered = setup.ordered(points)
+    return finish(
+        setup,
+        ordered,
+        counts,
+        headlines(ordered, config, setup.harness.score()),
         threat_model=THREAT_MODEL,
-        headlines=headlines(ordered, config, base),
-        records=ordered,
-        computed=counts.computed,
-        skipped=counts.skipped,
-        seconds=time.perf_counter() - started,
-        output=str(out),
         notes=[
             f"Keywords: {', '.join(config.keywords)}; latents described on {', '.join(config.general)} "
             f"(train split, no forget document); imported descriptions: {config.descriptions or 'none'}."
         ],
-    )
-    write_experiment(
-        result,
         title="saeguard experiment: zero-shot latent selection",
         summary="Forget and utility accuracy of latents chosen by their descriptions (no forget data), "
         "with tau from retain data or by hand, against the Fisher selection.",
         sections=_sections(ordered, config),
         figures={},
     )
-    return result
 
 
 def overlap(records: list[ZeroShotRecord]) -> tuple[int, float] | None:

@@ -2,7 +2,7 @@
 
 :func:`explain_demo` is the one call the demo makes. Flagged generations can degenerate
 ("A of to of to ..."), so each generation gets the perplexity of its text under the
-unguarded model given its prompt and its distinct-2 (``eval.muse.generation_fluency``);
+unguarded model given its prompt and its distinct-2 (``eval.muse_scores.generation_fluency``);
 the explain report (``explain/report.py``) is written to ``<output>/explain`` and linked from
 the demo page's navigation.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from saeguard.core.guardrail import Guardrail
-from saeguard.eval.muse import distinct_n, generation_fluency
+from saeguard.eval.muse_scores import distinct_n, generation_fluency
 from saeguard.explain.guard import explain_guard
 from saeguard.explain.latents import ScanConfig
 from saeguard.explain.report import write_explain_report

@@ -78,6 +78,19 @@ def _at(values: Sequence[float], index: int) -> float | None:
     return float(values[index]) if index < len(values) else None
 
 
+def read_texts(texts: Mapping[str, CorpusSpec]) -> dict[str, list[str]]:
+    """Every document of each text to scan (role -> documents); read before any model work.
+
+    Raises:
+        SaeguardError: a text that cannot be read (missing file, bad JSONL, ...) or has no document.
+    """
+    out = {}
+    for role, spec in texts.items():
+        out[role] = list(iter_documents(spec))
+        require(bool(out[role]), f"the {role} text to scan is empty: give at least one document")
+    return out
+
+
 def explain_guard(
     model: nn.Module,
     tokenizer: Any,
@@ -103,9 +116,7 @@ def explain_guard(
     logits = decoder_logits(model, tokenizer, guard, top=top_tokens)
     scans: dict[str, list[LatentScan]] = {}
     scanned: dict[str, int] = {}
-    for role, spec in (texts or {}).items():
-        documents = list(iter_documents(spec))
-        require(bool(documents), f"the {role} text to scan is empty: give at least one document")
+    for role, documents in read_texts(texts or {}).items():
         scans[role] = scan_latents(model, tokenizer, guard, documents, scan)
         scanned[role] = len(documents)
     selection = provenance.selection if provenance is not None else None

@@ -258,6 +258,11 @@ def trace_page(trace: LatentTrace, nav: Sequence[Link] = ()) -> Page:
     )
 
 
+def is_explain_report(folder: Path) -> bool:
+    """Whether ``folder`` holds an explain report (its ``explain.json``), which a new report may replace."""
+    return (folder / EXPLAIN_JSON).is_file()
+
+
 def write_explain_report(
     explanation: GuardExplanation,
     output: str | Path,
@@ -277,7 +282,7 @@ def write_explain_report(
     if trace is not None:
         links.append(Link("prompt trace", TRACE_FILE))
     links += list(nav)
-    with staged_folder(output, replace=lambda folder: (folder / EXPLAIN_JSON).is_file()) as staging:
+    with staged_folder(output, replace=is_explain_report) as staging:
         write_json(staging / EXPLAIN_JSON, to_jsonable(explanation))
         write_page(explain_page(explanation, staging, links), staging / INDEX_FILE)
         if trace is not None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from saeguard.errors import SaeguardError, require
 from saeguard.hf.chat_ids import Run, TurnMarkers, markers_from_runs, scan_user_turns
+from saeguard.io import check_unicode
 
 Message = Mapping[str, str]
 _USER, _ASSISTANT, _SYSTEM = "user", "assistant", "system"
@@ -47,7 +48,8 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     """Copies of ``messages`` after checking each is a ``{"role": str, "content": str}`` dict.
 
     Raises:
-        SaeguardError: not a non-empty list of such dicts, or no user turn.
+        SaeguardError: not a non-empty list of such dicts, a content that is not valid Unicode (an
+            unpaired surrogate), or no user turn.
     """
     require(
         isinstance(messages, Sequence) and not isinstance(messages, (str, bytes)) and len(messages) > 0,
@@ -61,6 +63,7 @@ def check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
             f"message {index} of the conversation must be a dict with a string 'role' and a string "
             f"'content' (join multi-part contents into one string first): got {str(message)[:60]!r}",
         )
+        check_unicode(message["content"], f"message {index} of the conversation")
     require(
         any(m["role"] == _USER for m in messages),
         "the conversation has no user turn: add a {'role': 'user', 'content': ...} message",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from saeguard.errors import SaeguardError, one_line, require
-from saeguard.io import parse_json
+from saeguard.io import check_unicode, parse_json
 
 _TEXT_FIELDS = ("text", "content", "document", "extract", "question")
 
@@ -87,7 +87,8 @@ def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[
 
     Raises:
         SaeguardError: a missing or non-UTF-8 file, a bad JSONL line (with its number),
-            a row without a text field, a non-string list entry, or an unloadable HF dataset.
+            a row without a text field, a non-string list entry, text with an unpaired surrogate,
+            or an unloadable HF dataset.
     """
     if isinstance(spec, CorpusMix):
         for part in spec.parts:
@@ -97,8 +98,9 @@ def iter_documents(spec: CorpusSpec, text_field: str | None = None) -> Iterator[
         yield from iter_documents(resolve_corpus(spec), text_field)
         return
     if isinstance(spec, (list, tuple)):
-        for doc in spec:
+        for index, doc in enumerate(spec):
             require(isinstance(doc, str), "corpus entries must be strings")
+            check_unicode(doc, f"corpus entry {index}")
             if doc.strip():
                 yield doc
         return

@@ -18,6 +18,7 @@ import torch
 from saeguard.errors import require
 from saeguard.hf.chat import Message, encode_chat, encode_text_spans, has_chat_template, render_messages
 from saeguard.hf.corpus import pad_batch, pad_token_id
+from saeguard.io import check_unicode
 
 __all__ = [
     "EncodedPrompts",
@@ -81,9 +82,11 @@ def encode_prompt(
     token counts (the rule :func:`~saeguard.hf.chat.user_token_mask` applies to plain ids).
 
     Raises:
-        SaeguardError: ``user_text`` not a string, or see :func:`~saeguard.hf.chat.encode_chat`.
+        SaeguardError: ``user_text`` not a string or not valid Unicode, or see
+            :func:`~saeguard.hf.chat.encode_chat`.
     """
     require(isinstance(user_text, str), f"a prompt must be a string: got {type(user_text).__name__}")
+    check_unicode(user_text, "the prompt")
     if chat and has_chat_template(tokenizer):
         return encode_chat(tokenizer, _single_turn(user_text, system), system_into_user=system_into_user)
     ids = [int(i) for i in tokenizer(user_text, add_special_tokens=True)["input_ids"]]

@@ -31,7 +31,7 @@ from saeguard.errors import SaeguardError
 from saeguard.explain.trace import trace_prompt
 from saeguard.server.context import ApiError, Served, ServerSettings
 from saeguard.server.generation import Job, Outcome, StopFilter, run_job
-from saeguard.server.jobs import chat_job, completion_jobs
+from saeguard.server.jobs import chat_job, completion_jobs, trace_messages
 from saeguard.server.metrics import Metrics
 from saeguard.server.middleware import LimitsAndMetrics, add_error_handlers
 from saeguard.server.responses import (
@@ -99,7 +99,8 @@ def create_app(
         if settings.api_key is None:
             return
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.api_key):
+        sent = token.strip().encode("latin-1")  # the header's bytes (HTTP headers arrive as latin-1)
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, settings.api_key.encode()):
             raise ApiError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
@@ -177,11 +178,7 @@ def create_app(
     @app.post("/saeguard/trace", dependencies=auth)
     async def trace(body: TraceRequest) -> dict[str, Any]:
         chosen = served.select(body.model, body.guards)
-        if not body.messages:
-            raise ApiError(
-                400, "messages must be a non-empty list of {role, content} messages", param="messages"
-            )
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = trace_messages(served, body)
         try:
             traces = await run(lambda: trace_chain(chosen, messages))
         except ApiError as error:

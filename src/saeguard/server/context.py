@@ -12,9 +12,10 @@ from typing import Any
 from torch import nn
 
 from saeguard.core.guardrail import Guardrail
+from saeguard.errors import SaeguardError, require
 from saeguard.hf.layers import config_value, max_positions
 from saeguard.server.schemas import ErrorBody, ErrorResponse
-from saeguard.server.settings import ServerSettings
+from saeguard.server.settings import NAME, ServerSettings
 
 NO_GUARD = "none"
 """The alias for no guard at all: ``model="default+none"``."""
@@ -47,6 +48,7 @@ class Served:
     settings: ServerSettings
 
     def __post_init__(self) -> None:
+        check_served(self.model, self.guards, self.settings)
         self.positions = max_positions(self.model)
         self.vocab_size = config_value(self.model, ("vocab_size",)) or len(self.tokenizer)
         self.special_ids = set(self.tokenizer.all_special_ids)
@@ -62,8 +64,8 @@ class Served:
         Raises:
             ApiError: an unknown model or guard, a repeated guard, or guards given twice.
         """
-        base, _, alias = (model or self.settings.model_id).partition("+")
-        if base != self.settings.model_id:
+        base, plus, alias = (self.settings.model_id if model is None else model).partition("+")
+        if base != self.settings.model_id or (plus and not alias):
             raise ApiError(
                 404,
                 f"model {model!r} does not exist: use {self.settings.model_id!r} or "
@@ -139,3 +141,37 @@ class Served:
                 code="context_length_exceeded",
             )
         return wanted
+
+
+def check_served(model: nn.Module, guards: dict[str, Guardrail], settings: ServerSettings) -> None:
+    """Refuse, when the app is made, a model id or guards that no request could use.
+
+    Raises:
+        SaeguardError: a model id or guard name that is not letters, digits, ``_ . -`` (a guard
+            named ``none``), a value that is not a :class:`Guardrail`, a guard fitted on a model of
+            another width or layer count (:meth:`Guardrail.check_model`, weights not compared), a
+            TopK guard read without its SAE, or ``default_guards`` naming a guard not given.
+    """
+    names = "use letters, digits, '_', '.' or '-'"
+    require(
+        isinstance(settings.model_id, str) and bool(NAME.fullmatch(settings.model_id)),
+        f"model_id {settings.model_id!r}: {names} ('+' joins guard names in a model alias)",
+    )
+    for name, guard in guards.items():
+        require(
+            isinstance(name, str) and bool(NAME.fullmatch(name)) and name != NO_GUARD,
+            f"guard name {name!r}: {names}, and not {NO_GUARD!r}",
+        )
+        require(
+            isinstance(guard, Guardrail),
+            f"guard {name!r} is a {type(guard).__name__}, not a Guardrail: "
+            "pass Guardrail.load(FOLDER, model)",
+        )
+        try:
+            guard.check_model(model, strict=False)
+            guard.latents.check_runnable()
+        except SaeguardError as error:
+            raise SaeguardError(f"guard {name!r}: {error}") from None
+    missing = [name for name in settings.default_guards or () if name not in guards]
+    if missing:
+        raise SaeguardError(f"default_guards names {missing[0]!r}, which is not among the guards given")

@@ -10,21 +10,36 @@ gate decides on every token but the last and keeps that decision (docs/serving.m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from saeguard.errors import SaeguardError
 from saeguard.hf.chat import has_chat_template
-from saeguard.hf.prompts import encode_prompt, encode_prompts
+from saeguard.hf.prompts import EncodedPrompts, encode_prompt, encode_prompts
 from saeguard.server.context import ApiError, Served
 from saeguard.server.generation import Job
-from saeguard.server.schemas import ChatCompletionRequest, CompletionRequest
+from saeguard.server.schemas import ChatCompletionRequest, CompletionRequest, TraceRequest
 from saeguard.server.settings import Policy
 
 MAX_STOPS = 4
+UNHONOURED: dict[str, Callable[[Any], bool]] = {
+    "response_format": lambda value: value in (None, {"type": "text"}),
+    "logit_bias": lambda value: not value,
+    "presence_penalty": lambda value: not value,
+    "frequency_penalty": lambda value: not value,
+    "functions": lambda value: not value,
+    "best_of": lambda value: value in (None, 1),
+}
+"""OpenAI fields the server cannot honour, and which of their values it may accept (the defaults)."""
 
 
 def _common(served: Served, body: ChatCompletionRequest | CompletionRequest) -> dict:
     """Settings every request shares, checked: sampling, stop strings, the policy."""
     if body.n != 1:
         raise ApiError(400, f"n must be 1 (one choice per request), got {body.n}", param="n")
+    for name, accepted in UNHONOURED.items():
+        if not accepted(getattr(body, name, None)):
+            raise ApiError(400, f"{name} is not supported by this server: leave it out", param=name)
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > MAX_STOPS or any(not s for s in stops):
         raise ApiError(400, f"stop takes up to {MAX_STOPS} non-empty strings", param="stop")
@@ -55,13 +70,8 @@ def chat_job(served: Served, body: ChatCompletionRequest) -> Job:
         )
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
-    ]
-    try:
-        encoded = encode_prompts(served.tokenizer, [messages], chat=True)
-    except SaeguardError as error:
-        raise ApiError(400, f"messages: {error}", param="messages") from None
+    messages = _messages(body)
+    encoded = _encode_messages(served, messages)
     ids = [int(i) for i in encoded.input_ids[0]]
     guards = served.select(body.model, body.guards)
     tokens_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -80,6 +90,42 @@ def chat_job(served: Served, body: ChatCompletionRequest) -> Job:
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         **settings,
     )
+
+
+def _messages(body: ChatCompletionRequest | TraceRequest) -> list[dict[str, str]]:
+    """The conversation as ``{"role", "content"}`` dicts (``developer`` read as ``system``)."""
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    ]
+
+
+def _encode_messages(served: Served, messages: list[dict[str, str]]) -> EncodedPrompts:
+    try:
+        return encode_prompts(served.tokenizer, [messages], chat=True)
+    except SaeguardError as error:
+        raise ApiError(400, f"messages: {error}", param="messages") from None
+
+
+def trace_messages(served: Served, body: TraceRequest) -> list[dict[str, str]]:
+    """The conversation of a trace request, checked as a chat request's prompt is.
+
+    Raises:
+        ApiError: no messages, a conversation the chat template refuses (or without a user turn),
+            or a prompt longer than the model's positions (``context_length_exceeded``).
+    """
+    if not body.messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content} messages", param="messages")
+    messages = _messages(body)
+    tokens = int(_encode_messages(served, messages).input_ids.shape[1])
+    if served.positions is not None and tokens > served.positions:
+        raise ApiError(
+            400,
+            f"messages: the prompt has {tokens} tokens, over the model's {served.positions} positions; "
+            "shorten the prompt",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return messages
 
 
 def _prompt_ids(served: Served, body: CompletionRequest) -> list[list[int]]:

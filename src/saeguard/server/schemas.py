@@ -1,9 +1,10 @@
 """Request and response bodies of the server, in the OpenAI shape (chat completions, completions).
 
 Requests accept the fields OpenAI clients send; fields the server does not use are ignored,
-except ones whose meaning it cannot honour (``n`` > 1, tools), which are refused by the
-handlers. Two additions, sent by OpenAI clients through ``extra_body``: ``guards`` (the
-guard names to apply; ``[]`` for none) and ``on_flag`` (``clamp`` or ``refuse``). Every
+except ones whose meaning it cannot honour (``n`` > 1, tools, ``response_format`` other than
+text, ``logit_bias``, penalties, ``best_of`` > 1), which are refused by the handlers. Two
+additions, sent by OpenAI clients through ``extra_body``: ``guards`` (the guard names to apply;
+``[]`` for none) and ``on_flag`` (``clamp`` or ``refuse``). Every
 response carries a ``saeguard`` field with each guard's decision (see :class:`GuardReport`).
 Numbers and flags are strict: ``"5"`` is not a ``max_tokens``.
 """
@@ -36,10 +37,15 @@ class _Request(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=-(2**63), lt=2**64)  # torch.manual_seed's range
     user: StrictStr | None = None
     guards: list[StrictStr] | None = Field(None, description="guard names to apply (default: all loaded)")
     on_flag: Policy | None = Field(None, description="policy on a flagged request (default: the server's)")
+    # OpenAI fields whose meaning the server cannot honour: refused when set (``jobs.UNHONOURED``)
+    response_format: dict | None = None
+    logit_bias: dict | None = None
+    presence_penalty: StrictFloat | None = None
+    frequency_penalty: StrictFloat | None = None
 
 
 class TextPart(BaseModel):
@@ -69,6 +75,7 @@ class ChatCompletionRequest(_Request):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     tools: list[dict] | None = None
+    functions: list[dict] | None = None
 
 
 class CompletionRequest(_Request):
@@ -78,6 +85,7 @@ class CompletionRequest(_Request):
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
     suffix: StrictStr | None = None
+    best_of: StrictInt | None = None
 
 
 class TraceRequest(BaseModel):

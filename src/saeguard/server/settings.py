@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 Policy = Literal["clamp", "refuse"]
 """What a flagged request gets: DSG's clamped generation, or the refusal text without generating."""
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a model id or a guard name may hold (``+`` joins guard names in a model alias)."""
 
 
 @dataclass(frozen=True)

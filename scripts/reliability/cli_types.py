@@ -1,0 +1,21 @@
+"""A command-line case: the argv, what it must give, and where it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CliCheck = Callable[[str, str], "str | None"]
+"""``check(stdout, stderr)``: None when a successful command's output is right, else what is wrong."""
+
+
+@dataclass
+class CliCase:
+    area: str
+    name: str
+    argv: list[str]
+    expect: str  # "usage", "error", "success" or "either" (one-line error, or success passing check)
+    outputs: list[Path] = field(default_factory=list)
+    check: CliCheck | None = None
+    batch: str = "a"  # "real": its own saeguard process; else the driver batch it runs in
