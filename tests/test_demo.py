@@ -98,6 +98,9 @@ def test_demo_writes_table_report_and_generations_on_the_default_model(tmp_path)
     result = run_demo(config, tmp_path / "report", show_progress=False, guard_cache=tmp_path / "guards")
     assert set(result.accuracy) == {"forget", "retain", "near"}
     assert len(result.generations) == 6
+    # the attack rows: clean, 400 benign tokens before the question, 3 user turns (on known items)
+    expected = ["clean", "dilution", "multiturn"] if result.accuracy["forget"]["known"] else []
+    assert [row["family"] for row in result.attacks] == expected
     saved = json.loads((tmp_path / "report" / "demo.json").read_text())
     assert saved["kind"] == "saeguard-demo" and saved["config"]["fit"]["n_features"] == 5
     assert saved["config"]["fit"]["clamp"] == "5x"

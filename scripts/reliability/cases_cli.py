@@ -438,6 +438,8 @@ def classify(case: CliCase, raw: dict) -> Result:
         elif len(lines) != 1 or not lines[0].startswith("error:"):
             result.outcome = "MULTI-LINE"
             result.message = f"{len(lines)} lines: " + " | ".join(lines[:3])[:300]
+        if result.outcome == "OK" and case.check is not None and (problem := case.check(out, err)):
+            result.outcome, result.message = "SILENT-WRONG", f"{problem}: {result.message}"
         left = leftovers(case.outputs)
         if left and result.outcome == "OK":
             result.outcome, result.message = "PARTIAL-OUTPUT", result.message + f" (left {', '.join(left)})"

@@ -211,11 +211,46 @@ def _experiment(ws: Workspace, f: Files) -> list[CliCase]:
             [*xp()[:4], "--model", str(ws.path("wide")), *xp()[6:]],
         ),
     ]
-    out = [CliCase(area, name, argv, "error", batch="f") for name, argv in errors]
+    named = {  # the error must name the problem, not a later one
+        "--config bad-target": "utility_target",
+        "--model of another width with the SAE of 32": "48",
+    }
+    out = [
+        CliCase(area, name, argv, "error", check=_names(named[name]) if name in named else None, batch="f")
+        for name, argv in errors
+    ]
+
+    def kept_or_named(o: str, e: str) -> str | None:
+        return f.kept()(o, e) or (
+            None if "error:" not in e or "--output" in e else "the error is not about -o"
+        )
+
     out.append(
-        CliCase(area, "-o a folder of other files", output(f.others), "either", check=f.kept(), batch="f")
+        CliCase(
+            area, "-o a folder of other files", output(f.others), "either", check=kept_or_named, batch="f"
+        )
+    )
+    report = ws.fresh("xp-ok")
+
+    def wrote(_o: str, _e: str) -> str | None:
+        return None if (report / "index.html").is_file() else f"no index.html in {report}"
+
+    out.append(
+        CliCase(
+            area,
+            "a quick sequential run on the tiny model",
+            output(report),
+            "success",
+            check=wrote,
+            batch="f",
+        )
     )
     return out
+
+
+def _names(word: str) -> CliCheck:
+    """A check that an error line names ``word`` (the problem given, not a later failure)."""
+    return lambda _o, e: None if word in last_line(e) else f"the error does not name {word!r}"
 
 
 def _muse(ws: Workspace, f: Files) -> list[CliCase]:

@@ -73,7 +73,7 @@ def _other_models(probe: Probe, ws: Workspace) -> None:
     def no_strict() -> str | None:
         loaded = Guardrail.load(ws.path("guard"), qwen2, strict=False)
         texts, reports = loaded.generate(qwen2, tok, ["what is the cell"], max_new_tokens=2)
-        same = len(texts) == len(reports) == 1 and loaded.tau == ws.guard.tau
+        same = len(texts) == 1 and loaded.tau == ws.guard.tau and bool(reports[0].rho.isfinite().all())
         return None if same else f"{texts} {reports} tau {loaded.tau}"
 
     probe.ok(

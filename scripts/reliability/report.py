@@ -8,8 +8,23 @@ from pathlib import Path
 
 from scripts.reliability.framework import OUTCOMES, Result
 
-#: Modules other engineers are building: a fault there is listed as open, not fixed here.
-OPEN_MODULES = ("server/", "experiments/", "attacks/", "explain/", "vllm/", "distributed.py")
+#: Modules other engineers are building: a fault whose traceback ends there is listed as open.
+OPEN_MODULES = (
+    "experiments/",
+    "explain/",
+    "eval/muse",
+    "cli/experiment_commands.py",
+    "cli/eval_commands.py",
+    "vllm/",
+    "distributed.py",
+)
+#: Cases (area, text in the name) whose code is in those modules: a fault there is open too.
+OPEN_CASES = (
+    ("cli:experiment", ""),
+    ("cli:explain", ""),
+    ("cli:eval-muse", ""),
+    ("api:state", "explain_guard"),
+)
 
 PREAMBLE = """# Reliability probe
 
@@ -27,10 +42,16 @@ Run it with `.venv/bin/python scripts/reliability_probe.py` (about 10-15 minutes
 Each case says what its input must give:
 
 - **error**: one line of `SaeguardError` (API), or on the command line exit status 2 with one
-  `error: ...` line on stderr (a `note:` line may precede it);
+  `error: ...` line on stderr (a `note:` line may precede it; some cases also check that the line
+  names the problem given); for the server a 4xx in OpenAI's error shape with a one-line message,
+  and `/health` still ok after it;
 - **usage**: a command-line parser error, exit status 2, one line;
 - **success**: no error, and an asserted value (the same tau, the same decisions, the same text as a
-  recomputation without KV cache, ...).
+  recomputation without KV cache, the server's rho equal to the API's, ...); a command's stderr must
+  hold no library warning;
+- **either**: a one-line error or a success passing its check (a folder of the user's files as
+  output: refused, or written beside them with the files kept; an OpenAI field the server cannot
+  honour: refused, or honoured).
 
 What happened is one of: **OK**; **TRACEBACK** (a raw exception, or a traceback on stderr);
 **SILENT-WRONG** (success where an error was due, or a wrong value); **PARTIAL-OUTPUT** (a failed
@@ -60,6 +81,23 @@ before it checks).
   runs; chat templates that refuse system turns, trim, drop or rewrite content; tokenizers without
   pad/eos/bos or with pad = eos; models on the meta device, in bf16, or not language models; the
   lm-eval adapter's batching.
+- **Server** (`create_app` served by uvicorn on a free loopback port): bad requests (NaN, infinite,
+  float, boolean and 2**64 numbers, seeds beyond torch's range, nulls, image parts, unknown roles,
+  lone surrogates, bodies 100,000 levels deep, empty, `null`, over the size limit or not JSON,
+  empty and dangling model aliases, repeated guards, OpenAI fields the server cannot honour, path
+  traversal, other methods, traces over the positions), each followed by a health check; accepted
+  variants (integer temperatures, text parts, logprobs, duplicate keys, token-id prompts, streams);
+  the server's rho and `on_flag: refuse` against the API's gate, 8 concurrent requests against their
+  serial answers; API keys (missing, in the query string, another scheme, non-ASCII on either side).
+- **State**: a guard fitted on the 32-wide, 2-layer Llama meeting a 48-wide or a 1-layer model at
+  every entry (`Guardrail.load`, `generate`, `attach`, `attached`, `evaluate_mcq`, `guarded_lm`,
+  `explain_guard`, `create_app`, and `generate`, `eval`, `explain`, `attack`, `serve`,
+  `eval --muse` on the command line); Qwen2 and GPT-2 of the same width (refused by the strict
+  check, accepted with `--no-strict`); a TopK guard without its SAE wherever its gate would run.
+- **More commands**: `explain`, `attack`, `experiment`, `eval --muse`, `serve` and `train-sae` with
+  bad options, missing, corrupt, binary and malformed files, outputs that are files, under files or
+  folders of the user's files, ports in use and hosts that do not resolve; one real
+  `saeguard serve` process (a bad and a good request, then Ctrl-C).
 """
 
 
@@ -116,7 +154,71 @@ with regression tests (`tests/hf/test_model_checks.py`, `tests/test_io_checks.py
     given as a path string.
 15. **`train-sae`**: the layer, sizes and output are checked before the model loads or training
     starts.
+
+A second round extended the probe to the server, the state cases and the commands above (about
+200 new cases). It found, and these kinds were fixed with regression tests (`tests/cli/test_quiet.py`,
+`tests/test_io_checks.py`, `tests/hf/test_text_checks.py`, `tests/eval/test_input_checks.py`,
+`tests/eval/test_lm_eval_adapter.py`, `tests/core/test_artifact_trust.py`,
+`tests/server/test_app_checks.py`, `tests/server/test_bad_requests.py`,
+`tests/server/test_serve_command.py`, `tests/attacks/test_cli.py`, `tests/attacks/test_runner.py`):
+
+16. **Other libraries' warnings on a command's stderr** (a TransformerLens `DeprecationWarning`
+    printed by `generate --sae`): the entry point routes warnings through `cli/quiet.py`, which
+    shows saeguard's own (`CalibrationWarning`, settings an artifact holds that this version
+    ignores) as one `WARNING:` line and drops library warnings and log lines (`-W` or
+    `PYTHONWARNINGS`, and `TRANSFORMERS_VERBOSITY` and its kin, still win).
+17. **Text that is not Unicode** (an unpaired surrogate, e.g. JSON's `"\\ud800"`): the tokenizer
+    raised `TypeError` from `generate`, `fit`, JSONL corpora, MCQ items and the server's chat route
+    (a 500). `io.check_unicode` now checks every JSON file read by `io.parse_json`, corpus lists,
+    prompts, conversations and MCQ items: one line naming the text and the position.
+18. **The server made apps no request could use**: `create_app` accepted guards of another width or
+    layer count, a TopK guard without its SAE, values that are not guards, guard names holding `+`
+    or named `none`, `default_guards` naming no guard, a model id holding `+`; now refused when
+    the app is made. `model: ""` and `"id+"` were served as the default model (now 404 like any
+    unknown id); a non-ASCII API key, sent or configured, gave a 500 (`hmac.compare_digest` on
+    str; now compared as bytes); `logit_bias`, `response_format` other than text, penalties,
+    `functions` and `best_of` were ignored in silence (now refused, as `tools` and `n` were); a
+    seed beyond torch's range is a 400; `/saeguard/trace` traced prompts beyond the model's
+    positions (now `context_length_exceeded`, as the chat route).
+19. **Guards that cannot run, accepted until the first forward**: `attach` of a TopK guard read
+    without its SAE (it failed inside the model's forward), `guarded_lm` with a guard of another
+    model (it failed at lm-eval's first request): both refused at once.
+20. **`attack` options**: `--tokens 0` (it ran for minutes), negative `--tokens` and
+    `--padding-tokens`, `--limit 0` (all questions, in silence) ran; a binary `--prompts` file was a
+    `UnicodeDecodeError` traceback. `AttackGrid` checks its lengths, the limits take `min=1`, and
+    prompt files are read as the other text files are (UTF-8 with a byte-order mark, `parse_json`).
+21. **`serve` on a port in use or a host that does not resolve** exited 1 with uvicorn's log lines
+    after the model loaded: the address is now bound once and released before anything loads.
+
+Four of the second round's first results were the probe's own mistakes, corrected: a seed is not
+used by greedy decoding (the case now samples); a trace of 300 tokens fits the 1,024-position
+model (the case now sends 1,100); `Workspace.fresh` handed the same output path to cases built
+before any ran (experiment cases shared a folder); the Qwen2 `--no-strict` check read the
+per-step gate records as per-prompt ones.
 """
+
+OPEN_NOTES = """Causes, for the owners, and weak spots the cases above accept:
+
+- **experiments/**: `saeguard experiment sequential --quick` on the tiny 2-layer model ends, after
+  the work, with `error: table in 'Headlines' has no rows: leave it out`, leaving `records.jsonl`,
+  `sequential.json` and `sequential.png` but no `index.html` (the report should be written with an
+  empty headline table, or say why no point finished). The same error hides the real problem when
+  every point fails: an SAE of width 32 on a model of width 48 is recorded per point instead of
+  failing up front; `--config '{"utility_target": "high"}'` is accepted (`settings_from_dict` checks
+  names, not the types of plain fields) and the run proceeds.
+- **cli/experiment_commands.py**: `--threads 0` or `-1` reaches `torch.set_num_threads`
+  (`RuntimeError` traceback): give the option `min=1`.
+- **explain/**: `explain_guard(model, tok, guard)` does not check the model, so a guard hooked at
+  layer 1 explains a one-layer model without a word (the command calls `check_model` first; the API
+  does not). `trace_prompt` does not check a prompt's length against the model's positions (the
+  server's `/saeguard/trace` now checks before calling it); `saeguard explain --prompt` with 1,105
+  tokens fails in one line but suggests lowering `seq_len, prompt_max_tokens,
+  calibration_long_tokens` instead of shortening the prompt.
+- **TopK guards** cannot be used by `saeguard explain`, `serve` or `eval --muse --guard`: the
+  one-line error asks for the SAE through `Guardrail.load(..., sae=PATH)`, but only `generate` has
+  a `--sae` option.
+- **Seeds under concurrency**: `seed` reproduces a sampled answer with `--workers 1` only (torch's
+  generator is shared by the worker threads; documented in docs/serving.md, not probed)."""
 
 
 def area_table(results: list[Result]) -> list[str]:
@@ -146,9 +248,13 @@ def expect_table(results: list[Result]) -> list[str]:
 
 
 def is_open(result: Result) -> bool:
-    """A fault whose innermost saeguard frame is in a module others are building."""
+    """A fault in a module others are building: by its innermost saeguard frame, or by its case."""
+    if not result.fault:
+        return False
     where = re.search(r"\[([\w./]+):\d+\]$", result.message)
-    return result.fault and where is not None and any(m.rstrip("/") in where.group(1) for m in OPEN_MODULES)
+    if where is not None and any(m.rstrip("/") in where.group(1) for m in OPEN_MODULES):
+        return True
+    return any(result.area == area and text in result.name for area, text in OPEN_CASES)
 
 
 def _cell(text: str, limit: int = 160) -> str:
@@ -185,11 +291,8 @@ def write_markdown(results: list[Result], path: Path, seconds: float) -> None:
         lines += ["Faults in modules others are building (not fixed here): input and the last line.", ""]
         lines += [f"- `{r.area}` {r.name}: {_cell(r.given)} → {_cell(r.message)}" for r in open_faults]
     else:
-        lines.append(
-            "None: no case reached server/, experiments/, attacks/, explain/, vllm/ or distributed.py "
-            "with a fault."
-        )
-    lines += ["", FOUND]
+        lines.append(f"None: no case reached {', '.join(OPEN_MODULES)} with a fault.")
+    lines += ["", OPEN_NOTES, "", FOUND]
     rest = [r for r in faults if not is_open(r)]
     if rest:
         lines += ["", "## Faults", ""]

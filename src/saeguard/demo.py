@@ -16,15 +16,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from saeguard.config import FitConfig, preset
 from saeguard.core.guardrail import row_decisions
 from saeguard.defaults import DEFAULT_WIDTH, ensure_default_sae
 from saeguard.errors import SaeguardError
 from saeguard.eval.generation import decision_line, flipped_token
-from saeguard.eval.items import Scorer
+from saeguard.eval.items import McqItem, Scorer
 from saeguard.eval.known import KnownConfig, Orderings, known_items
 from saeguard.eval.mcq import McqConfig, evaluate_mcq
 from saeguard.eval.text import TextConfig, text_metrics
@@ -82,6 +80,7 @@ class DemoResult:
     text: dict[str, Any]
     generations: list[dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
+    attacks: list[dict[str, Any]] = field(default_factory=list)  # attacks.headline rows
     kind: str = "saeguard-demo"
     version: int = 2  # 2: the fit settings sit under config.fit
 
@@ -210,6 +209,10 @@ def run_demo(
     seconds["mcq"] = time.perf_counter() - began
 
     began = time.perf_counter()
+    attacks = demo_attacks(model, tokenizer, guard, config, output, show_progress=show_progress)
+    seconds["attacks"] = time.perf_counter() - began
+
+    began = time.perf_counter()
     text = text_metrics(
         model,
         tokenizer,
@@ -258,11 +261,14 @@ def run_demo(
         config=config,
         guard=guard.summary(),
         accuracy=accuracy,
+        attacks=attacks,
         text=asdict(text),
         generations=generations,
         seconds=seconds,
     )
     write_demo_report(result, guard, text, output)
+    from saeguard.demo_console import print_demo
+
     print_demo(result, console)
     return result
 
@@ -323,40 +329,37 @@ def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: 
     return accuracy
 
 
-def print_demo(result: DemoResult, console: Console) -> None:
-    table = Table(title="DSG demo: known-item MCQ accuracy before / after the guard")
-    for column in ("topic", "items", "known", "unguarded", "guarded", "relative", "gate fired"):
-        table.add_column(column, justify="right" if column != "topic" else "left")
-    for group, row in result.accuracy.items():
-        base, guarded = row["base_accuracy"], row["guarded_accuracy"]
-        relative = guarded / base if base else float("nan")
-        table.add_row(
-            group,
-            str(row["items"]),
-            str(row["known"]),
-            f"{100 * base:.1f}%",
-            f"{100 * guarded:.1f}%",
-            f"{100 * relative:.1f}%",
-            f"{100 * row['flagged_fraction']:.1f}%",
-        )
-    console.print(table)
-    loss = result.text.get("loss", {})
-    for name, metrics in loss.items():
-        console.print(
-            f"perplexity {name}: {metrics['base_perplexity']:.2f} -> {metrics['guarded_perplexity']:.2f}"
-        )
-    for name, metrics in result.text.get("firing", {}).items():
-        console.print(f"gate fires on held-out {name} prompts: {100 * metrics['flagged_fraction']:.1f}%")
-    for item in result.generations:
-        state = (
-            "FLAGGED" if item["flagged"] else ("flipped" if item.get("flipped_at") is not None else "passed")
-        )
-        console.rule(f"[{item['topic']}] {escape(item['prompt'])}  ({state}, rho={item['rho']:.2f})")
-        if item.get("gate"):
-            console.print(f"[bold]gate:     [/bold] {escape(item['gate'])}", soft_wrap=True)
-        console.print(f"[bold]unguarded:[/bold] {escape(item['unguarded'].strip())}", soft_wrap=True)
-        console.print(f"[bold]guarded:  [/bold] {escape(item['guarded'].strip())}", soft_wrap=True)
-    console.print(f"timings (s): { {k: round(v, 1) for k, v in result.seconds.items()} }")
+def demo_attacks(model, tokenizer, guard, config: DemoConfig, output: Path, *, show_progress: bool = True):
+    """The attack rows (``attacks.headline``) on the demo's known forget and retain questions."""
+    from saeguard.attacks.headline import headline_rows
+    from saeguard.data.mcq import build_mcq
+    from saeguard.eval.items import as_items
+
+    known_config = KnownConfig(mcq=McqConfig(scorer=config.scorer), permutations=config.permutations)
+
+    def known(names: list[str], limit: int) -> list[McqItem]:
+        chosen: list[McqItem] = []
+        for name in names:
+            items = as_items(build_mcq(name, "heldout", limit=limit), source=name)
+            ids = set(known_items(model, tokenizer, items, config=known_config, dataset=name).ids)
+            chosen += [item for item in items if item.id in ids]
+        return chosen
+
+    forget = known([config.forget_mcq], config.forget_items)
+    retain = known(list(config.retain_mcq), config.items_per_other_set)
+    if not forget:
+        return []
+    (output / "attack.jsonl").unlink(missing_ok=True)  # records of an earlier demo's guard
+    return headline_rows(
+        model,
+        tokenizer,
+        guard,
+        forget,
+        retain,
+        output / "attack.jsonl",
+        mcq=McqConfig(scorer=config.scorer),
+        show_progress=show_progress,
+    )
 
 
 def write_demo_report(result: DemoResult, guard, text, output: Path) -> Path:

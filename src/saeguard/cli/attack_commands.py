@@ -186,16 +186,12 @@ def attack_command(
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
+    from saeguard.attacks.headline import rate_cell as cell
+
     table = Table(title="saeguard attack (known questions)")
     table.add_column("setting", overflow="fold")
     for column in ("attack success", "forget fired", "retain FP", "near FP"):
         table.add_column(column, justify="right")
-
-    def cell(row: dict[str, Any], role: str, name: str) -> str:
-        rate = row["metrics"].get(role, {}).get(name)
-        if not rate or rate["value"] is None:
-            return "-"
-        return f"{100 * rate['value']:.0f}% ({rate['k']}/{rate['n']})"
 
     for row in rows:
         if row["error"]:

@@ -1,0 +1,78 @@
+"""The demo's attack rows (issue 13 §5): the two attacks that broke the paper's gate, on known items.
+
+``saeguard demo`` runs these after its MCQ table: 400 tokens of benign text (held-out Austen)
+before each blocked forget question, and the question split over 3 user turns, plus the clean
+reference; the same metrics and resumable records as ``saeguard attack`` (which runs the full
+grid). Each row reads: attack success (blocked questions answered again), the gate's firing on
+forget questions, and its false positives on retain questions under the same transformation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from saeguard.attacks.base import Attack, Clean
+from saeguard.attacks.dilution import BenignText, dilution_grid
+from saeguard.attacks.multiturn import multiturn_grid
+from saeguard.attacks.report import summary_rows
+from saeguard.attacks.runner import AttackSets, run_attacks
+from saeguard.core.guardrail import Guardrail
+from saeguard.eval.items import McqItem
+from saeguard.eval.scorers import McqConfig
+
+HEADLINE_TOKENS = 400
+HEADLINE_TURNS = 3
+
+
+def headline_attacks(tokenizer: Any, *, seed: int = 0) -> list[Attack]:
+    """Clean, 400 benign tokens before the question (Austen), the question over 3 user turns."""
+    benign = BenignText(tokenizer)
+    return [
+        Clean(),
+        *dilution_grid(
+            benign, sources=("austen",), tokens=(HEADLINE_TOKENS,), positions=("before",), seed=seed
+        ),
+        *multiturn_grid((HEADLINE_TURNS,), seed=seed),
+    ]
+
+
+def headline_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    guard: Guardrail,
+    forget: Sequence[McqItem],
+    retain: Sequence[McqItem],
+    records_path: str | Path,
+    *,
+    mcq: McqConfig | None = None,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """:func:`~saeguard.attacks.report.summary_rows` of :func:`headline_attacks` on these known items.
+
+    Raises:
+        SaeguardError: no forget items, or ``records_path`` holds records of another setup.
+    """
+    sets = AttackSets(forget=list(forget), retain=list(retain))
+    records = run_attacks(
+        model,
+        tokenizer,
+        guard,
+        headline_attacks(tokenizer),
+        sets,
+        records_path,
+        mcq=mcq or McqConfig(scorer="cloze"),
+        show_progress=show_progress,
+    )
+    return summary_rows(records)
+
+
+def rate_cell(row: dict[str, Any], role: str, name: str) -> str:
+    """``"7% (1/14)"`` for one metric of one row, ``"-"`` when the row has none."""
+    rate = row["metrics"].get(role, {}).get(name)
+    if not rate or rate["value"] is None:
+        return "-"
+    return f"{100 * rate['value']:.0f}% ({rate['k']}/{rate['n']})"
