@@ -89,13 +89,18 @@ def model_identity(model: nn.Module) -> dict[str, str]:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Vocabulary size, special tokens, BOS handling and chat template: what changes a prompt's ids."""
+    """Vocabulary, special tokens, BOS handling and chat template: what changes a prompt's ids.
+
+    Not the folder it was loaded from: the same tokenizer copied elsewhere (another cache, another
+    machine) keys the same caches, which is what lets the known sets ship (issue 17 §1).
+    """
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     parts = [
         str(len(tokenizer)),
-        str(getattr(tokenizer, "name_or_path", "")),
         str(getattr(tokenizer, "chat_template", "") or ""),
         str(sorted(getattr(tokenizer, "all_special_ids", []) or [])),
         json.dumps(tokenizer("The quick brown fox. A B C D")["input_ids"]),
+        text_fingerprint([json.dumps(sorted(vocab.items()))]),
     ]
     return text_fingerprint(parts)
 
