@@ -22,6 +22,7 @@ from pathlib import Path
 
 from scripts.reliability import cases_commands
 from scripts.reliability.cases_artifact import copy_guard, edit_json
+from scripts.reliability.cli_driver import CASE_SECONDS, WORK_SECONDS
 from scripts.reliability.cli_types import CliCase, CliCheck
 from scripts.reliability.fixtures import FAST_CLI, Workspace
 from scripts.reliability.framework import Probe, Result, last_line, leftovers, package_path
@@ -395,7 +396,7 @@ def _real(case: CliCase, env: dict) -> dict:
 def _driver(group: list[CliCase], env: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cases_path, results_path = Path(tmp) / "cases.json", Path(tmp) / "results.json"
-        cases_path.write_text(json.dumps([c.argv for c in group]))
+        cases_path.write_text(json.dumps([{"argv": c.argv, "seconds": _seconds(c)} for c in group]))
         proc = subprocess.run(
             [sys.executable, "-m", "scripts.reliability.cli_driver", str(cases_path), str(results_path)],
             capture_output=True,
@@ -409,6 +410,11 @@ def _driver(group: list[CliCase], env: dict) -> list[dict]:
             crash = {"code": 1, "out": proc.stdout, "err": "driver crashed\n" + proc.stderr, "seconds": 0.0}
             return [crash for _ in group]
         return json.loads(results_path.read_text())
+
+
+def _seconds(case: CliCase) -> int:
+    """The case's time limit: bad input must fail fast; a case that may succeed does real work."""
+    return WORK_SECONDS if case.expect in ("success", "either") else CASE_SECONDS
 
 
 def classify(case: CliCase, raw: dict) -> Result:

@@ -62,7 +62,7 @@ def _noisy_command() -> None:
     warnings.warn_explicit(
         "`resume_download` is deprecated", FutureWarning, f"{SITE}/huggingface_hub/file_download.py", 9
     )
-    warnings.warn("the retain side is too small to calibrate on:\nadd retain text", CalibrationWarning)
+    warnings.warn("the retain side is too small to calibrate on:\nadd retain text", CalibrationWarning)  # noqa: B028
     logging.getLogger("sae_lens").warning("sae_lens log line")
     logging.getLogger("transformers.generation.utils").warning("Setting `pad_token_id` to `eos_token_id`")
     logging.getLogger("datasets.builder").warning("datasets log line")

@@ -46,7 +46,7 @@ def experiment(
         Path | None,
         typer.Option("--config", help="JSON file of settings over the defaults (or --quick's)"),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads; default: torch's")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads; default: torch's")] = None,
     device: Device = AUTO_DEVICE,
     dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:

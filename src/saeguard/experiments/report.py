@@ -167,7 +167,11 @@ def write_experiment(
         f"Run: {result.computed} points computed, {result.skipped} resumed from {RECORDS_FILE}, "
         f"{result.seconds:.0f} s.",
     ]
-    page_sections = [Section("Headlines", blocks=[headline_table(result.headlines)])]
+    # no headline (every point failed, or nothing to compare yet): the page says so instead
+    headline_blocks: list[Any] = [headline_table(result.headlines)] if result.headlines else []
+    if not result.headlines:
+        notes.append("No headline: no point of the grid produced the numbers it needs (see the records).")
+    page_sections = [Section("Headlines", blocks=headline_blocks)] if headline_blocks else []
     if blocks:
         page_sections.append(Section("Figures", blocks=blocks))
     page = Page(title=title, summary=summary, notes=notes, sections=[*page_sections, *sections])
