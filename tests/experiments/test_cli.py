@@ -78,3 +78,11 @@ def test_ablation_runs_end_to_end_on_a_saved_model_and_sae(cli, world, tmp_path)
         "static:p_ratio=90,n=1,c=20x",
     ]
     assert saved["config"]["fit"]["clamp"] == "20x" and (out / "index.html").is_file()
+
+
+def test_threads_below_one_is_a_usage_error_not_a_traceback(cli, tmp_path):
+    # Regression (reliability probe): --threads 0 / -1 reached torch.set_num_threads (RuntimeError).
+    for threads in ("0", "-1"):
+        code, _, err = cli(["experiment", "sequential", "--threads", threads, "-o", str(tmp_path / "x")])
+        assert code == 2 and "--threads" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
