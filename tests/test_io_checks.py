@@ -82,3 +82,13 @@ def test_check_unicode_names_the_position_and_passes_text_through():
         SaeguardError, match=r"the prompt holds an unpaired surrogate \(U\+DC00 at character 4\)"
     ):
         check_unicode("cell\udc00", "the prompt")
+
+
+def test_a_binary_records_file_is_one_line_error_not_a_traceback(tmp_path):
+    # Regression (new-user probe): `saeguard report --sweep binary.bin` raised UnicodeDecodeError.
+    from saeguard.io import read_jsonl_records
+
+    path = tmp_path / "binary.bin"
+    path.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(SaeguardError, match="binary.bin is not UTF-8 text, so not a file of sweep records"):
+        read_jsonl_records(path, dict, "sweep")

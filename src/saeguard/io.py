@@ -224,12 +224,19 @@ def read_jsonl_records(path: str | Path, parse: Callable[[dict], T], what: str) 
     """Records of a resumable JSONL file; a torn last line (interrupted write) is ignored.
 
     Raises:
-        SaeguardError: a line other than the last is not a ``what`` record.
+        SaeguardError: the file is not UTF-8 text, or a line other than the last is not a ``what``
+            record.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SaeguardError(
+            f"{path} is not UTF-8 text, so not a file of {what} records: check the path"
+        ) from None
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, start=1):
         try:

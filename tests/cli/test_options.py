@@ -37,10 +37,18 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_default_sae_means_the_cached_default_folder(cache):
-    from saeguard.defaults import default_sae_dir
+def test_default_sae_means_the_shipped_folder(cache):
+    from saeguard.defaults import SHIPPED_SAE, default_sae_dir
 
-    folder = default_sae_dir()
+    assert default_sae_dir().is_relative_to(SHIPPED_SAE)
+    assert resolve_sae(None, "default") == resolve_sae("default", "default") == str(default_sae_dir())
+
+
+def test_default_sae_falls_back_to_the_cached_folder_when_none_ships(cache, monkeypatch, tmp_path):
+    import saeguard.defaults as defaults
+
+    monkeypatch.setattr(defaults, "SHIPPED_SAE", tmp_path / "nothing-shipped")
+    folder = defaults.default_sae_dir()
     assert folder.is_relative_to(cache)
     folder.mkdir(parents=True)
     (folder / "cfg.json").write_text("{}")

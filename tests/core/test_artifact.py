@@ -94,3 +94,18 @@ def test_loading_onto_another_model_fails_clearly(
 def test_loading_a_folder_that_is_not_a_guardrail_fails_clearly(tmp_path):
     with pytest.raises(SaeguardError, match="is not a saeguard guardrail"):
         Guardrail.load(tmp_path)
+
+
+def test_saving_over_a_guardrail_folder_with_other_files_keeps_them(tmp_path, tokenizer):
+    # Regression (new-user probe): `fit -o DIR --force` deleted the user's notes.txt kept beside
+    # the guard files.
+    from saeguard import SaeguardError
+    from saeguard.testing import make_guard, tiny_llama
+
+    guard = make_guard(tiny_llama(), tokenizer)
+    guard.save(tmp_path / "g")
+    guard.save(tmp_path / "g")  # only the guard's own files: replaced
+    (tmp_path / "g" / "notes.txt").write_text("mine")
+    with pytest.raises(SaeguardError, match="exists and is not an output of this kind"):
+        guard.save(tmp_path / "g")
+    assert (tmp_path / "g" / "notes.txt").read_text() == "mine"

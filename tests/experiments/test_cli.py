@@ -57,6 +57,7 @@ def test_ablation_runs_end_to_end_on_a_saved_model_and_sae(cli, world, tmp_path)
             "n_features": 1,
             "ratio_percentile": 90,
             "clamp": "20x",
+            "gate_percentile": 95,
             "seq_len": 32,
             "max_forget_chunks": 8,
             "max_retain_chunks": 8,
@@ -72,6 +73,7 @@ def test_ablation_runs_end_to_end_on_a_saved_model_and_sae(cli, world, tmp_path)
     )
     assert code == 0, err
     assert "dsg centre: forget accuracy" in stdout and "2 points computed" in stdout
+    assert "calibration_long_tokens lowered to 128" in stdout  # the demo preset on a 256-position model
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["experiment"] == "ablation" and [r["key"] for r in saved["records"]] == [
         "dsg:p_ratio=90,n=1,c=20x,p_dyn=95",

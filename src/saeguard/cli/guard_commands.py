@@ -70,13 +70,13 @@ def fit(
     Under ``torchrun --nproc-per-node N -m saeguard fit ...`` (or ``accelerate launch --multi_gpu``)
     the forward passes are divided over the N processes and rank 0 prints and writes.
     """
-    from saeguard.core.artifact import is_guardrail_folder
+    from saeguard.core.artifact import is_replaceable_guardrail
     from saeguard.distributed import process_group, rank_device, torchrun_launch
 
     launch = torchrun_launch()  # WORLD_SIZE > 1: a data-parallel fit
     output = check_output(output, folder=True)  # before the model loads and the fit runs
     device = resolve_device(device)  # a bad device fails before the default SAE trains
-    check_replace(output, force=force, is_ours=is_guardrail_folder, what="guardrail")
+    check_replace(output, force=force, is_ours=is_replaceable_guardrail, what="guardrail")
     if launch is None:
         _fit_and_report(forget, retain, output, sae, model, device, dtype, settings)
         return

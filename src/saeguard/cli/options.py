@@ -205,7 +205,8 @@ def check_replace(path: Path, *, force: bool, is_ours: Callable[[Path], bool], w
         return
     require(
         is_ours(path),
-        f"--output {path} exists and does not hold a {what}: choose another path",
+        f"--output {path} exists and does not hold a {what} alone (replacing it would delete the rest): "
+        "choose another path",
     )
     require(force, f"--output {path} already holds a {what}: pass --force to replace it")
 

@@ -108,7 +108,7 @@ def serve(
         str | None,
         typer.Option(
             envvar="SAEGUARD_API_KEY",
-            help="Require 'Authorization: Bearer KEY' on /v1, /saeguard and /metrics",
+            help="Require 'Authorization: Bearer KEY' on /v1/*, POST /saeguard/trace and /metrics",
             rich_help_panel=SERVER_PANEL,
         ),
     ] = None,

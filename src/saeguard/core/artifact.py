@@ -45,15 +45,26 @@ _MAX_TOKEN_ID = 2**31  # no vocabulary comes near; larger ids cannot be real tok
 
 
 def is_guardrail_folder(directory: Path) -> bool:
-    """True when ``directory`` holds a guardrail (so it may be replaced by a new one)."""
+    """True when ``directory`` holds a guardrail (``guardrail.json``)."""
     return (directory / META_FILE).is_file()
+
+
+def is_replaceable_guardrail(directory: Path) -> bool:
+    """True when ``directory`` holds a guardrail and nothing else, so replacing it loses nothing.
+
+    A guardrail folder the user also keeps other files in (notes, reports) is not replaced:
+    saving would delete them (found by a new-user probe of ``fit --force``).
+    """
+    guard_files = {META_FILE, TENSORS_FILE}
+    return is_guardrail_folder(directory) and all(entry.name in guard_files for entry in directory.iterdir())
 
 
 def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
     """Write ``guard`` to ``directory`` atomically; an existing guardrail folder there is replaced.
 
     Raises:
-        SaeguardError: ``directory`` exists and is neither empty nor a guardrail folder.
+        SaeguardError: ``directory`` exists and is neither empty nor a folder holding only a
+            guardrail's two files.
     """
     meta = {
         "format": FORMAT,
@@ -72,7 +83,7 @@ def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
     tensors.update(
         {f"distribution.{k}": v.detach().cpu().contiguous() for k, v in guard.distributions.items()}
     )
-    with staged_folder(directory, replace=is_guardrail_folder) as staging:
+    with staged_folder(directory, replace=is_replaceable_guardrail) as staging:
         save_file(tensors, str(staging / TENSORS_FILE), metadata={"format": FORMAT})
         (staging / META_FILE).write_text(json.dumps(to_jsonable(meta), indent=2), encoding="utf-8")
     return Path(directory).expanduser()

@@ -299,9 +299,11 @@ def _plot(records: list[AblationRecord], config: AblationConfig) -> Figure:
     axes = fig.subplots(2, 2).flatten()
     colors = {"dynamic": "tab:red", "always": "tab:blue"}
     for ax, axis in zip(axes, AXES, strict=True):
+        plotted: list[float] = []
         for gate in config.gates:
             mine = along(records, axis, gate, config.fit)
             xs = [r.value(axis) for r in mine]
+            plotted += [x for x, r in zip(xs, mine, strict=True) if r.scores]
             for sets, style, what in (
                 (config.forget_mcq, "-", "forget"),
                 (config.utility_mcq, "--", "utility"),
@@ -309,7 +311,7 @@ def _plot(records: list[AblationRecord], config: AblationConfig) -> Figure:
                 ys = [or_nan(r.scores.accuracy(sets)) if r.scores else math.nan for r in mine]
                 ax.plot(xs, ys, style, marker="o", color=colors[gate], label=f"{GATES[gate]} {what}")
         ax.axhline(CHANCE, color="gray", lw=0.8, ls=":")
-        if axis == "clamp":
+        if axis == "clamp" and any(x > 0 for x in plotted):  # every point failed: no log axis to draw
             ax.set_xscale("log")
         ax.set_xlabel(LABELS[axis] + (" (x mean forget activation)" if axis == "clamp" else ""))
         ax.set_ylabel("accuracy")

@@ -29,7 +29,7 @@ from saeguard.core.statistics import FeatureStatistics
 from saeguard.errors import require
 from saeguard.experiments.harness import EvalSettings, Harness, Scores, scores_or_none
 from saeguard.experiments.settings import settings_dict
-from saeguard.hf.layers import model_device
+from saeguard.hf.layers import max_positions, model_device
 from saeguard.io import cache_root, json_fingerprint, text_fingerprint
 from saeguard.runs.compare_setup import _documents
 from saeguard.runs.grid import GridCounts, GridPoint, RecordFile, run_grid
@@ -217,6 +217,13 @@ class Setup:
             sae is not None or not config.needs_sae, f"the {name} experiment needs an SAE: pass --sae DIR"
         )
         say = log or (lambda _line: None)
+        positions = max_positions(model)
+        if positions is not None and config.fit.calibration_long_tokens > positions // 2:
+            # the demo preset's 2,000-token calibration runs do not fit a short-context model
+            config.fit = replace(config.fit, calibration_long_tokens=positions // 2)
+            say(
+                f"note: calibration_long_tokens lowered to {positions // 2} ({positions} model positions)"
+            )
         loaded = load_sae(sae) if sae is not None else None
         seed = config.fit.seed
         docs = {
