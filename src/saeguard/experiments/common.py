@@ -221,9 +221,7 @@ class Setup:
         if positions is not None and config.fit.calibration_long_tokens > positions // 2:
             # the demo preset's 2,000-token calibration runs do not fit a short-context model
             config.fit = replace(config.fit, calibration_long_tokens=positions // 2)
-            say(
-                f"note: calibration_long_tokens lowered to {positions // 2} ({positions} model positions)"
-            )
+            say(f"note: calibration_long_tokens lowered to {positions // 2} ({positions} model positions)")
         loaded = load_sae(sae) if sae is not None else None
         seed = config.fit.seed
         docs = {
