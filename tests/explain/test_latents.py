@@ -16,7 +16,7 @@ from saeguard.explain.latents import (
 )
 from saeguard.hf.corpus import iter_chunks
 from saeguard.hf.layers import residual_at
-from saeguard.testing import PLANTED_LATENT
+from saeguard.testing import FORGET_WORDS, PLANTED_LATENT
 
 
 def _brute_force(model, tokenizer, guard, documents, config: ScanConfig):
@@ -72,18 +72,7 @@ def test_context_window_marks_the_top_token_and_its_activation(fitted, tokenizer
     context = scan.contexts[0]
     assert context.activations[context.mark] == context.activation
     assert len(context.tokens) == len(context.activations) <= config.before + config.after + 1
-    assert context.tokens[context.mark].strip() in {
-        "cell",
-        "virus",
-        "gene",
-        "protein",
-        "enzyme",
-        "bacteria",
-        "dna",
-        "rna",
-        "mitochondria",
-        "membrane",
-    }
+    assert context.tokens[context.mark].strip() in set(FORGET_WORDS)
 
 
 def test_reservoir_keeps_everything_under_capacity_and_a_uniform_sample_over_it():
