@@ -41,3 +41,11 @@ def retain_corpus() -> list[str]:
 @pytest.fixture(params=["standard", "jumprelu", "topk"])
 def architecture(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded SmolLM2-135M-Instruct and its tokenizer, loaded once for the integration tests."""
+    from saeguard.hf.models import load_default_model
+
+    return load_default_model()

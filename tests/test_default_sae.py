@@ -34,13 +34,6 @@ EVAL_DOCS = 64  # what ensure_default_sae evaluates on: sae_training_documents("
 
 
 @pytest.fixture(scope="module")
-def default_model():
-    from saeguard.hf.models import load_default_model
-
-    return load_default_model()
-
-
-@pytest.fixture(scope="module")
 def shipped() -> tuple[Path, dict]:
     folder = shipped_sae_dir(LAYER, DEFAULT_WIDTH, DEFAULT_K)
     assert folder is not None, "the default SAE must ship inside the package"

@@ -25,13 +25,6 @@ SETS = [(DEMO.forget_mcq, DEMO.forget_items)] + [
 ]
 
 
-@pytest.fixture(scope="module")
-def default_model():
-    from saeguard.hf.models import load_default_model
-
-    return load_default_model()
-
-
 @pytest.mark.parametrize(("name", "limit"), SETS)
 def test_every_demo_and_attack_set_ships_for_the_default_model(default_model, tmp_path, name, limit):
     model, tokenizer = default_model
