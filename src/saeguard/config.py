@@ -112,6 +112,7 @@ class PromptShape:
     seed: int = 0
     chat: bool = True
     long_tokens: int = 0  # > 0: also long (up to this many tokens) and multi-turn inputs
+    long_runs: bool = True  # False: with long_tokens > 0, the multi-turn inputs only (no long runs)
 
 
 def _help(text: str, **checks: Any) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class BenchSizes:
     gen_batches: tuple[int, ...] = (1, 8)
     eval_items: int = 16
     eval_batch_size: int = 8
-    rmu_steps: int = 60
+    rmu_steps: int = 150  # RMU's best trade-off in the comparison grid (bench.cost.RMU_BEST)
     rmu_batch_size: int = 4
     rmu_seq_len: int = 128
     dsg_calibration: int = 512
@@ -80,7 +80,6 @@ PRESETS: dict[str, BenchSizes] = {
         memory_chunks=8,
         gen_new_tokens=16,
         eval_items=4,
-        rmu_steps=20,
         dsg_calibration=128,
         bf16_batches=1,
         bf16_rounds=2,

@@ -176,10 +176,18 @@ def fit_memory(config: BenchConfig, subject: Subject, sizes: BenchSizes) -> dict
 #: c (8 values) and p_dyn only a retune; one statistics pass serves all of them.
 DSG_GRID_SELECTIONS = 2 * 3
 DSG_GRID_CONFIGS = DSG_GRID_SELECTIONS * 8
+#: RMU's best forget/utility trade-off in the comparison grid on the default model
+#: (docs/compare.md, second run: the only configuration with >= 99% utility), with
+#: BenchSizes.rmu_steps = 150 steps of 4 x 128 tokens at full and quick sizes.
+RMU_BEST: dict[str, float] = {"steering_coeff": 100.0, "alpha": 100.0, "learning_rate": 5e-4}
 
 
 def setup_cost(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str, Any]:
-    """Wall time of one DSG fit vs one RMU run on the same forget/retain chunks.
+    """Wall time of one DSG fit vs RMU trained to its best trade-off, on the same forget/retain chunks.
+
+    RMU runs the configuration the comparison grid chose as its best forget/utility
+    trade-off on the default model (:data:`RMU_BEST`, docs/compare.md): the fair
+    comparison of issue 17, not a short RMU run that forgets nothing.
 
     Also the unit costs of a sweep: a DSG config that reuses cached statistics (new
     selection: calibration forwards only) and one that only retunes tau/clamp.
@@ -211,13 +219,15 @@ def setup_cost(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str
         )
 
     train = TrainConfig(
-        learning_rate=5e-5,
+        learning_rate=RMU_BEST["learning_rate"],
         steps=sizes.rmu_steps,
         batch_size=sizes.rmu_batch_size,
         seq_len=sizes.rmu_seq_len,
         device=str(subject.device),
     )
-    rmu_config = RMUConfig(train=train, layer=subject.layer, steering_coeff=100.0, alpha=10.0)
+    rmu_config = RMUConfig(
+        train=train, layer=subject.layer, steering_coeff=RMU_BEST["steering_coeff"], alpha=RMU_BEST["alpha"]
+    )
     with tempfile.TemporaryDirectory(prefix="saeguard-bench-") as cache:
         dsg_cold = clock(lambda: dsg(cache), subject.device)
         victim = copy.deepcopy(subject.model)
@@ -242,9 +252,14 @@ def setup_cost(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str
         "chunks_per_corpus": chunks,
         "seq_len": sizes.rmu_seq_len,
         "dsg_calibration_prompts": sizes.dsg_calibration,
-        "rmu": {"steps": sizes.rmu_steps, "batch_size": sizes.rmu_batch_size, "layer": subject.layer},
+        "rmu": {
+            **RMU_BEST,
+            "steps": sizes.rmu_steps,
+            "batch_size": sizes.rmu_batch_size,
+            "layer": subject.layer,
+        },
         "ratio": rmu_seconds / dsg_cold,
-        "ratio_of": "one RMU run seconds / one DSG fit seconds (same chunks)",
+        "ratio_of": "RMU at its best trade-off (docs/compare.md) seconds / one DSG fit seconds (same chunks)",
         "sweep_configs": DSG_GRID_CONFIGS,
         "sweep_ratio": DSG_GRID_CONFIGS * rmu_seconds / dsg_sweep,
         "sweep_ratio_of": (

@@ -109,7 +109,8 @@ def calibration_prompts(documents: Iterable[str], tokenizer: Any, shape: PromptS
     """The calibration inputs of ``shape``: prompt-shaped pieces, plus long and multi-turn ones.
 
     With ``shape.long_tokens`` > 0 a quarter of ``shape.limit`` more inputs are long benign
-    runs of text and another quarter the short pieces split over several chat turns.
+    runs of text (unless ``shape.long_runs`` is False) and another quarter the short pieces
+    split over several chat turns.
     """
     documents = list(documents)
     texts: list[Any] = list(
@@ -124,12 +125,29 @@ def calibration_prompts(documents: Iterable[str], tokenizer: Any, shape: PromptS
     )
     if shape.long_tokens > 0:
         extra = max(1, shape.limit // 4)
-        texts += long_prompt_texts(
+        long = long_prompt_texts(
             documents, tokenizer, max_tokens=shape.long_tokens, limit=extra, seed=shape.seed
         )
-        if shape.chat:
-            texts += multi_turn_prompts(texts[:extra], seed=shape.seed)
+        split = multi_turn_prompts((texts + long)[:extra], seed=shape.seed) if shape.chat else []
+        texts += [*(long if shape.long_runs else []), *split]
     return texts
+
+
+def input_length(text: str | Sequence[dict[str, str]]) -> int:
+    """A cheap stand-in for an input's token count: characters, plus 16 per chat turn."""
+    if isinstance(text, str):
+        return len(text)
+    return sum(len(str(message.get("content", ""))) + 16 for message in text)
+
+
+def by_length(texts: Sequence[Any]) -> list[Any]:
+    """``texts`` shortest first (stable), so a batch pads to similar lengths.
+
+    Padding is wasted compute: calibration inputs of 8 to 2,000 tokens in shuffled
+    batches of 8 cost ~1.5x the sorted ones on a CPU (issue 17). rho does not depend
+    on the batch an input sits in (the alone-vs-batched parity tests).
+    """
+    return sorted(texts, key=input_length)
 
 
 def prompt_batches(
@@ -197,10 +215,12 @@ def prompt_rho(
 ) -> torch.Tensor:
     """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this.
 
-    The inputs are the same for any ``shard``; a shard computes only its contiguous
-    block of batches (the blocks in rank order are the whole result, in order).
+    The rho come shortest input first (:func:`by_length`), not in the order of
+    :func:`calibration_prompts`. The inputs are the same for any ``shard``; a shard
+    computes only its contiguous block of batches (the blocks in rank order are the
+    whole result, in order).
     """
-    texts = calibration_prompts(documents, tokenizer, shape)
+    texts = by_length(calibration_prompts(documents, tokenizer, shape))
     if shard is not None:
         start, stop = shard.span(len(texts), batch_size)
         texts = texts[start:stop]

@@ -122,7 +122,9 @@ def calibration_rho(
     """
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
-        shape = config.prompt_shape()
+        # Long benign runs set the false-positive level under padding, so they matter on the
+        # retain side only; on the forget side they would double the pass (issue 17).
+        shape = replace(config.prompt_shape(), long_runs=role == "retain")
         with eval_mode(inputs.model):
             return prompt_rho(
                 inputs.model,
