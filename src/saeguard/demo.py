@@ -20,11 +20,11 @@ from rich.console import Console
 from saeguard.config import FitConfig, preset
 from saeguard.core.guardrail import row_decisions
 from saeguard.defaults import DEFAULT_WIDTH, ensure_default_sae
+from saeguard.demo_scores import demo_attacks, demo_questions, mcq_tradeoff
 from saeguard.errors import SaeguardError
 from saeguard.eval.generation import decision_line, flipped_token
-from saeguard.eval.items import McqItem, Scorer
-from saeguard.eval.known import KnownConfig, Orderings, known_items
-from saeguard.eval.mcq import McqConfig, evaluate_mcq
+from saeguard.eval.items import Scorer
+from saeguard.eval.known import Orderings
 from saeguard.eval.text import TextConfig, text_metrics
 from saeguard.explain.demo import explain_demo
 from saeguard.io import to_jsonable, write_json
@@ -205,11 +205,12 @@ def run_demo(
     seconds["fit"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    accuracy = mcq_tradeoff(model, tokenizer, guard, config, show_progress=show_progress)
+    questions = demo_questions(model, tokenizer, config, show_progress=show_progress)
+    accuracy = mcq_tradeoff(model, tokenizer, guard, config, questions=questions, show_progress=show_progress)
     seconds["mcq"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    attacks = demo_attacks(model, tokenizer, guard, config, output, show_progress=show_progress)
+    attacks = demo_attacks(model, tokenizer, guard, config, output, questions, show_progress=show_progress)
     seconds["attacks"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -281,85 +282,6 @@ def _default_sae_layer(fit: FitConfig) -> int:
             f"the demo's default SAE needs a block index as layer, got {layer!r}: pass --layer N or --sae DIR"
         )
     return int(layer)
-
-
-def mcq_tradeoff(model, tokenizer, guard, config: DemoConfig, *, show_progress: bool = True):
-    """Known-item accuracy with and without ``guard`` on forget, retain and near-domain sets."""
-    from saeguard.data.mcq import build_mcq
-    from saeguard.eval.items import as_items
-
-    mcq = McqConfig(scorer=config.scorer)
-    known_config = KnownConfig(mcq=mcq, permutations=config.permutations)
-    groups = {"forget": [config.forget_mcq], "retain": list(config.retain_mcq), "near": list(config.near_mcq)}
-    accuracy: dict[str, dict[str, float | int]] = {}
-    for group, names in groups.items():
-        limit = config.forget_items if group == "forget" else config.items_per_other_set
-        base_correct = guarded_correct = flagged = total_known = total = 0
-        for name in names:
-            items = as_items(build_mcq(name, "heldout", limit=limit), source=name)
-            known = known_items(
-                model, tokenizer, items, config=known_config, dataset=name, show_progress=show_progress
-            )
-            total += len(items)
-            if not known.ids:
-                continue
-            chosen = known.select(items)
-            base = evaluate_mcq(model, tokenizer, chosen, config=mcq, dataset=name, show_progress=False)
-            guarded = evaluate_mcq(
-                model,
-                tokenizer,
-                chosen,
-                guard=guard,
-                config=mcq,
-                dataset=name,
-                base=base,
-                show_progress=False,
-            )
-            total_known += len(chosen)
-            base_correct += base.correct
-            guarded_correct += guarded.correct
-            flagged += sum(bool(p.flagged) for p in guarded.predictions)
-        accuracy[group] = {
-            "items": total,
-            "known": total_known,
-            "base_accuracy": base_correct / total_known if total_known else float("nan"),
-            "guarded_accuracy": guarded_correct / total_known if total_known else float("nan"),
-            "flagged_fraction": flagged / total_known if total_known else float("nan"),
-        }
-    return accuracy
-
-
-def demo_attacks(model, tokenizer, guard, config: DemoConfig, output: Path, *, show_progress: bool = True):
-    """The attack rows (``attacks.headline``) on the demo's known forget and retain questions."""
-    from saeguard.attacks.headline import headline_rows
-    from saeguard.data.mcq import build_mcq
-    from saeguard.eval.items import as_items
-
-    known_config = KnownConfig(mcq=McqConfig(scorer=config.scorer), permutations=config.permutations)
-
-    def known(names: list[str], limit: int) -> list[McqItem]:
-        chosen: list[McqItem] = []
-        for name in names:
-            items = as_items(build_mcq(name, "heldout", limit=limit), source=name)
-            ids = set(known_items(model, tokenizer, items, config=known_config, dataset=name).ids)
-            chosen += [item for item in items if item.id in ids]
-        return chosen
-
-    forget = known([config.forget_mcq], config.forget_items)
-    retain = known(list(config.retain_mcq), config.items_per_other_set)
-    if not forget:
-        return []
-    (output / "attack.jsonl").unlink(missing_ok=True)  # records of an earlier demo's guard
-    return headline_rows(
-        model,
-        tokenizer,
-        guard,
-        forget,
-        retain,
-        output / "attack.jsonl",
-        mcq=McqConfig(scorer=config.scorer),
-        show_progress=show_progress,
-    )
 
 
 def write_demo_report(result: DemoResult, guard, text, output: Path) -> Path:
