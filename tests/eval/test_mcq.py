@@ -162,3 +162,16 @@ def test_guarded_cloze_from_the_expanded_cache_equals_one_row_per_option(llama, 
                 )
             assert pred.scores == pytest.approx(expected, abs=1e-4)
             assert pred.option_flagged == [pred.flagged] * 4
+
+
+def test_predictions_come_in_input_order_though_batches_are_sorted_by_length(llama, tok):
+    items = make_items(6)
+    long_first = [
+        replace(item, question=item.question + " and so on" * (6 - k)) for k, item in enumerate(items)
+    ]
+    config = McqConfig(scorer="cloze", batch_size=2)
+    batched = score_items(llama, tok, long_first, config)
+    alone = [score_items(llama, tok, [item], config)[0] for item in long_first]
+    assert [p.id for p in batched] == [item.id for item in long_first]
+    for got, expected in zip(batched, alone, strict=True):
+        assert got.scores == pytest.approx(expected.scores, abs=1e-4)

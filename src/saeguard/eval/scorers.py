@@ -258,9 +258,11 @@ def score_items(
     config = config or McqConfig()
     config.validate()
     scorer = _score_letter if config.scorer == "letter" else _score_cloze
+    # Batches of similar length pad less; a prediction does not depend on its batch.
+    order = sorted(range(len(items)), key=lambda i: _item_length(items[i]))
     was_training = model.training
     model.eval()
-    out: list[McqPrediction] = []
+    out: dict[int, McqPrediction] = {}
     try:
         with guard.attached(model) if guard is not None else nullcontext() as hook:
             if hook is not None:
@@ -269,9 +271,15 @@ def score_items(
                 description, total=len(items), unit="questions", enabled=show_progress
             ) as advance:
                 for start in range(0, len(items), config.batch_size):
-                    batch = items[start : start + config.batch_size]
-                    out.extend(scorer(model, tokenizer, batch, config, hook))
+                    chosen = order[start : start + config.batch_size]
+                    batch = [items[i] for i in chosen]
+                    out.update(zip(chosen, scorer(model, tokenizer, batch, config, hook), strict=True))
                     advance(len(batch))
     finally:
         model.train(was_training)
-    return out
+    return [out[i] for i in range(len(items))]
+
+
+def _item_length(item: McqItem) -> int:
+    """Characters of the question and its options: a cheap stand-in for its padded length."""
+    return len(item.question) + sum(len(c) for c in item.choices)
