@@ -50,3 +50,43 @@ def test_a_row_that_never_flips_says_so_and_has_no_token():
 def test_no_token_is_named_when_the_text_does_not_re_encode_to_itself():
     decision = RowDecision(prompt_flagged=False, prompt_rho=0.0, flipped_at=1, final_rho=0.5)
     assert flipped_token(make_tokenizer(), "the zebra gene", decision) is None  # "zebra" is <unk>
+
+
+def _flip_setup(tau: float):
+    from saeguard.testing import make_guard, tiny_llama
+
+    model, tokenizer = tiny_llama(), make_tokenizer()
+    return model, tokenizer, make_guard(model, tokenizer, layer=1, tau=tau)
+
+
+def test_generation_flips_count_what_the_running_gate_did_to_each_prompt():
+    from saeguard.eval.generation import generation_flips
+
+    prompts = ["the king of the city", "the cell and the gene", "a river", "the king", "the gene of a cell"]
+    for tau in (0.0, 0.2, 0.5, 2.0):
+        model, tokenizer, guard = _flip_setup(tau)
+        rate = generation_flips(model, tokenizer, guard, prompts, max_new_tokens=6, batch_size=2)
+        expected = [
+            decision
+            for start in (0, 2, 4)
+            for decision in row_decisions(
+                guard.generate(model, tokenizer, prompts[start : start + 2], max_new_tokens=6)[1],
+                len(prompts[start : start + 2]),
+            )
+        ]
+        assert rate.rows == 5 and rate.max_new_tokens == 6
+        assert rate.prompt_flagged == sum(d.prompt_flagged for d in expected)
+        assert rate.flipped_at == [d.flipped_at for d in expected if d.flipped_at is not None]
+        assert rate.flip_rate == rate.flipped / 5 and rate.prompt_rate == rate.prompt_flagged / 5
+    assert generation_flips(model, tokenizer, guard, prompts, max_new_tokens=2).prompt_flagged == 0  # tau 2
+
+
+def test_generation_flips_without_prompts_is_a_one_line_error():
+    import pytest
+
+    from saeguard.errors import SaeguardError
+    from saeguard.eval.generation import generation_flips
+
+    model, tokenizer, guard = _flip_setup(0.5)
+    with pytest.raises(SaeguardError, match="needs prompts"):
+        generation_flips(model, tokenizer, guard, [])
