@@ -104,3 +104,12 @@ def test_retraining_with_the_recorded_recipe_reproduces_the_metrics(shipped, def
         ("heldout_l0", 1.0),
     ]:
         assert measured[name] == pytest.approx(recorded[name], abs=tolerance), name
+
+
+def test_the_default_saes_variable_takes_precedence_over_the_shipped_sae(monkeypatch, tmp_path):
+    from saeguard.defaults import DEFAULT_SAES_ENV, default_sae_dir, shipped_sae_dir
+
+    assert default_sae_dir() == shipped_sae_dir()
+    monkeypatch.setenv(DEFAULT_SAES_ENV, str(tmp_path))
+    assert default_sae_dir() == tmp_path / "layer6-w4096-k32"
+    assert default_sae_dir(3, 1024) == tmp_path / "layer3-w1024-k32"

@@ -23,7 +23,7 @@ from pathlib import Path
 from scripts.reliability import cases_commands
 from scripts.reliability.cases_artifact import copy_guard, edit_json
 from scripts.reliability.cli_driver import CASE_SECONDS, WORK_SECONDS
-from scripts.reliability.cli_types import CliCase, CliCheck
+from scripts.reliability.cli_types import CliCase, CliCheck, names
 from scripts.reliability.fixtures import FAST_CLI, Workspace
 from scripts.reliability.framework import Probe, Result, last_line, leftovers, package_path
 
@@ -217,6 +217,43 @@ def _fit_cases(ws: Workspace) -> list[CliCase]:
             batch="b",
         ),
     ]
+    cases += _corpus_warning_cases(ws)
+    return cases
+
+
+def _corpus_warning_cases(ws: Workspace) -> list[CliCase]:
+    """A new user's own corpora: a working guard, or a WARNING line that says what to add (issue 12)."""
+    area, folder = "cli:fit", ws.root / "corpora"
+    folder.mkdir(exist_ok=True)
+    forget, retain = str(ws.path("forget.txt")), str(ws.path("retain.jsonl"))
+    tiny_forget, tiny_retain, both = (
+        folder / "tiny-forget.txt",
+        folder / "tiny-retain.txt",
+        folder / "both.txt",
+    )
+    tiny_forget.write_text("\n\n".join(ws.forget[:2]), encoding="utf-8")
+    tiny_retain.write_text("\n\n".join(ws.retain[:3]), encoding="utf-8")
+    both.write_text("\n\n".join(ws.forget + ws.retain[:8]), encoding="utf-8")  # every forget document
+    cases = []
+    for name, pair, fix in (
+        ("the same corpus on both sides", (forget, forget), "use a retain corpus without the forget topic"),
+        ("a retain corpus holding the forget documents", (forget, str(both)), "without the forget topic"),
+        ("a tiny forget corpus (2 documents)", (str(tiny_forget), retain), "add more forget text"),
+        ("a tiny retain corpus (3 documents)", (forget, str(tiny_retain)), "add more retain text"),
+    ):
+        target = ws.fresh("fit-warn")
+        argv = fit_argv(ws, target)
+        argv[argv.index("--forget") + 1], argv[argv.index("--retain") + 1] = pair
+
+        def warned(out: str, err: str, fix: str = fix, target: Path = target) -> str | None:
+            warning = [line for line in err.splitlines() if line.startswith("WARNING:")]
+            if not (target / "guardrail.json").is_file():
+                return f"no guardrail in {target}"
+            return None if any(fix in line for line in warning) else f"no WARNING saying {fix!r}"
+
+        cases.append(
+            CliCase(area, f"{name}: a warning that says what to do", argv, "success", check=warned, batch="b")
+        )
     return cases
 
 
@@ -272,6 +309,14 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         ("generate on other weights (strict)", [*gen[:4], gpt2, *gen[5:], "--prompt", "p"]),
         ("generate --device cuda", [*gen, "--prompt", "p", "--device", "cuda"]),
         ("eval --mcq missing", [*ev, "--mcq", str(ws.root / "missing.jsonl")]),
+        ("eval --mcq missing.jsonl (relative)", [*ev, "--mcq", "missing.jsonl"]),
+        ("eval --mcq sets/missing (relative)", [*ev, "--mcq", "sets/missing"]),
+        ("eval --mcq a bare unknown name", [*ev, "--mcq", "biologyy"]),
+        ("eval TopK guard without --sae", [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", topk]),
+        (
+            "eval TopK guard, another --sae",
+            [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", topk, "--sae", sae],
+        ),
         ("eval --mcq malformed", [*ev, "--mcq", str(cli_mcq / "bad.jsonl")]),
         ("eval --mcq answer 4", [*ev, "--mcq", str(cli_mcq / "answer4.jsonl")]),
         ("eval --mcq empty", [*ev, "--mcq", str(cli_mcq / "empty.jsonl")]),
@@ -283,7 +328,21 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         ("generate TopK guard without --sae", [*gen[:2], topk, *gen[3:], "--prompt", "p"]),
         ("generate TopK guard, another --sae", [*gen[:2], topk, *gen[3:], "--prompt", "p", "--sae", sae]),
     ]
-    out = [CliCase(area, name, argv, "error", batch="c") for name, argv in errors]
+    named = {
+        "eval --mcq missing": "not found",
+        "eval --mcq missing.jsonl (relative)": "not found",
+        "eval --mcq sets/missing (relative)": "not found",
+        "eval --mcq a bare unknown name": "unknown MCQ set 'biologyy'; choose one of: wiki",
+        "eval TopK guard without --sae": "needs its full SAE",
+        "eval TopK guard, another --sae": "differs from the one it was fitted with",
+    }
+    out = [
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="c")
+        for name, argv in errors
+    ]
+    out.append(
+        CliCase(area, "eval --sae without --guard", [*ev, "--mcq", "cwe", "--sae", sae], "usage", batch="c")
+    )
 
     def has(*words: str) -> CliCheck:
         return lambda o, e: None if all(w in o for w in words) else f"stdout lacks {words}: {last_line(o)!r}"
@@ -337,6 +396,14 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
             [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", guard],
             "success",
             check=has("mcq"),
+            batch="c",
+        ),
+        CliCase(
+            area,
+            "eval TopK guard with its --sae",
+            [*ev, "--mcq", str(ws.path("mcq.jsonl")), "--guard", topk, "--sae", str(ws.path("topk_sae"))],
+            "success",
+            check=has("mcq", "gate fired"),
             batch="c",
         ),
     ]

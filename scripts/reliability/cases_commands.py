@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from scripts.reliability.cases_artifact import copy_guard, edit_json
-from scripts.reliability.cli_types import CliCase, CliCheck
+from scripts.reliability.cli_types import CliCase, CliCheck, names
 from scripts.reliability.fixtures import Workspace
 from scripts.reliability.framework import Probe, Result, last_line
 
@@ -55,6 +55,11 @@ class Files:
             "unknown": '{"bogus": 1}',
             "bad-method": '{"methods": ["bogus"]}',
             "bad-target": '{"utility_target": "high"}',
+            "target-5": '{"utility_target": 5}',
+            "methods-a-string": '{"methods": "dsg"}',
+            "eval-batch-0": '{"eval": {"batch_size": 0}}',
+            "topic-name-a-number": '{"topics": [{"name": 1, "forget": ["a.txt"], "mcq": "b.jsonl"}]}',
+            "gradient-nan": '{"gradient": {"rmu": {"steps": NaN}}}',
             "bad-fit": '{"fit": {"n_features": 0}}',
             "bad-retain": '{"retain": ["wiki:nosuchtopic"]}',
         }.items():
@@ -90,7 +95,11 @@ def _explain(ws: Workspace, f: Files) -> list[CliCase]:
         ("missing guard", ex("m", guard_path=str(ws.root / "missing"))),
         ("truncated tensors", ex("t", guard_path=str(f.truncated))),
         ("tau NaN", ex("n", guard_path=str(f.nan))),
-        ("TopK guard (no --sae option)", ex("k", guard_path=str(ws.path("topk_guard")))),
+        ("TopK guard without --sae", ex("k", guard_path=str(ws.path("topk_guard")))),
+        (
+            "TopK guard, another --sae",
+            ex("k2", "--sae", str(ws.path("sae")), guard_path=str(ws.path("topk_guard"))),
+        ),
         ("-o a file", [*ex("f")[:2], "-o", str(f.a_file), *ex("f")[4:]]),
         ("-o under a file", [*ex("u")[:2], "-o", str(f.under_file), *ex("u")[4:]]),
         ("--contexts 0", ex("c", "--contexts", "0")),
@@ -103,7 +112,35 @@ def _explain(ws: Workspace, f: Files) -> list[CliCase]:
         ("--prompt of 1,100 tokens (1,024 positions)", ex("p", "--prompt", "cell " * 1100)),
         ("--device banana", ex("d", "--device", "banana")),
     ]
-    out = [CliCase(area, name, argv, "error", batch="d") for name, argv in errors]
+    named = {
+        "TopK guard without --sae": "needs its full SAE",
+        "TopK guard, another --sae": "differs from the one it was fitted with",
+        "--prompt of 1,100 tokens (1,024 positions)": "shorten the prompt",
+    }
+    out = [
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="d")
+        for name, argv in errors
+    ]
+    topk = ws.fresh("ex-topk")
+    topk_argv = ex(
+        "tk",
+        "--sae",
+        str(ws.path("topk_sae")),
+        "--prompt",
+        "what is the cell",
+        guard_path=str(ws.path("topk_guard")),
+    )
+    topk_argv[3] = str(topk)
+    out.append(
+        CliCase(
+            area,
+            "a TopK guard with its --sae",
+            topk_argv,
+            "success",
+            check=lambda _o, _e: None if (topk / "trace.html").is_file() else f"no trace.html in {topk}",
+            batch="d",
+        )
+    )
     kept = ["explain", guard, "-o", str(f.others), "--model", str(ws.path("llama")), "--device", "cpu"]
     out.append(
         CliCase(
@@ -160,6 +197,12 @@ def _attack(ws: Workspace, f: Files) -> list[CliCase]:
         ("-o a file", output(f.a_file)),
         ("-o under a file", output(f.under_file)),
         ("--mcq missing.jsonl", [*at("q")[:-3], "--mcq", str(ws.root / "missing.jsonl"), "--quick"]),
+        ("--mcq missing.jsonl (relative)", [*at("qr")[:-3], "--mcq", "missing.jsonl", "--quick"]),
+        ("TopK guard without --sae", at("k", guard_path=str(ws.path("topk_guard")))),
+        (
+            "TopK guard, another --sae",
+            at("k2", "--sae", str(ws.path("sae")), guard_path=str(ws.path("topk_guard"))),
+        ),
         ("--mcq malformed", [*at("b")[:-3], "--mcq", str(f.bad_mcq), "--quick"]),
         ("--prompts missing.txt", at("pm", "--prompts", str(ws.root / "missing.txt"))),
         ("--prompts binary", at("pb", "--prompts", str(ws.root / "corpora" / "binary.txt"))),
@@ -176,9 +219,46 @@ def _attack(ws: Workspace, f: Files) -> list[CliCase]:
         ("--model with one layer", at("sh", model="shallow")),
         ("--device banana", at("d", "--device", "banana")),
     ]
-    out = [CliCase(area, name, argv, "error", batch="e") for name, argv in errors]
+    named = {
+        "--mcq missing.jsonl": "not found",
+        "--mcq missing.jsonl (relative)": "not found",
+        "TopK guard without --sae": "needs its full SAE",
+        "TopK guard, another --sae": "differs from the one it was fitted with",
+    }
+    out = [
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="e")
+        for name, argv in errors
+    ]
     out.append(
         CliCase(area, "-o a folder of other files", output(f.others), "either", check=f.kept(), batch="e")
+    )
+    prompts = ws.root / "cmd-inputs" / "good-prompts.jsonl"
+    rows = [
+        {"prompt": "what is the cell virus gene", "label": "forget"},
+        {"prompt": "the king", "label": "benign"},
+    ]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shown = ws.fresh("at-prompts")
+
+    def prompt_columns(o: str, _e: str) -> str | None:
+        if "(known questions)" in o or "Known questions" in (shown / "attack.md").read_text():
+            return "--no-known still says known questions"
+        text = " ".join(o.split())
+        if "forget prompts fired" not in text or "benign prompts FP" not in text:
+            return "the --prompts results are not in the table"
+        return None if "forget prompts fired" in (shown / "attack.md").read_text() else "not in attack.md"
+
+    argv = at("p", "--no-known", "--tokens", "20", "--padding-tokens", "20", "--prompts", str(prompts))
+    argv[argv.index("-o") + 1] = str(shown)
+    out.append(
+        CliCase(
+            area,
+            "--no-known and --prompts: shown, not called known",
+            argv,
+            "success",
+            check=prompt_columns,
+            batch="e",
+        )
     )
     return out
 
@@ -212,11 +292,16 @@ def _experiment(ws: Workspace, f: Files) -> list[CliCase]:
         ),
     ]
     named = {  # the error must name the problem, not a later one
-        "--config bad-target": "utility_target",
+        "--config bad-target": "utility_target must be a number, got 'high'",
+        "--config target-5": "utility_target must be at most 1, got 5",
+        "--config methods-a-string": "methods must be a list, got 'dsg'",
+        "--config eval-batch-0": "batch_size must be at least 1, got 0",
+        "--config topic-name-a-number": "name must be a string, got 1",
+        "--config gradient-nan": "NaN",
         "--model of another width with the SAE of 32": "48",
     }
     out = [
-        CliCase(area, name, argv, "error", check=_names(named[name]) if name in named else None, batch="f")
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="f")
         for name, argv in errors
     ]
 
@@ -246,11 +331,6 @@ def _experiment(ws: Workspace, f: Files) -> list[CliCase]:
         )
     )
     return out
-
-
-def _names(word: str) -> CliCheck:
-    """A check that an error line names ``word`` (the problem given, not a later failure)."""
-    return lambda _o, e: None if word in last_line(e) else f"the error does not name {word!r}"
 
 
 def _muse(ws: Workspace, f: Files) -> list[CliCase]:
@@ -283,13 +363,34 @@ def _muse(ws: Workspace, f: Files) -> list[CliCase]:
         ("--guard missing", mu(guard_path=str(ws.root / "missing"))),
         ("--guard truncated tensors", mu(guard_path=str(f.truncated))),
         ("--guard TopK without its SAE", mu(guard_path=str(ws.path("topk_guard")))),
+        (
+            "--guard TopK, another --sae",
+            mu("--sae", str(ws.path("sae")), guard_path=str(ws.path("topk_guard"))),
+        ),
+        (
+            "--sae without --guard",
+            [a for a in mu("--sae", str(ws.path("topk_sae"))) if a != guard and a != "--guard"],
+        ),
         ("--output a file", output(f.a_file)),
         ("--output under a file", output(f.under_file)),
         ("--output a folder of other files", output(f.others)),
         ("--model of another width (48)", mu(model="wide")),
         ("--device banana", mu("--device", "banana")),
     ]
-    out = [CliCase(area, name, argv, "error", batch="g") for name, argv in errors]
+    named = {
+        "--guard TopK without its SAE": "needs its full SAE",
+        "--guard TopK, another --sae": "differs from the one it was fitted with",
+    }
+    out = [
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="g")
+        for name, argv in errors
+        if name != "--sae without --guard"
+    ]
+    out += [
+        CliCase(area, name, argv, "usage", batch="g")
+        for name, argv in errors
+        if name == "--sae without --guard"
+    ]
     usage = [
         ("--muse and --mcq together", [*mu(), "--mcq", str(ws.path("mcq.jsonl"))]),
         ("--method without --muse", ["eval", "--mcq", str(ws.path("mcq.jsonl")), "--method", "ga"]),
@@ -323,7 +424,11 @@ def _serve(ws: Workspace, f: Files) -> list[CliCase]:
             "a guard on a 1-layer model (--no-strict)",
             ["serve", "--model", str(ws.path("shallow")), "--device", "cpu", "--guard", guard, "--no-strict"],
         ),
-        ("a TopK guard (no --sae option)", [*base, "--guard", str(ws.path("topk_guard"))]),
+        ("a TopK guard without --sae", [*base, "--guard", str(ws.path("topk_guard"))]),
+        (
+            "a TopK guard, another --sae",
+            [*base, "--guard", str(ws.path("topk_guard")), "--sae", str(ws.path("sae"))],
+        ),
         ("--workers 0", [*base, "--guard", guard, "--workers", "0"]),
         ("--max-tokens 0", [*base, "--guard", guard, "--max-tokens", "0"]),
         ("--queue-size -1", [*base, "--guard", guard, "--queue-size", "-1"]),
@@ -332,7 +437,14 @@ def _serve(ws: Workspace, f: Files) -> list[CliCase]:
         ("--port already in use", [*base, "--guard", guard, "--port", str(busy)]),
         ("--host that does not resolve", [*base, "--guard", guard, "--host", "no-such-host.invalid"]),
     ]
-    return [CliCase(area, name, argv, "error", batch="h") for name, argv in errors]
+    named = {
+        "a TopK guard without --sae": "needs its full SAE",
+        "a TopK guard, another --sae": "differs from the one it was fitted with",
+    }
+    return [
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="h")
+        for name, argv in errors
+    ]
 
 
 _HELD: list[socket.socket] = []

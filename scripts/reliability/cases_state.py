@@ -11,9 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from saeguard import Guardrail
+from saeguard.core.guardrail import row_decisions
+from saeguard.errors import SaeguardError
 from saeguard.eval.lm_eval_adapter import guarded_lm
 from saeguard.eval.mcq import evaluate_mcq
 from saeguard.explain.guard import explain_guard
+from saeguard.explain.trace import trace_prompt
 from saeguard.server import ServerSettings, create_app
 from scripts.reliability.fixtures import Workspace, mcq_rows
 from scripts.reliability.framework import Probe
@@ -25,6 +28,7 @@ def run(probe: Probe, ws: Workspace) -> None:
     _other_models(probe, ws)
     _topk_without_sae(probe, ws)
     _create_app(probe, ws)
+    _prompts_and_rows(probe, ws)
 
 
 def attach_and_detach(guard: Guardrail, model: Any, *, block: bool = False) -> str:
@@ -48,6 +52,7 @@ def _other_models(probe: Probe, ws: Workspace) -> None:
             "evaluate_mcq": lambda o=other: evaluate_mcq(o, tok, mcq_rows(2), guard=guard),
             "guarded_lm": lambda o=other: guarded_lm(o, tok, guard),
             "explain_guard": lambda o=other: explain_guard(o, tok, guard),
+            "trace_prompt": lambda o=other: trace_prompt(o, tok, guard, "what is the cell"),
         }
         for use, call in uses.items():
             probe.error(
@@ -123,3 +128,40 @@ def _create_app(probe: Probe, ws: Workspace) -> None:
     }
     for name, make in state.items():
         probe.error(AREA, f"create_app with {name}", f"create_app(..., {name})", make)
+
+
+def _prompts_and_rows(probe: Probe, ws: Workspace) -> None:
+    """A trace beyond the model's positions says to shorten the prompt; decisions line up with prompts."""
+
+    def long_trace() -> str:
+        try:
+            trace_prompt(ws.model, ws.tok, ws.guard, "cell " * 1100)
+        except SaeguardError as error:
+            return str(error)
+        return "no error"
+
+    probe.ok(
+        AREA,
+        "trace_prompt of 1,100 tokens (1,024 positions) says to shorten the prompt",
+        "trace_prompt(model, tok, guard, 'cell ' * 1100)",
+        long_trace,
+        lambda m: None if "shorten the prompt" in m and "seq_len" not in m else m,
+    )
+    prompts = ["what is the cell virus gene", "the king of the city"]
+
+    def per_prompt() -> str | None:
+        _, greedy = ws.guard.generate(ws.model, ws.tok, prompts, max_new_tokens=2)
+        texts, beams = ws.guard.generate(ws.model, ws.tok, prompts, max_new_tokens=2, num_beams=3)
+        want = [(d.prompt_flagged, round(d.prompt_rho, 9)) for d in row_decisions(greedy, len(prompts))]
+        got = [(d.prompt_flagged, round(d.prompt_rho, 9)) for d in row_decisions(beams, len(prompts))]
+        return (
+            None if got == want and len(texts) == len(got) == 2 else f"{got} != {want} ({len(texts)} texts)"
+        )
+
+    probe.ok(
+        AREA,
+        "row_decisions(records, len(prompts)) under beam search: one per prompt, as greedy",
+        "row_decisions(guard.generate(..., num_beams=3)[1], 2)",
+        per_prompt,
+        lambda problem: problem,
+    )

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts.reliability.framework import last_line
+
 CliCheck = Callable[[str, str], "str | None"]
 """``check(stdout, stderr)``: None when a successful command's output is right, else what is wrong."""
 
@@ -19,3 +21,8 @@ class CliCase:
     outputs: list[Path] = field(default_factory=list)
     check: CliCheck | None = None
     batch: str = "a"  # "real": its own saeguard process; else the driver batch it runs in
+
+
+def names(word: str) -> CliCheck:
+    """A check that the error line names ``word`` (the problem given, not a later failure)."""
+    return lambda _o, e: None if word in last_line(e) else f"the error does not name {word!r}"

@@ -36,7 +36,7 @@ processes, the rest through the same `main()` in batched processes) and the Pyth
 ({api} cases, in-process). Issue 11 asks for 0 tracebacks, 0 silent wrong results and 0 partial
 outputs.
 
-Run it with `.venv/bin/python scripts/reliability_probe.py` (about 10-15 minutes on 2 busy cores;
+Run it with `.venv/bin/python scripts/reliability_probe.py` (about 7-17 minutes on 2 busy cores;
 `--only TEXT` runs the cases whose area or name contains TEXT, `--no-cli` the API side only).
 
 Each case says what its input must give:
@@ -68,7 +68,9 @@ before it checks).
   bad `cfg.json`, wrong width, another layer); broken model folders; devices that are not there;
   corrupt guardrails for `inspect`; bad MCQ files and `--limit`s for `eval`; successful fits,
   forced replacement, the lowered default length, `generate` with empty and rich-markup prompts
-  and with a TopK guard's `--sae`; and bad input to the commands others are building (`explain`,
+  and with a TopK guard's `--sae`; corpora that cannot make a working gate (the same text on both
+  sides, the forget documents inside the retain corpus, tiny forget or retain corpora: a guard
+  and a `WARNING:` line saying what to do); and bad input to the commands others are building (`explain`,
   `attack`, `experiment`, `serve`, `train-sae`), where a fault is listed under "Open".
 - **API**: wrong types for every argument of `Guardrail.fit`, `load`, `save`, `generate`,
   `attach`/`attached`; `FitConfig`, `Clamp` and preset misuse; malformed, empty, huge, unicode and
@@ -195,30 +197,52 @@ used by greedy decoding (the case now samples); a trace of 300 tokens fits the 1
 model (the case now sends 1,100); `Workspace.fresh` handed the same output path to cases built
 before any ran (experiment cases shared a folder); the Qwen2 `--no-strict` check read the
 per-step gate records as per-prompt ones.
+
+A third round fixed what the second left open, by kind, with regression tests
+(`tests/experiments/test_settings.py`, `tests/experiments/test_cli.py`, `tests/explain/test_guard.py`,
+`tests/explain/test_trace.py`, `tests/cli/test_guard_sae_option.py`, `tests/eval/test_items.py`,
+`tests/cli/test_eval_commands.py`, `tests/attacks/test_report.py`, `tests/attacks/test_cli.py`,
+`tests/core/test_fit_report.py`, `tests/core/test_row_decisions.py`), and added cases for each:
+
+22. **Experiment settings of the wrong type** (`{"utility_target": "high"}` ran; the report then
+    failed): `settings_from_dict` checks every value against its field's type hint, element by
+    element in lists and dicts, as a finite number, and against `min`/`max` metadata
+    (`utility_target` in [0, 1], `eval.batch_size` and `eval.mcq_limit` at least 1), one line
+    naming the setting.
+23. **An SAE of another width than the model** was recorded once per experiment point:
+    `core.sae.check_sae_width` fails up front, naming both widths, in `experiments.common.Setup.open`
+    (API) and before any work in `experiment` and `compare` (`cli.options.check_sae`).
+24. **`explain_guard` and `trace_prompt` did not check the model**: both run
+    `Guardrail.check_model` first; `trace_prompt` checks the prompt against the model's positions
+    and says to shorten the prompt; `explain --prompt` traces before the scans.
+25. **TopK guards on `explain`, `serve`, `eval` (`--mcq` and `--muse`) and `attack`**: one shared
+    `--sae` option (`cli.options.GuardSae`), as `generate` had.
+26. **`eval --mcq missing.jsonl` said "unknown MCQ set"**: one resolver (`eval.items.mcq_set`, used
+    by `eval`, `attack`, `sweep` and `compare`) reads a spec that looks like a path (a suffix or a
+    `/`) as a file ("not found"), and lists the built-in names for a bare unknown one.
+27. **`attack --no-known` said "known"; `attack --prompts` results were not shown**: the table,
+    page and JSON say which questions were attacked, and the prompts get columns with their counts.
+28. **A fit whose corpora the gate cannot tell apart** (the same text on both sides, the forget
+    documents inside the retain corpus) wrote a guard that never fires, with at most a "too few
+    inputs" warning: the `CalibrationWarning` now names the problem and says to use a retain corpus
+    without the forget topic; a tiny forget corpus says to add forget text, a tiny retain corpus
+    retain text.
+29. **`row_decisions` under beam search** gave one decision per beam, which the README zipped with
+    the prompts: `row_decisions(records, len(prompts))` gives one per prompt, and the README uses it.
 """
 
-OPEN_NOTES = """Causes, for the owners, and weak spots the cases above accept:
+OPEN_NOTES = """Weak spots the cases above accept:
 
-- **experiments/**: `saeguard experiment sequential --quick` on the tiny 2-layer model ends, after
-  the work, with `error: table in 'Headlines' has no rows: leave it out`, leaving `records.jsonl`,
-  `sequential.json` and `sequential.png` but no `index.html` (the report should be written with an
-  empty headline table, or say why no point finished). The same error hides the real problem when
-  every point fails: an SAE of width 32 on a model of width 48 is recorded per point instead of
-  failing up front; `--config '{"utility_target": "high"}'` is accepted (`settings_from_dict` checks
-  names, not the types of plain fields) and the run proceeds.
-- **cli/experiment_commands.py**: `--threads 0` or `-1` reaches `torch.set_num_threads`
-  (`RuntimeError` traceback): give the option `min=1`.
-- **explain/**: `explain_guard(model, tok, guard)` does not check the model, so a guard hooked at
-  layer 1 explains a one-layer model without a word (the command calls `check_model` first; the API
-  does not). `trace_prompt` does not check a prompt's length against the model's positions (the
-  server's `/saeguard/trace` now checks before calling it); `saeguard explain --prompt` with 1,105
-  tokens fails in one line but suggests lowering `seq_len, prompt_max_tokens,
-  calibration_long_tokens` instead of shortening the prompt.
-- **TopK guards** cannot be used by `saeguard explain`, `serve` or `eval --muse --guard`: the
-  one-line error asks for the SAE through `Guardrail.load(..., sae=PATH)`, but only `generate` has
-  a `--sae` option.
 - **Seeds under concurrency**: `seed` reproduces a sampled answer with `--workers 1` only (torch's
-  generator is shared by the worker threads; documented in docs/serving.md, not probed)."""
+  generator is shared by the worker threads; documented in docs/serving.md, not probed).
+- **Corpus warnings are heuristics**: the fit warns on fewer than 300 forget tokens or 8 forget
+  calibration inputs, on 10% or more of the forget documents found verbatim in the retain corpus,
+  on no selected latent 2x as important on forget as on retain text, and on a dynamic gate that
+  flags under 10 points more of the forget than of the retain calibration inputs
+  (`core/fit_report.py`). A retain corpus that shares the topic in other words (paraphrases, not
+  copies) is caught only through the last two.
+- **`serve --sae`** passes one SAE to every `--guard`: two TopK guards fitted with different SAEs
+  cannot be served together from the command line (`create_app` takes them from the API)."""
 
 
 def area_table(results: list[Result]) -> list[str]:

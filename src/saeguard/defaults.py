@@ -7,6 +7,7 @@ biology latents of a block-6 SAE separate held-out biology from other text far b
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +46,20 @@ def shipped_sae_dir(
     return folder if complete else None
 
 
+#: Environment variable: a folder of default SAEs (``layer{L}-w{W}-k{K}/``) used instead of the
+#: shipped ones and the cache, e.g. your own retrained default, or a test's stand-in.
+DEFAULT_SAES_ENV = "SAEGUARD_DEFAULT_SAES"
+
+
 def default_sae_dir(layer: int = DEFAULT_LAYER, width: int = DEFAULT_WIDTH, k: int = DEFAULT_K) -> Path:
-    """Folder of the default SAE (SAELens layout): the shipped one, else the user cache (may be absent)."""
+    """Folder of the default SAE (SAELens layout; may be absent).
+
+    ``$SAEGUARD_DEFAULT_SAES/layer{L}-w{W}-k{K}`` when that variable is set, else the shipped
+    one, else the user cache (where :func:`ensure_default_sae` trains it).
+    """
+    override = os.environ.get(DEFAULT_SAES_ENV)
+    if override:
+        return Path(override).expanduser() / f"layer{layer}-w{width}-k{k}"
     shipped = shipped_sae_dir(layer, width, k)
     if shipped is not None:
         return shipped

@@ -109,7 +109,6 @@ def demo_attacks(
     retain = [item for _, known in questions["retain"].values() for item in known]
     if not forget:
         return []
-    (output / "attack.jsonl").unlink(missing_ok=True)  # records of an earlier demo's guard
     return headline_rows(
         model,
         tokenizer,

@@ -106,3 +106,21 @@ def test_a_binary_prompt_file_fails_in_one_line(workspace, monkeypatch, capsys):
     assert code == 2 and err.strip().splitlines() == [
         f"error: --prompts {workspace / 'prompts.txt'} is not UTF-8 text: convert it first"
     ]
+
+
+def test_no_known_and_a_prompt_file_show_in_the_table_and_report(workspace, monkeypatch, capsys):
+    prompts = workspace / "prompts.jsonl"
+    rows = [{"prompt": "what is the cell virus gene", "label": "forget"}]
+    rows += [{"prompt": "the king of the city", "label": "benign"}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setenv("COLUMNS", "250")  # the whole table on one line per row
+    code, out, err = _run(monkeypatch, capsys, _args(workspace, "--prompts", str(prompts)))
+    assert code == 0, err
+    assert "saeguard attack (all drawn questions (no known filter))" in out and "(known questions)" not in out
+    assert "forget prompts fired" in out and "benign prompts FP" in out
+    report = json.loads((workspace / "out" / "attack.json").read_text())
+    assert report["known_filter"] is False and report["sets"]["prompts"] == 2
+    clean = report["rows"][0]["metrics"]
+    assert clean["prompts:forget"]["n"] == 1 and clean["prompts:benign"]["n"] == 1
+    markdown = (workspace / "out" / "attack.md").read_text()
+    assert "| forget prompts fired | benign prompts FP |" in markdown and "prompts 2" in markdown

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from saeguard import Guardrail
 from saeguard.cli import main
+from saeguard.errors import CalibrationWarning
 from saeguard.testing import (
     FORGET_WORDS,
     RETAIN_WORDS,
@@ -94,3 +97,28 @@ def _fit_args(ws: Path, output: Path, *extra: str, model: str) -> list[str]:
 def error_lines() -> Callable[[str], list[str]]:
     """Non-blank lines of a stderr text."""
     return lambda err: [line for line in err.strip().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def topk_guard(workspace: Path) -> tuple[Guardrail, Path, Path]:
+    """(guard, its folder, its SAE's folder): a TopK guardrail fitted on the workspace's model."""
+    sae = random_sae("topk")
+    sae.save_model(workspace / "topk_sae")
+    model = tiny_llama(max_positions=1024)
+    model.load_state_dict(type(model).from_pretrained(workspace / "model").state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # 8 documents a side: too few, on purpose
+        guard = Guardrail.fit(
+            model,
+            make_tokenizer(),
+            workspace / "topk_sae",
+            forget=corpus(FORGET_WORDS, 8, 30, 1),
+            retain=corpus(RETAIN_WORDS, 8, 30, 2),
+            layer=1,
+            n_features=2,
+            ratio_percentile=90,
+            seq_len=32,
+            calibration_size=8,
+            show_progress=False,
+        )
+    return guard, guard.save(workspace / "topk_guard"), workspace / "topk_sae"

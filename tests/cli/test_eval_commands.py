@@ -67,3 +67,15 @@ def test_eval_without_the_known_filter_scores_every_item_guarded(workspace, cli,
     summary = json.loads((workspace / "ev" / "eval.json").read_text())["sets"][0]
     assert code == 0 and summary["known"] is None and summary["guarded_on"] == "all items"
     assert summary["guarded"]["n"] == 8 and "guarded, all items" in out
+
+
+def test_eval_of_a_missing_file_says_not_found_and_a_bad_name_lists_the_sets(cli, workspace, error_lines):
+    model = ["--model", str(workspace / "model"), "--device", "cpu", "--no-known"]
+    code, _, err = cli(["eval", "--mcq", str(workspace / "missing.jsonl"), *model])
+    assert code == 2 and error_lines(err)[-1] == (
+        f"error: MCQ file {workspace / 'missing.jsonl'} not found: pass a .jsonl file or hf:name/config:split"
+    )
+    code, _, err = cli(["eval", "--mcq", "nosuchset", *model])
+    assert code == 2 and error_lines(err)[-1].startswith(
+        "error: unknown MCQ set 'nosuchset'; choose one of: wiki"
+    )

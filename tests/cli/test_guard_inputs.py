@@ -10,41 +10,17 @@ from __future__ import annotations
 
 import json
 
-from saeguard import Guardrail
-from saeguard.testing import FORGET_WORDS, RETAIN_WORDS, corpus, make_tokenizer, random_sae, tiny_llama
 
-
-def _topk_guard(workspace):
-    sae = random_sae("topk")
-    sae.save_model(workspace / "topk_sae")
-    model = tiny_llama(max_positions=1024)
-    model.load_state_dict(type(model).from_pretrained(workspace / "model").state_dict())
-    guard = Guardrail.fit(
-        model,
-        make_tokenizer(),
-        workspace / "topk_sae",
-        forget=corpus(FORGET_WORDS, 8, 30, 1),
-        retain=corpus(RETAIN_WORDS, 8, 30, 2),
-        layer=1,
-        n_features=2,
-        ratio_percentile=90,
-        seq_len=32,
-        calibration_size=8,
-        show_progress=False,
-    )
-    return guard, guard.save(workspace / "topk_guard")
-
-
-def test_inspect_reads_a_topk_guardrail_without_its_sae(cli, workspace):
-    guard, folder = _topk_guard(workspace)
+def test_inspect_reads_a_topk_guardrail_without_its_sae(cli, topk_guard):
+    guard, folder, _ = topk_guard
     code, out, err = cli(["inspect", str(folder), "--json"])
     assert code == 0, err
     summary = json.loads(out)
     assert summary["architecture"] == "topk" and summary["latent_ids"] == guard.summary()["latent_ids"]
 
 
-def test_generate_takes_a_topk_guardrails_sae(cli, workspace, error_lines):
-    _, folder = _topk_guard(workspace)
+def test_generate_takes_a_topk_guardrails_sae(cli, workspace, topk_guard, error_lines):
+    _, folder, _ = topk_guard
     base = ["generate", "--guard", str(folder), "--model", str(workspace / "model"), "--device", "cpu"]
     base += ["--max-new-tokens", "2", "--prompt", "what is the cell"]
     code, _, err = cli(base)

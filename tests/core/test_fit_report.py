@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from saeguard import Guardrail
-from saeguard.core.fit_report import MIN_CALIBRATION_INPUTS, FitReport, fit_report
+from saeguard.core.fit_report import MIN_CALIBRATION_INPUTS, FitReport, fit_report, shared_documents
 from saeguard.core.provenance import (
     CorpusRecord,
     ModelRecord,
@@ -18,12 +18,27 @@ from saeguard.core.provenance import (
     TauEstimate,
 )
 from saeguard.errors import CalibrationWarning
-from saeguard.testing import RETAIN_WORDS, corpus, plant_forget_direction, random_sae, tiny_llama
+from saeguard.testing import (
+    FORGET_WORDS,
+    RETAIN_WORDS,
+    corpus,
+    plant_forget_direction,
+    random_sae,
+    tiny_llama,
+)
 
 FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, show_progress=False)
 
 
-def _provenance(retain_inputs: int, retain_frequency: list[float]) -> Provenance:
+def _provenance(
+    retain_inputs: int,
+    retain_frequency: list[float],
+    *,
+    ratio: float = 40.0,
+    flagged: tuple[float, float] = (0.8, 0.05),
+    fingerprints: tuple[str, str] = ("a", "b"),
+    forget_tokens: int = 1200,
+) -> Provenance:
     n = len(retain_frequency)
     return Provenance(
         model=ModelRecord("m", "f", 32, 2),
@@ -32,17 +47,20 @@ def _provenance(retain_inputs: int, retain_frequency: list[float]) -> Provenance
             latent_ids=list(range(n)),
             forget_importance=[1.0] * n,
             retain_importance=[0.0] * n,
-            ratio=[1.0] * n,
+            ratio=[ratio] * n,
             ratio_cutoff=0.5,
             candidate_count=n,
             retain_frequency=retain_frequency,
         ),
         corpora={
-            "forget": CorpusRecord("a", documents=30, tokens=1200, chunks=3),
-            "retain": CorpusRecord("b", documents=40, tokens=1500, chunks=4),
+            "forget": CorpusRecord(fingerprints[0], documents=30, tokens=forget_tokens, chunks=3),
+            "retain": CorpusRecord(fingerprints[1], documents=40, tokens=1500, chunks=4),
         },
         tau_estimate=TauEstimate(0.04, 95.0, 0.03, 0.05, 0.04),
-        calibration={"retain": RhoSummary(count=retain_inputs), "forget": RhoSummary(count=30)},
+        calibration={
+            "retain": RhoSummary(count=retain_inputs, flagged_fraction=flagged[1]),
+            "forget": RhoSummary(count=30, flagged_fraction=flagged[0]),
+        },
     )
 
 
@@ -92,3 +110,67 @@ def test_fit_with_enough_retain_text_does_not_warn(tokenizer, forget_corpus):
             model, tokenizer, sae, forget=forget_corpus, retain=corpus(RETAIN_WORDS, 80, 40, seed=2), **FIT
         )
     assert fit_report(guard).calibration_inputs["retain"] >= MIN_CALIBRATION_INPUTS
+
+
+SEPARATION_FIX = "use a retain corpus without the forget topic"
+
+
+@pytest.mark.parametrize(
+    ("changes", "shared", "problem"),
+    [
+        ({"fingerprints": ("a", "a")}, None, "the forget and retain corpora are the same text"),
+        ({}, 0.5, "50% of the forget documents are also retain documents"),
+        ({"ratio": 1.0}, None, "no selected latent is even 2x as important on forget as on retain text"),
+        ({"flagged": (0.1, 0.05)}, None, "the gate flags 10% of forget calibration inputs and 5% of retain"),
+    ],
+)
+def test_corpora_the_gate_cannot_tell_apart_are_named_with_the_fix(changes, shared, problem):
+    report = FitReport.of(_provenance(512, [0.1, 0.1], **changes), tau=0.04, shared=shared)
+    assert report.problems == () and any(problem in p for p in report.separation_problems)
+    assert report.warning is not None and report.warning.startswith("the guard cannot tell the forget text")
+    assert SEPARATION_FIX in report.warning and "\n" not in report.warning
+
+
+def test_an_always_gate_is_not_blamed_for_flagging_everything():
+    report = FitReport.of(_provenance(512, [0.1, 0.1], flagged=(1.0, 1.0)), tau=0.04, dynamic=False)
+    assert report.separation_problems == () and report.warning is None
+
+
+def test_a_tiny_forget_side_says_to_add_forget_text():
+    report = FitReport.of(_provenance(512, [0.1, 0.1], forget_tokens=120), tau=0.04)
+    assert report.forget_problems == ("only 120 forget tokens (fewer than 300)",)
+    assert report.warning is not None and "add more forget text on the topic" in report.warning
+
+
+def test_shared_documents_is_the_share_of_forget_documents_found_in_retain():
+    assert shared_documents(["a", "b", "c", "d"], ["x", "b", "d"]) == 0.5
+    assert shared_documents([], ["a"]) == 0.0 and shared_documents(["a"], []) == 0.0
+
+
+def _fit(tokenizer, forget, retain):
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    return Guardrail.fit(model, tokenizer, sae, forget=forget, retain=retain, **FIT)
+
+
+def test_the_same_corpus_on_both_sides_warns_that_the_guard_cannot_fire(tokenizer, forget_corpus):
+    with pytest.warns(CalibrationWarning, match="cannot tell the forget text from the retain text") as caught:
+        guard = _fit(tokenizer, forget_corpus, list(forget_corpus))
+    message = str(caught[0].message)
+    assert "the forget and retain corpora are the same text" in message and SEPARATION_FIX in message
+    assert fit_report(guard).separation_problems
+
+
+def test_a_retain_corpus_holding_the_forget_documents_warns(tokenizer, forget_corpus):
+    retain = corpus(RETAIN_WORDS, 80, 40, seed=2) + forget_corpus
+    with pytest.warns(CalibrationWarning, match="100% of the forget documents are also retain documents"):
+        _fit(tokenizer, forget_corpus, retain)
+
+
+def test_a_tiny_forget_corpus_warns_what_to_add(tokenizer):
+    with pytest.warns(CalibrationWarning, match="add more forget text on the topic"):
+        _fit(tokenizer, corpus(FORGET_WORDS, 2, 30, seed=1), corpus(RETAIN_WORDS, 80, 40, seed=2))
+
+
+def test_a_tiny_retain_corpus_warns_what_to_add(tokenizer, forget_corpus):
+    with pytest.warns(CalibrationWarning, match="add more retain text"):
+        _fit(tokenizer, forget_corpus, corpus(RETAIN_WORDS, 3, 30, seed=2))

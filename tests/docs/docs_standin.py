@@ -24,7 +24,7 @@ from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from saeguard.config import DEFAULT_LAYER
-from saeguard.defaults import shipped_sae_dir, trained_sae_dir
+from saeguard.defaults import DEFAULT_K, DEFAULT_WIDTH
 from saeguard.hf.models import default_model_dir, load_default_model
 from saeguard.io import cache_dir
 
@@ -56,19 +56,12 @@ def real_tokenizer_dir() -> Path:
     return folder
 
 
-class ShippedSaeError(RuntimeError):
-    """A default SAE ships inside the package: it takes precedence over any cached one, stand-in included."""
-
-
 def build_standin(target: Path, seed: int = 0) -> Path:
     """Write the stand-in cache into ``target`` and return it; the offline data is linked, not copied.
 
-    Raises:
-        ShippedSaeError: the package ships a default SAE, which ``default`` would resolve to
-            instead of the stand-in's (the blocks can then run on the real default instead).
+    The stand-in's SAE lies in ``standin_saes(target)``: point ``$SAEGUARD_DEFAULT_SAES`` there,
+    or ``default`` resolves to the SAE shipped for the real default model.
     """
-    if shipped_sae_dir() is not None:
-        raise ShippedSaeError(f"a default SAE ships in the package ({shipped_sae_dir()}): no stand-in for it")
     real = cache_dir()
     tokenizer = AutoTokenizer.from_pretrained(real_tokenizer_dir())
     target.mkdir(parents=True, exist_ok=True)
@@ -78,7 +71,8 @@ def build_standin(target: Path, seed: int = 0) -> Path:
         if not link.exists():
             link.symlink_to(real / name, target_is_directory=True)
     with cache_at(target):
-        model_dir, sae_dir = default_model_dir(), trained_sae_dir()  # never the package's shipped SAE
+        model_dir = default_model_dir()
+    sae_dir = standin_saes(target) / f"layer{DEFAULT_LAYER}-w{DEFAULT_WIDTH}-k{DEFAULT_K}"
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -98,6 +92,11 @@ def build_standin(target: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(model_dir)
     _random_sae(model, tokenizer, seed).save_model(sae_dir)
     return target
+
+
+def standin_saes(target: Path) -> Path:
+    """The folder of the stand-in's default SAEs (the value for ``$SAEGUARD_DEFAULT_SAES``)."""
+    return target / "standin-saes"
 
 
 SAMPLE = (

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from saeguard.defaults import DEFAULT_SAES_ENV
+
 from .docs_blocks import RUN_LANGUAGES, Block, collect, documents, fence_languages
+from .docs_standin import standin_saes
 
 BLOCKS = collect()
 RUNNABLE_ALIASES = {"py", "python3", "sh", "shell", "console", "zsh"}
@@ -29,7 +32,9 @@ def test_code_block_runs_as_written(
         workdirs[block.document] = tmp_path_factory.mktemp(block.document.stem)
     monkeypatch.chdir(workdirs[block.document])
     if block.mode == "tiny":
-        monkeypatch.setenv("SAEGUARD_CACHE", str(request.getfixturevalue("standin_cache")))
+        standin = request.getfixturevalue("standin_cache")
+        monkeypatch.setenv("SAEGUARD_CACHE", str(standin))
+        monkeypatch.setenv(DEFAULT_SAES_ENV, str(standin_saes(standin)))  # not the shipped SAE
     block.run()
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from saeguard.errors import SaeguardError
-from saeguard.eval.items import McqItem, load_mcq, question_text
+from saeguard.eval.items import McqItem, load_mcq, mcq_set, question_text
 
 
 def _write(path, rows):
@@ -53,3 +53,29 @@ def test_prompt_lists_all_options():
     text = question_text(McqItem("what is the cell", ("a", "b", "c", "d"), 0, "biology"))
     assert text.startswith("The following are multiple choice questions (with answers) about biology.\n")
     assert text.endswith("\nA. a\nB. b\nC. c\nD. d")
+
+
+@pytest.mark.parametrize("spec", ["missing.jsonl", "sets/bio", "./bio", "~/no-such-dir/q.json", "data.v2"])
+def test_a_spec_that_looks_like_a_path_and_is_missing_is_a_file_not_found(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SaeguardError, match=r"^MCQ file .* not found: pass a \.jsonl file") as caught:
+        mcq_set(spec)
+    assert "unknown MCQ set" not in str(caught.value)
+
+
+def test_a_bare_name_that_is_no_built_in_set_lists_the_known_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SaeguardError, match=r"unknown MCQ set 'biology'; choose one of: wiki, .*cwe"
+    ) as caught:
+        mcq_set("biology")
+    assert "wiki:biology" in str(caught.value) and ".jsonl file" in str(caught.value)
+
+
+def test_files_and_built_in_names_both_resolve(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "mine", [GOOD, GOOD | {"answer": 0}])  # an existing file needs no suffix
+    assert [item.answer for item in mcq_set("mine")] == [2, 0]
+    assert [item.answer for item in mcq_set(str(tmp_path / "mine"), limit=1)] == [2]
+    built_in = mcq_set("cwe", limit=3)
+    assert len(built_in) == 3 and all(isinstance(item, McqItem) for item in built_in)

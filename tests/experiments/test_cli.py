@@ -88,3 +88,40 @@ def test_threads_below_one_is_a_usage_error_not_a_traceback(cli, tmp_path):
         code, _, err = cli(["experiment", "sequential", "--threads", threads, "-o", str(tmp_path / "x")])
         assert code == 2 and "--threads" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_sae_of_another_width_fails_before_any_point_naming_both_widths(cli, world, tmp_path):
+    from saeguard.testing import tiny_llama
+
+    tiny_llama(hidden_size=48).save_pretrained(tmp_path / "wide")
+    world.tokenizer.save_pretrained(tmp_path / "wide")
+    world.sae.save_model(tmp_path / "sae")  # reads 32-wide activations
+    out = tmp_path / "run"
+    code, _, err = cli(
+        [
+            "experiment",
+            "sequential",
+            "--quick",
+            "--model",
+            str(tmp_path / "wide"),
+            "--sae",
+            str(tmp_path / "sae"),
+        ]
+        + ["-o", str(out), "--device", "cpu"]
+    )
+    last = err.strip().splitlines()[-1]  # earlier lines: this test's own save_pretrained progress
+    assert code == 2 and err.count("error:") == 1 and last.startswith("error:"), err
+    assert "SAE width mismatch: the SAE reads 32-dim activations but the model's hidden size is 48" in last
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_a_setting_of_the_wrong_type_is_refused_before_the_model_loads(cli, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"utility_target": "high"}))
+    out = tmp_path / "run"
+    code, _, err = cli(
+        ["experiment", "sequential", "--config", str(tmp_path / "bad.json"), "-o", str(out)]
+        + ["--model", str(tmp_path / "no-model")]
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "sequential settings: utility_target must be a number, got 'high'" in err
+    assert not out.exists()

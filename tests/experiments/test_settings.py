@@ -48,3 +48,46 @@ def test_json_settings_merge_over_the_defaults_and_unknown_keys_are_refused():
         settings_from_dict(SequentialConfig(), {"topics": [{"title": "bio"}]}, "settings")
     with pytest.raises(SaeguardError, match="unknown experiment 'nope'"):
         experiment("nope")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"utility_target": "high"}, "settings: utility_target must be a number, got 'high'"),
+        ({"utility_target": 5}, "settings: utility_target must be at most 1, got 5"),
+        ({"utility_target": float("nan")}, "settings: utility_target must be a number, got NaN"),
+        ({"utility_target": True}, "settings: utility_target must be a number, got True"),
+        ({"methods": "dsg"}, "settings: methods must be a list, got 'dsg'"),
+        ({"methods": ["dsg", 3]}, r"settings: methods\[1\] must be a string, got 3"),
+        ({"retain": None}, "settings: retain must be a list, got None"),
+        ({"gradient": {"rmu": 3}}, "settings: gradient.rmu must be a JSON object, got 3"),
+        (
+            {"gradient": {"rmu": {"steps": float("inf")}}},
+            "gradient.rmu.steps must be a finite number, got Infinity",
+        ),
+        ({"eval": {"batch_size": 0}}, r"settings.eval: batch_size must be at least 1, got 0"),
+        ({"eval": {"mcq_limit": "all"}}, r"settings.eval: mcq_limit must be an integer or None, got 'all'"),
+        ({"eval": {"scorer": "logit"}}, r"settings.eval: scorer must be one of 'letter', 'cloze'"),
+        ({"topics": [{"name": "bio", "forget": "a.txt", "mcq": "b"}]}, r"topics\[0\]: forget must be a list"),
+        (
+            {"topics": [{"name": 1, "forget": ["a"], "mcq": "b"}]},
+            r"topics\[0\]: name must be a string, got 1",
+        ),
+        ({"fit": 5}, "settings.fit must be a JSON object of fit settings"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_or_range_is_one_line_naming_it(data, message):
+    with pytest.raises(SaeguardError, match=message) as caught:
+        settings_from_dict(SequentialConfig(), data, "settings")
+    assert "\n" not in str(caught.value)
+
+
+def test_values_of_the_right_type_are_accepted_as_given():
+    merged = settings_from_dict(
+        SequentialConfig(),
+        {"utility_target": 1, "methods": ["dsg"], "eval": {"mcq_limit": None, "batch_size": 2}},
+    )
+    assert merged.utility_target == 1 and merged.methods == ["dsg"]
+    assert merged.eval.mcq_limit is None and merged.eval.batch_size == 2
+    data = settings_from_dict(DataEfficiencyConfig(), {"rmu_fractions": None, "fractions": [0.5, 1]})
+    assert data.rmu_fractions is None and data.fractions == [0.5, 1]

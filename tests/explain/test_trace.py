@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from saeguard.errors import SaeguardError
 from saeguard.explain.trace import trace_prompt
+from saeguard.testing import tiny_llama
 
 PROMPTS = ["what is the cell virus gene protein", "the king of the city", "what is dna in a cell"]
 
@@ -43,3 +45,16 @@ def test_a_conversation_counts_every_user_turn(fitted, tokenizer):
     counted = [t for t, c in zip(trace.tokens, trace.counted, strict=True) if c]
     assert " ".join(counted) == "the king of the city what is dna in a cell"  # not the assistant turn
     assert trace.rho == pytest.approx(float(records[0].rho[0]), abs=1e-12)
+
+
+def test_a_prompt_beyond_the_models_positions_says_to_shorten_the_prompt(fitted, tokenizer):
+    model, guard = fitted  # the tiny Llama has 256 positions
+    with pytest.raises(SaeguardError, match="over the model's 256 positions: shorten the prompt") as caught:
+        trace_prompt(model, tokenizer, guard, " ".join(["cell"] * 300))
+    assert "seq_len" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_trace_refuses_a_model_the_guard_was_not_fitted_on(fitted, tokenizer):
+    _, guard = fitted
+    with pytest.raises(SaeguardError, match="this model has 1"):
+        trace_prompt(tiny_llama(layers=1), tokenizer, guard, "the cell")

@@ -9,6 +9,7 @@ forget questions, and its false positives on retain questions under the same tra
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from saeguard.attacks.base import Attack, Clean
 from saeguard.attacks.dilution import BenignText, dilution_grid
 from saeguard.attacks.multiturn import multiturn_grid
 from saeguard.attacks.report import summary_rows
-from saeguard.attacks.runner import AttackSets, run_attacks
+from saeguard.attacks.runner import AttackSets, attack_context, run_attacks
 from saeguard.core.guardrail import Guardrail
 from saeguard.eval.items import McqItem
 from saeguard.eval.scorers import McqConfig
@@ -53,10 +54,18 @@ def headline_rows(
 ) -> list[dict[str, Any]]:
     """:func:`~saeguard.attacks.report.summary_rows` of :func:`headline_attacks` on these known items.
 
+    ``records_path`` is the demo's own: records of the same setup (model, guard, questions,
+    scoring) are reused, so a rerun of the demo costs nothing here; records of another setup
+    (an earlier demo's guard) are replaced.
+
     Raises:
-        SaeguardError: no forget items, or ``records_path`` holds records of another setup.
+        SaeguardError: no forget items.
     """
     sets = AttackSets(forget=list(forget), retain=list(retain))
+    mcq = mcq or McqConfig(scorer="cloze")
+    records_path = Path(records_path)
+    if _recorded_context(records_path) != attack_context(model, guard, sets, mcq):
+        records_path.unlink(missing_ok=True)
     records = run_attacks(
         model,
         tokenizer,
@@ -64,10 +73,20 @@ def headline_rows(
         headline_attacks(tokenizer),
         sets,
         records_path,
-        mcq=mcq or McqConfig(scorer="cloze"),
+        mcq=mcq,
         show_progress=show_progress,
     )
     return summary_rows(records)
+
+
+def _recorded_context(path: Path) -> str | None:
+    """The context of the first record in ``path``; None when there is none or it is unreadable."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return None
+    return first.get("context") if isinstance(first, dict) else None
 
 
 def rate_cell(row: dict[str, Any], role: str, name: str) -> str:

@@ -35,6 +35,8 @@ SETTINGS_FILE = "settings.png"
 INDEX_FILE = "index.html"
 MARKDOWN_FILE = "attack.md"
 BENIGN_ROLES = ("retain", "near")
+#: The free-form prompts' roles (``--prompts``) and their column names: the share flagged.
+PROMPT_COLUMNS = {"prompts:forget": "forget prompts fired", "prompts:benign": "benign prompts FP"}
 
 
 def record_metrics(
@@ -87,6 +89,22 @@ def _rate(row: Mapping[str, Any], role: str, name: str) -> tuple[float | None, i
 def _cell(row: Mapping[str, Any], role: str, name: str) -> str:
     value, n = _rate(row, role, name)
     return percent_with_n(value, n) if n is not None else "-"
+
+
+def prompt_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The free-form prompt roles some row measured (role -> column name), in :data:`PROMPT_COLUMNS` order."""
+    found = {role for row in rows for role in row["metrics"]}
+    return {role: name for role, name in PROMPT_COLUMNS.items() if role in found}
+
+
+def prompt_cells(row: Mapping[str, Any], columns: Mapping[str, str]) -> list[str]:
+    """One cell per prompt column: the share of the row's prompts the gate flagged, with n."""
+    return [_cell(row, role, "") for role in columns]
+
+
+def questions_label(known: bool) -> str:
+    """What the attacked questions are: the known ones, or every question drawn (``--no-known``)."""
+    return "known questions" if known else "all drawn questions (no known filter)"
 
 
 def _setting(row: Mapping[str, Any]) -> str:
@@ -166,11 +184,14 @@ def plot_settings(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    prompts = prompt_columns(rows)
     header = ["family", "setting", "attack success", "forget fired", "retain FP", "near FP", "benign broken"]
+    header += list(prompts.values())
     body = []
     for row in rows:
         if row["error"]:
-            body.append([row["family"], _setting(row), "error", row["error"][:80], "-", "-", "-"])
+            dashes = ["-"] * (3 + len(prompts))
+            body.append([row["family"], _setting(row), "error", row["error"][:80], *dashes])
             continue
         broken = [row["metrics"][role]["broken"] for role in BENIGN_ROLES if role in row["metrics"]]
         k, n = sum(b["k"] for b in broken), sum(b["n"] for b in broken)
@@ -183,9 +204,13 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> Table:
                 _cell(row, "retain", "fired"),
                 _cell(row, "near", "fired"),
                 percent_with_n(k / n if n else None, n) if n else "-",
+                *prompt_cells(row, prompts),
             ]
         )
-    return Table(header, body, caption="Every rate with the number of questions it rests on (n).")
+    caption = "Every rate with the number of questions (or prompts) it rests on (n)."
+    if prompts:
+        caption += " Prompt columns: the share of the --prompts file's prompts the gate flagged."
+    return Table(header, body, caption=caption)
 
 
 def write_report(
@@ -195,11 +220,13 @@ def write_report(
     guard: Mapping[str, Any],
     sets: Mapping[str, int],
     command: str = "",
+    known: bool = True,
 ) -> Path:
     """Write ``attack.json``, the plots, ``index.html`` and ``attack.md`` into ``output``; returns the page.
 
     ``guard`` is ``Guardrail.summary()`` (plus ``gate_rule`` where known); ``sets`` the number of
-    known questions per role; ``command`` the command line that made the run (shown on the page).
+    questions per role (free-form prompts under ``prompts``); ``command`` the command line that made
+    the run (shown on the page); ``known``: whether the questions were filtered to known ones.
 
     Raises:
         SaeguardError: no clean record among ``records``.
@@ -214,6 +241,7 @@ def write_report(
             "guard": dict(guard),
             "sets": dict(sets),
             "command": command,
+            "known_filter": known,
             "rows": rows,
         },
     )
@@ -236,10 +264,11 @@ def write_report(
     rule = guard.get("gate_rule", "")
     clean = next(row for row in rows if row["family"] == "clean")
     blocked = clean["metrics"].get("forget", {}).get("blocked", 0)
+    label = questions_label(known)
     notes = [
         f"Guard: layer {guard.get('layer')}, {guard.get('n_features')} latents, statistic "
         f"{guard.get('gate_statistic')}{f', rule {rule}' if rule else ''}, tau {guard.get('tau')}, "
-        f"clamp {guard.get('clamp')}. Known questions: "
+        f"clamp {guard.get('clamp')}. {label[0].upper()}{label[1:]}: "
         + ", ".join(f"{role} {n}" for role, n in sets.items())
         + f"; the guard blocks {blocked} of the {sets.get('forget', 0)} forget questions without an attack.",
         "Attack success: among the forget questions the guard blocks without the attack and the base "
@@ -251,7 +280,7 @@ def write_report(
         notes.append(f"Command: {command}")
     page = Page(
         title="saeguard attack: does the guard hold?",
-        summary="Attack success, gate firing and false positives per attack setting, on known questions.",
+        summary=f"Attack success, gate firing and false positives per attack setting, on {label}.",
         notes=notes,
         sections=[
             Section("Settings", blocks=[_table(rows)]),

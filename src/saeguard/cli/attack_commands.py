@@ -19,6 +19,7 @@ from saeguard.cli.options import (
     DEFAULT_MODEL,
     Device,
     Dtype,
+    GuardSae,
     Model,
     check_output,
     load_cli_model,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 console = Console()
 DEFAULT_FORGET = ("wiki:biology",)
 DEFAULT_RETAIN = ("wiki:geography", "wiki:history", "wiki:arts")  # the demo's retain sets
-QUICK_KNOWN = 24  # --quick: at most this many known questions per role
+QUICK_KNOWN = 24  # --quick: at most this many questions per role (known ones unless --no-known)
 SETS_PANEL = "Questions"
 GRID_PANEL = "Attack grid (default: every setting; --quick: a few)"
 
@@ -56,7 +57,7 @@ def _known_questions(
     permutations: Orderings,
     cap: int | None,
 ) -> list[McqItem]:
-    """The known questions of the sets in ``specs`` (first ``limit`` items of each), at most ``cap``."""
+    """Questions of ``specs`` (first ``limit`` of each; known ones with ``known``), at most ``cap``."""
     from saeguard.cli.eval_commands import _items
     from saeguard.eval.items import as_items
     from saeguard.eval.known import KnownConfig, known_items
@@ -99,7 +100,11 @@ def attack_command(
         typer.Option(help="Free-form prompts: .txt (one forget prompt a line) or .jsonl {prompt, label}"),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="A few settings per family, <= 24 known questions per set")
+        bool,
+        typer.Option(
+            "--quick",
+            help="A few settings per family, <= 24 questions per set (known ones unless --no-known)",
+        ),
     ] = False,
     limit: Annotated[
         int, typer.Option(min=1, help="Forget questions drawn per set before the known filter")
@@ -129,6 +134,7 @@ def attack_command(
     seed: Annotated[int, typer.Option(help="Seed of every random choice of the attacks")] = 0,
     scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = "cloze",
     model: Model = DEFAULT_MODEL,
+    sae: GuardSae = None,
     device: Device = AUTO_DEVICE,
     dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:
@@ -154,7 +160,7 @@ def attack_command(
     free = load_prompts(prompts) if prompts is not None else []
     device = resolve_device(device)
     lm, tokenizer = load_cli_model(model, device, dtype)
-    loaded = Guardrail.load(guard, lm, strict=False)
+    loaded = Guardrail.load(guard, lm, strict=False, sae=sae)
     config = McqConfig(scorer=scorer)
     cap = QUICK_KNOWN if quick else None
 
@@ -173,6 +179,8 @@ def attack_command(
         lm, tokenizer, loaded, grid.attacks(BenignText(tokenizer)), sets, output / "attack.jsonl", mcq=config
     )
     sizes = {"forget": len(sets.forget), "retain": len(sets.retain), "near": len(sets.near)}
+    if free:
+        sizes["prompts"] = len(free)
     command = "saeguard " + " ".join(sys.argv[1:])
     page = write_report(
         output,
@@ -180,22 +188,26 @@ def attack_command(
         guard=loaded.summary() | {"gate_rule": loaded.config.gate_rule},
         sets=sizes,
         command=command,
+        known=known,
     )
-    _print(summary_rows(records))
+    _print(summary_rows(records), known=known)
     console.print(f"report: {page}  ({time.perf_counter() - started:.0f} s)")
 
 
-def _print(rows: list[dict[str, Any]]) -> None:
+def _print(rows: list[dict[str, Any]], *, known: bool) -> None:
+    """The attack table: one row per setting; free-form prompt columns when ``--prompts`` was given."""
     from saeguard.attacks.headline import rate_cell as cell
+    from saeguard.attacks.report import prompt_cells, prompt_columns, questions_label
 
-    table = Table(title="saeguard attack (known questions)")
+    prompts = prompt_columns(rows)
+    table = Table(title=f"saeguard attack ({questions_label(known)})")
     table.add_column("setting", overflow="fold")
-    for column in ("attack success", "forget fired", "retain FP", "near FP"):
+    for column in ("attack success", "forget fired", "retain FP", "near FP", *prompts.values()):
         table.add_column(column, justify="right")
 
     for row in rows:
         if row["error"]:
-            table.add_row(escape(row["key"]), "error", escape(row["error"][:60]), "", "")
+            table.add_row(escape(row["key"]), "error", escape(row["error"][:60]), *[""] * (2 + len(prompts)))
             continue
         table.add_row(
             escape(row["key"]),
@@ -203,6 +215,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
             cell(row, "forget", "fired"),
             cell(row, "retain", "fired"),
             cell(row, "near", "fired"),
+            *prompt_cells(row, prompts),
         )
     console.print(table)
 

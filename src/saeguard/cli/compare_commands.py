@@ -18,6 +18,7 @@ from saeguard.cli.options import (
     Model,
     Sae,
     check_output,
+    check_sae,
     load_cli_model,
     resolve_device,
     resolve_sae,
@@ -80,6 +81,7 @@ def compare(
     needs_sae = any(m in ("dsg", "static", "ungated") for m in settings.methods)
     sae_spec = resolve_sae(sae, model) if needs_sae or sae is not None else None
     lm, tokenizer = load_cli_model(model, device, dtype)
+    check_sae(sae_spec, lm)  # an SAE of another width fails before the known-item filter
     limit_positions = max_positions(lm)
     require(
         limit_positions is None or settings.fit.seq_len <= limit_positions,

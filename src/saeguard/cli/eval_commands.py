@@ -21,6 +21,7 @@ from saeguard.cli.options import (
     DEFAULT_MODEL,
     Device,
     Dtype,
+    GuardSae,
     Model,
     Sae,
     calibration_warnings,
@@ -64,16 +65,11 @@ def _grid_option(name: str, what: str) -> OptionInfo:
     return typer.Option(help=f"{what} {escape(f'[default: {default}]')}", rich_help_panel=GRID_PANEL)
 
 
-def _items(spec: str, limit: int | None):
-    """A .jsonl path, hf:..., or a built-in offline set such as wiki:biology or cwe."""
-    from saeguard.eval.items import load_mcq
+def _items(spec: str, limit: int | None) -> list[McqItem]:
+    """A .jsonl path, hf:..., or a built-in offline set such as wiki:biology or cwe (:func:`mcq_set`)."""
+    from saeguard.eval.items import mcq_set
 
-    if Path(spec).expanduser().exists() or spec.startswith("hf:"):
-        items = load_mcq(spec)
-        return items[:limit] if limit else items
-    from saeguard.data.mcq import build_mcq
-
-    return build_mcq(spec, "heldout", limit=limit)
+    return mcq_set(spec, limit)
 
 
 def eval_command(
@@ -83,6 +79,7 @@ def eval_command(
     ] = None,
     guard: Annotated[Path | None, typer.Option(help="Guardrail folder; omit for the plain model")] = None,
     model: Model = DEFAULT_MODEL,
+    sae: GuardSae = None,
     scorer: Annotated[Scorer, typer.Option(help="letter or cloze")] = DEFAULT_SCORER,
     known: Annotated[bool, typer.Option(help="Restrict to items the base model knows")] = True,
     permutations: Annotated[
@@ -111,12 +108,15 @@ def eval_command(
     quick: MuseQuick = False,
 ) -> None:
     """MCQ accuracy with and without a guardrail (counts, Wilson 95% intervals); --muse BOOK: MUSE Books."""
+    if sae is not None and guard is None:
+        raise typer.BadParameter("--sae is a TopK guardrail's SAE: give it with --guard", param_hint="--sae")
     if muse is not None:  # issue 16: MUSE-style metrics, DSG beside the gradient baselines
         if mcq:
             raise typer.BadParameter("give --mcq or --muse, not both (two separate runs)", param_hint="--mcq")
         index = run_muse(
             muse,
             guard=guard,
+            sae=sae,
             model=model,
             methods=method,
             quick=quick,
@@ -140,7 +140,7 @@ def eval_command(
     if output is not None:
         output = check_output(output, folder=True)
     lm, tokenizer = load_cli_model(model, device, dtype)
-    loaded = Guardrail.load(guard, lm, strict=False) if guard else None
+    loaded = Guardrail.load(guard, lm, strict=False, sae=sae) if guard else None
     config = McqConfig(scorer=scorer)
     known_config = KnownConfig(mcq=config, permutations=permutations) if known else None
     rows = [

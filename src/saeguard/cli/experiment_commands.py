@@ -18,6 +18,7 @@ from saeguard.cli.options import (
     Model,
     Sae,
     check_output,
+    check_sae,
     fit_length,
     is_default_sae,
     load_cli_model,
@@ -73,6 +74,7 @@ def experiment(
     if threads is not None:
         torch.set_num_threads(threads)
     lm, tokenizer = load_cli_model(model, device, dtype)
+    check_sae(sae_spec, lm)  # an SAE of another width fails here, not once per point
     settings.fit = fit_length(settings.fit, lm, given=False)
     result = chosen.run(
         lm, tokenizer, sae_spec, settings, output, log=lambda line: console.print(f"[dim]{line}[/dim]")

@@ -13,6 +13,7 @@ from saeguard.cli.options import (
     DEFAULT_MODEL,
     Device,
     Dtype,
+    GuardSae,
     Model,
     check_output,
     check_replace,
@@ -50,6 +51,7 @@ def explain(
         bool, typer.Option(help="Wrap --prompt in the chat template (as the guard was fitted)")
     ] = True,
     model: Model = DEFAULT_MODEL,
+    sae: GuardSae = None,
     device: Device = AUTO_DEVICE,
     dtype: Dtype = DEFAULT_DTYPE,
 ) -> None:
@@ -73,12 +75,12 @@ def explain(
             if specs
         }
     )
-    loaded = Guardrail.load(guard)
+    loaded = Guardrail.load(guard, sae=sae)
     lm, tokenizer = load_cli_model(model, device, dtype)
-    loaded.check_model(lm, strict=False)
+    # the trace first: a prompt beyond the model's positions fails before the scans
+    trace = trace_latents(lm, tokenizer, loaded, prompt, chat=chat) if prompt is not None else None
     scan = ScanConfig(top_k=contexts, max_chunks=max_chunks)
     explanation = explain_guard(lm, tokenizer, loaded, texts=texts, scan=scan)
-    trace = trace_latents(lm, tokenizer, loaded, prompt, chat=chat) if prompt is not None else None
     index = write_explain_report(explanation, output, trace=trace)
     if trace is not None:
         state = "flagged" if trace.trace.flagged else "passed"

@@ -21,6 +21,7 @@ from saeguard.cli.options import (
     DEFAULT_MODEL,
     Device,
     Dtype,
+    GuardSae,
     Model,
     Sae,
     TorchDtype,
@@ -129,10 +130,7 @@ def generate(
     prompt: Annotated[list[str], typer.Option(help="Prompt (repeat for a batch)")],
     model: Model = DEFAULT_MODEL,
     max_new_tokens: int = 64,
-    sae: Annotated[
-        str | None,
-        typer.Option(help="A TopK guardrail's full SAE (SAELens folder or release:sae_id); others need none"),
-    ] = None,
+    sae: GuardSae = None,
     compare: Annotated[bool, typer.Option(help="Also show the unguarded answer")] = True,
     strict: Annotated[
         bool, typer.Option(help="Refuse a model whose weights differ from the fitted one")

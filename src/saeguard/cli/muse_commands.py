@@ -74,6 +74,7 @@ def run_muse(
     book: str,
     *,
     guard: Path | None,
+    sae: str | None = None,
     model: str,
     methods: list[str] | None,
     quick: bool,
@@ -85,8 +86,8 @@ def run_muse(
 ) -> Path:
     """Measure the original model, DSG and the gradient baselines on MUSE Books; returns ``index.html``.
 
-    DSG uses ``guard`` (a guard fitted to forget ``book``) or a guard fitted on the book with the
-    demo's settings and the default SAE (trained first if it is not cached).
+    DSG uses ``guard`` (a guard fitted to forget ``book``; ``sae``: a TopK guard's full SAE) or a
+    guard fitted on the book with the demo's settings and the default SAE (trained first if it is not cached).
 
     Raises:
         SaeguardError: an unknown novel or method, ``--limit`` under 2, ``--guard`` without DSG
@@ -109,7 +110,8 @@ def run_muse(
     )
     output = check_output(output or Path("reports/muse"), folder=True)
     check_replace(output, force=True, is_ours=lambda path: (path / RESULT_FILE).is_file(), what="MUSE report")
-    loaded = Guardrail.load(guard) if guard is not None else None  # a bad artifact fails before the model
+    # a bad artifact fails before the model loads
+    loaded = Guardrail.load(guard, sae=sae) if guard is not None else None
     sae_spec = resolve_sae(None, model) if "dsg" in config.methods and loaded is None else None
     lm, tokenizer = load_cli_model(model, device, dtype)
     if loaded is not None:

@@ -2,8 +2,9 @@
 
 Each is defined once here and used by every command that needs it, so ``fit``,
 ``generate``, ``eval``, ``sweep``, ``compare`` and ``demo`` read ``--device``,
-``--dtype`` and ``--sae`` the same way, and check their output and sequence
-lengths before any work starts (issue 11 §4, issue 12 §2/§7).
+``--dtype`` and ``--sae`` the same way (the ``--sae`` of a saved TopK guardrail:
+:data:`GuardSae`), and check their output, SAE and sequence lengths before any work starts
+(issue 11 §4, issue 12 §2/§7).
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ Sae = Annotated[
         rich_help_panel=MODEL_PANEL,
     ),
 ]
+
+GuardSae = Annotated[
+    str | None,
+    typer.Option(
+        "--sae",
+        help="A TopK guardrail's full SAE (SAELens folder or release:sae_id); other guardrails need none",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+"""``--sae`` of the commands that load a saved guardrail (``Guardrail.load(..., sae=...)``)."""
 
 
 LOG_WIDTH = 160
@@ -161,6 +172,19 @@ def resolve_sae(spec: str | None, model: str) -> str:
     if not default_sae_ready():
         note(f"training the default SAE first (~10-15 min on 2 cores, cached in {default_sae_dir()})")
     return resolve_default_sae(DEFAULT_SAE)
+
+
+def check_sae(spec: str | None, model: nn.Module) -> None:
+    """Load the SAE ``spec`` and check that it reads ``model``'s width, before any work starts.
+
+    Raises:
+        SaeguardError: an SAE that does not load, or one of another width (both widths named).
+    """
+    if spec is None:
+        return
+    from saeguard.core.sae import check_sae_width, load_sae
+
+    check_sae_width(load_sae(spec), model)
 
 
 def check_output(path: Path, *, folder: bool, option: str = "--output") -> Path:

@@ -15,6 +15,7 @@ from saeguard.cli.options import (
     DEFAULT_MODEL,
     Device,
     Dtype,
+    GuardSae,
     Model,
     load_cli_model,
     note,
@@ -84,6 +85,7 @@ def serve(
         typer.Option(help="Guardrail folder, or NAME=FOLDER (repeat for several guards)", show_default=False),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
     model: Model = DEFAULT_MODEL,
+    sae: GuardSae = None,
     host: Annotated[
         str, typer.Option(help="Address to bind (loopback by default)", rich_help_panel=SERVER_PANEL)
     ] = "127.0.0.1",
@@ -155,7 +157,7 @@ def serve(
     check_listen(host, port)
     device = resolve_device(device)
     lm, tokenizer = load_cli_model(model, device, dtype)
-    guards = {key: Guardrail.load(path, lm, strict=strict) for key, path in folders.items()}
+    guards = {key: Guardrail.load(path, lm, strict=strict, sae=sae) for key, path in folders.items()}
     if not guards:
         note("no --guard given: requests are served unguarded")
     if host not in _LOOPBACK and api_key is None:

@@ -29,7 +29,7 @@ from saeguard.core.fit_inputs import (
     prepare_fit,
     statistics_batch_size,
 )
-from saeguard.core.fit_report import warn_if_uncalibrated
+from saeguard.core.fit_report import shared_documents, warn_if_uncalibrated
 from saeguard.core.gate import GateRule, GateStatistic, activation_weights
 from saeguard.core.provenance import (
     CorpusRecord,
@@ -256,7 +256,8 @@ def fit_from_statistics(
         distributions={"retain_rho": retain_rho, "forget_rho": forget_rho},
     )
     result = retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
-    warn_if_uncalibrated(result)  # a retain side too small to calibrate on: CalibrationWarning
+    shared = shared_documents(inputs.documents("forget"), inputs.documents("retain"))
+    warn_if_uncalibrated(result, shared=shared)  # corpora that cannot make a working gate: CalibrationWarning
     return result
 
 

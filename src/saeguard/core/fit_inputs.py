@@ -18,7 +18,7 @@ from typing import Any, Literal
 from torch import nn
 
 from saeguard.config import FitConfig
-from saeguard.core.sae import load_sae, sae_fingerprint, sae_hook_name
+from saeguard.core.sae import check_sae_width, load_sae, sae_fingerprint, sae_hook_name
 from saeguard.core.statistics import FeatureStatistics, Shard, collect_statistics, token_batches
 from saeguard.errors import SaeguardError, require
 from saeguard.hf.corpus import (
@@ -30,7 +30,7 @@ from saeguard.hf.corpus import (
     special_token_ids,
 )
 from saeguard.hf.fingerprint import model_fingerprint, tokenizer_fingerprint
-from saeguard.hf.layers import check_language_model, hidden_size, max_positions, parse_layer
+from saeguard.hf.layers import check_language_model, max_positions, parse_layer
 from saeguard.io import text_fingerprint
 
 CorpusRole = Literal["forget", "retain"]
@@ -80,12 +80,7 @@ def prepare_fit(
             f"the SAE reads layer {sae_layer} ({hook_name}) but layer {layer} was asked for: "
             "drop --layer/layer= to use the SAE's, or pass the SAE trained on that layer",
         )
-    width = hidden_size(model)
-    require(
-        int(sae.cfg.d_in) == width,
-        f"SAE width mismatch: the SAE reads {sae.cfg.d_in}-dim activations but the model's "
-        f"hidden size is {width}: use an SAE trained on this model",
-    )
+    check_sae_width(sae, model)
     sae = sae.to(next(model.parameters()).device)
     return FitInputs(
         model=model,

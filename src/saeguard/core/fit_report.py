@@ -1,18 +1,27 @@
-"""What a fit did, read back from its provenance, and whether its retain side could calibrate the gate.
+"""What a fit did, read back from its provenance, and whether its corpora could make a working gate.
 
 After every fit the CLI prints :meth:`FitReport.lines`: documents, tokens and
 chunks per corpus, calibration inputs per corpus, tau with its bootstrap
-interval, and how many selected latents never fire on retain text. A retain
-side too small or degenerate to calibrate on (fewer than
-:data:`MIN_CALIBRATION_INPUTS` calibration inputs, tau = 0, or most selected
-latents silent on a small retain text, so their forget/retain ratios divide by ~0) is
-reported by :func:`warn_if_uncalibrated` as one :class:`CalibrationWarning`,
-emitted from the core so API users see it too (issue 12 §3).
+interval, and how many selected latents never fire on retain text. Three kinds of
+problem are reported by :func:`warn_if_uncalibrated` as one :class:`CalibrationWarning`,
+emitted from the core so API users see it too (issue 12 §3), each with what to do:
+
+* a retain side too small or degenerate to calibrate on (fewer than
+  :data:`MIN_CALIBRATION_INPUTS` calibration inputs, tau = 0, or most selected latents
+  silent on a small retain text, so their forget/retain ratios divide by ~0): add retain text;
+* a forget side too small to choose latents from (under :data:`MIN_FORGET_TOKENS` tokens or
+  :data:`MIN_FORGET_INPUTS` calibration inputs): add forget text;
+* corpora the gate cannot tell apart (the same text on both sides, many forget documents
+  also in the retain corpus, no selected latent :data:`MIN_RATIO` times more important on
+  forget than on retain text, or a dynamic gate that flags barely more forget than retain
+  calibration inputs, :data:`MIN_SEPARATION`): a guard that (almost) never fires on its topic.
+  The fix is a retain corpus without the forget topic.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +38,23 @@ MIN_CALIBRATION_INPUTS = 50
 MIN_RETAIN_TOKENS = 100_000
 #: What to do about a degenerate retain side (CLI and API alike).
 RETAIN_FIX = "add more retain text, e.g. --retain wiki:not-biology (API: retain=[...more documents])"
+#: Fewer forget tokens or calibration inputs than these: latents chosen from a few sentences.
+MIN_FORGET_TOKENS = 300
+MIN_FORGET_INPUTS = 8
+FORGET_FIX = (
+    "add more forget text on the topic, e.g. another --forget file (--forget repeats; "
+    "API: forget=[...more documents])"
+)
+#: A selected latent should be at least this many times more important on forget than on retain text.
+MIN_RATIO = 2.0
+#: A dynamic gate should flag at least this much larger a share of forget than of retain calibration inputs.
+MIN_SEPARATION = 0.10
+#: Forget documents also found in the retain corpus, as a share, from which the corpora "overlap".
+MAX_SHARED = 0.10
+SEPARATION_FIX = (
+    "use a retain corpus without the forget topic (e.g. --retain wiki:not-biology, or your own "
+    "general text) and forget text on the topic only"
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,8 @@ class FitReport:
         n_latents: selected latents N.
         silent_on_retain: selected latents whose retain firing frequency is exactly 0.
         problems: why the retain side cannot calibrate the gate (empty when it can).
+        forget_problems: why the forget side is too small to choose latents from.
+        separation_problems: why the gate cannot tell forget from retain text.
     """
 
     corpora: dict[str, CorpusRecord]
@@ -52,10 +80,20 @@ class FitReport:
     n_latents: int
     silent_on_retain: int
     problems: tuple[str, ...] = field(default=())
+    forget_problems: tuple[str, ...] = field(default=())
+    separation_problems: tuple[str, ...] = field(default=())
 
     @classmethod
-    def of(cls, provenance: Provenance, tau: float) -> FitReport:
-        """The report of a fit with this provenance and threshold."""
+    def of(
+        cls, provenance: Provenance, tau: float, *, dynamic: bool = True, shared: float | None = None
+    ) -> FitReport:
+        """The report of a fit with this provenance and threshold.
+
+        Args:
+            dynamic: the guard's gate decides per input (``gate="dynamic"``); an ``always`` gate
+                flags everything by design, so its flagged shares are not compared.
+            shared: the share of forget documents also in the retain corpus (known at fit time only).
+        """
         frequencies = provenance.selection.retain_frequency
         silent = sum(1 for value in frequencies if value == 0)
         inputs = {role: summary.count for role, summary in provenance.calibration.items()}
@@ -84,15 +122,30 @@ class FitReport:
             n_latents=n_latents,
             silent_on_retain=silent,
             problems=tuple(problems),
+            forget_problems=_forget_problems(provenance),
+            separation_problems=_separation_problems(provenance, dynamic=dynamic, shared=shared),
         )
 
     @property
     def warning(self) -> str | None:
-        """The one-line warning for :attr:`problems`, or None when the retain side is fine."""
-        if not self.problems:
-            return None
-        problems = "; ".join(self.problems)
-        return f"the retain side is too small or degenerate to calibrate the gate: {problems}; {RETAIN_FIX}"
+        """The one-line warning for every problem with what to do about it, or None when there is none."""
+        parts = []
+        if self.problems:
+            parts.append(
+                "the retain side is too small or degenerate to calibrate the gate: "
+                f"{'; '.join(self.problems)}; {RETAIN_FIX}"
+            )
+        if self.separation_problems:
+            parts.append(
+                "the guard cannot tell the forget text from the retain text, so it will rarely or "
+                f"never fire on its topic: {'; '.join(self.separation_problems)}; {SEPARATION_FIX}"
+            )
+        if self.forget_problems:
+            parts.append(
+                "the forget side is too small to choose latents from: "
+                f"{'; '.join(self.forget_problems)}; {FORGET_FIX}"
+            )
+        return ". Also, ".join(parts) if parts else None
 
     def lines(self) -> list[str]:
         """The report as short lines of text, one per corpus plus tau and the latents."""
@@ -123,18 +176,74 @@ class FitReport:
             "n_latents": self.n_latents,
             "silent_on_retain": self.silent_on_retain,
             "problems": list(self.problems),
+            "forget_problems": list(self.forget_problems),
+            "separation_problems": list(self.separation_problems),
         }
 
 
-def fit_report(result: FitResult) -> FitReport | None:
-    """The :class:`FitReport` of a fitted guard (a ``Guardrail`` too); None when it has no provenance."""
+def _forget_problems(provenance: Provenance) -> tuple[str, ...]:
+    """Too little forget text: under :data:`MIN_FORGET_TOKENS` tokens or :data:`MIN_FORGET_INPUTS` inputs."""
+    problems = []
+    forget = provenance.corpora.get("forget")
+    if forget is not None and forget.tokens < MIN_FORGET_TOKENS:
+        problems.append(f"only {forget.tokens:,} forget tokens (fewer than {MIN_FORGET_TOKENS:,})")
+    calibration = provenance.calibration.get("forget")
+    if calibration is not None and calibration.count < MIN_FORGET_INPUTS:
+        problems.append(
+            f"only {calibration.count} forget calibration inputs (fewer than {MIN_FORGET_INPUTS})"
+        )
+    return tuple(problems)
+
+
+def _separation_problems(provenance: Provenance, *, dynamic: bool, shared: float | None) -> tuple[str, ...]:
+    """Why the gate cannot tell the corpora apart (same text, overlap, no forget-specific latent)."""
+    problems = []
+    forget, retain = provenance.corpora.get("forget"), provenance.corpora.get("retain")
+    if forget is not None and retain is not None and forget.fingerprint == retain.fingerprint:
+        problems.append("the forget and retain corpora are the same text")
+    elif shared is not None and shared >= MAX_SHARED:
+        problems.append(f"{100 * shared:.0f}% of the forget documents are also retain documents")
+    ratios = provenance.selection.ratio
+    if ratios and max(ratios) < MIN_RATIO:
+        problems.append(
+            f"no selected latent is even {MIN_RATIO:g}x as important on forget as on retain text "
+            f"(best ratio {max(ratios):.3g})"
+        )
+    calibration = provenance.calibration
+    if dynamic and "forget" in calibration and "retain" in calibration:
+        f, r = calibration["forget"], calibration["retain"]
+        if f.count and r.count and f.flagged_fraction - r.flagged_fraction < MIN_SEPARATION:
+            problems.append(
+                f"the gate flags {100 * f.flagged_fraction:.0f}% of forget calibration inputs and "
+                f"{100 * r.flagged_fraction:.0f}% of retain ones"
+            )
+    return tuple(problems)
+
+
+def shared_documents(forget: Sequence[str], retain: Sequence[str]) -> float:
+    """The share of ``forget`` documents (0-1) that also occur, verbatim, in ``retain``."""
+    if not forget:
+        return 0.0
+    seen = {hash(text) for text in retain}
+    return sum(hash(text) in seen for text in forget) / len(forget)
+
+
+def fit_report(result: FitResult, *, shared: float | None = None) -> FitReport | None:
+    """The :class:`FitReport` of a fitted guard (a ``Guardrail`` too); None when it has no provenance.
+
+    ``shared``: the share of forget documents also in the retain corpus, when the fit knows it.
+    """
     if result.provenance is None:
         return None
-    return FitReport.of(result.provenance, result.tau)
+    dynamic = result.config.gate == "dynamic"
+    return FitReport.of(result.provenance, result.tau, dynamic=dynamic, shared=shared)
 
 
-def warn_if_uncalibrated(result: FitResult) -> None:
-    """Warn (:class:`CalibrationWarning`) when ``result``'s retain side cannot calibrate its gate."""
-    report = fit_report(result)
+def warn_if_uncalibrated(result: FitResult, *, shared: float | None = None) -> None:
+    """Warn (:class:`CalibrationWarning`) when ``result``'s corpora cannot make a working gate.
+
+    ``shared``: the share of forget documents also in the retain corpus (:func:`shared_documents`).
+    """
+    report = fit_report(result, shared=shared)
     if report is not None and report.warning is not None:
         warnings.warn(report.warning, CalibrationWarning, stacklevel=4)  # the caller of Guardrail.fit

@@ -353,29 +353,43 @@ class RowDecision:
     final_rho: float
 
 
-def row_decisions(records: Sequence[GateRecord]) -> list[RowDecision]:
-    """Per row: the prompt's decision and, if the gate flipped while generating, the token where.
+def row_decisions(records: Sequence[GateRecord], prompts: int | None = None) -> list[RowDecision]:
+    """The prompt's decision and, if the gate flipped while generating, the token where.
 
-    Valid for strategies that keep rows in order (greedy, sampling); beam search reorders rows.
+    Without ``prompts``: one per row the model ran (``len(prompts) * num_beams`` rows under beam
+    search, ``* num_return_sequences`` when sampling several; a prompt's rows are adjacent). With
+    ``prompts=len(prompts)``: one per prompt, so a zip with the prompts lines up; ``flipped_at`` is
+    then the first token at which any of its rows was clamped, ``final_rho`` its rows' largest.
+
+    Raises:
+        SaeguardError: ``prompts`` is not a positive number that divides the rows.
     """
     if not records:
         return []
     prompt = records[0]
     assert prompt.prompt_flagged is not None
+    rows = int(prompt.rho.shape[0])
+    per = 1 if prompts is None else rows // prompts if type(prompts) is int and prompts >= 1 else 0
+    require(
+        per > 0 and per * (prompts or rows) == rows,
+        f"prompts={prompts!r} does not divide the {rows} rows the model ran: pass len(prompts)",
+    )
     out = []
-    for row in range(int(prompt.rho.shape[0])):
+    for first in range(0, rows, per):
+        group = range(first, first + per)
+        flagged = bool(prompt.prompt_flagged[first])
         flipped = None
-        if not bool(prompt.prompt_flagged[row]):
+        if not flagged:
             for step, record in enumerate(records[1:]):
-                if bool(record.flagged[row]):
+                if any(bool(record.flagged[row]) for row in group):
                     flipped = step
                     break
         out.append(
             RowDecision(
-                prompt_flagged=bool(prompt.prompt_flagged[row]),
-                prompt_rho=float(prompt.rho[row]),
+                prompt_flagged=flagged,
+                prompt_rho=float(prompt.rho[first]),
                 flipped_at=flipped,
-                final_rho=float(records[-1].rho[row]),
+                final_rho=max(float(records[-1].rho[row]) for row in group),
             )
         )
     return out

@@ -16,6 +16,7 @@ import torch
 
 from saeguard.errors import SaeguardError, one_line, require
 from saeguard.hf.fingerprint import tensors_fingerprint
+from saeguard.hf.layers import hidden_size
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -118,6 +119,20 @@ def check_supported(sae: SAE) -> None:
     require(
         getattr(sae.cfg, "reshape_activations", "none") == "none",
         "SAE reads attention head outputs (hook_z): saeguard needs a residual-stream SAE",
+    )
+
+
+def check_sae_width(sae: SAE, model: torch.nn.Module) -> None:
+    """Fail clearly when ``sae`` reads activations of another width than ``model``'s residual stream.
+
+    Raises:
+        SaeguardError: ``sae.cfg.d_in`` differs from the model's hidden size (both named).
+    """
+    width = hidden_size(model)
+    require(
+        int(sae.cfg.d_in) == width,
+        f"SAE width mismatch: the SAE reads {sae.cfg.d_in}-dim activations but the model's "
+        f"hidden size is {width}: use an SAE trained on this model",
     )
 
 

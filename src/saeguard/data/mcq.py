@@ -325,7 +325,10 @@ def build_mcq(name: str, split: str = "heldout", limit: int | None = None) -> li
     elif name == "hpo:phenotype":
         items = hpo_items(t for t in _hpo_terms() if split_of("hpo", t.id) == split)
     else:
-        raise SaeguardError(f"unknown MCQ set {name!r}; choose one of: {', '.join(available_mcq())}")
+        raise SaeguardError(
+            f"unknown MCQ set {name!r}; choose one of: {', '.join(available_mcq())} "
+            "(or give a .jsonl file or hf:name/config:split)"
+        )
     items.sort(key=_order_key)
     return items if limit is None else items[:limit]
 

@@ -218,6 +218,30 @@ def load_mcq(
     return items
 
 
+def mcq_set(spec: str, limit: int | None = None) -> list[McqItem]:
+    """A question set named on the command line: a built-in offline set, a .jsonl file or ``hf:...``.
+
+    Built-in sets (``wiki:biology``, ``cwe``... :func:`saeguard.data.mcq.available_mcq`) are read
+    from their held-out split. A spec that names an existing file, or looks like a path (it has a
+    suffix such as ``.jsonl`` or a ``/``), is read as a file; any other name must be built in.
+
+    Raises:
+        SaeguardError: a path-like spec whose file does not exist ("not found"), a bare name that
+            is no built-in set (the known names listed), or what :func:`load_mcq` refuses.
+    """
+    path = Path(spec).expanduser()
+    if spec.startswith("hf:") or path.exists() or _looks_like_path(spec):
+        return load_mcq(spec, limit=limit)
+    from saeguard.data.mcq import build_mcq
+
+    return load_mcq(build_mcq(spec, "heldout", limit=limit), limit=limit)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A suffix (``mine.jsonl``), a folder separator or a leading ``.``/``~``: meant as a file."""
+    return bool(Path(spec).suffix) or "/" in spec or "\\" in spec or spec.startswith((".", "~"))
+
+
 def _load_jsonl(path: Path, subject: str) -> list[McqItem]:
     require(path.is_file(), f"MCQ file {path} not found: pass a .jsonl file or hf:name/config:split")
     items = []

@@ -24,7 +24,7 @@ from saeguard.baselines import TrainConfig, grid_configs, unlearn
 from saeguard.config import FitConfig, preset
 from saeguard.core.fit import FitInputs, corpus_statistics, fit_from_statistics, prepare_fit
 from saeguard.core.guardrail import Guardrail
-from saeguard.core.sae import load_sae, sae_fingerprint
+from saeguard.core.sae import check_sae_width, load_sae, sae_fingerprint
 from saeguard.core.statistics import FeatureStatistics
 from saeguard.errors import require
 from saeguard.experiments.harness import EvalSettings, Harness, Scores, scores_or_none
@@ -223,6 +223,8 @@ class Setup:
             config.fit = replace(config.fit, calibration_long_tokens=positions // 2)
             say(f"note: calibration_long_tokens lowered to {positions // 2} ({positions} model positions)")
         loaded = load_sae(sae) if sae is not None else None
+        if loaded is not None:
+            check_sae_width(loaded, model)  # before any point runs, not once per point
         seed = config.fit.seed
         docs = {
             role: load_documents(s, split, role=role, seed=seed) for role, (s, split) in documents.items()

@@ -36,8 +36,10 @@ class EvalSettings:
     scorer: Scorer = "cloze"
     known_filter: bool = True  # keep the questions the base answers under every option order
     permutations: Orderings = "cyclic"  # known filter: the 4 rotations, or "all" 24 orders (the protocol)
-    mcq_limit: int | None = 80  # questions per set before the known filter
-    batch_size: int = 8
+    mcq_limit: int | None = field(
+        default=80, metadata={"min": 1}
+    )  # questions per set before the known filter
+    batch_size: int = field(default=8, metadata={"min": 1})
 
     def mcq(self) -> McqConfig:
         return McqConfig(scorer=self.scorer, batch_size=self.batch_size)

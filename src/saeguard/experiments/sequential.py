@@ -93,7 +93,7 @@ class SequentialConfig:
     gradient: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(SMALL_GRADIENT))
     fit: FitConfig = field(default_factory=experiment_fit)
     eval: EvalSettings = field(default_factory=EvalSettings)
-    utility_target: float = 0.98  # of the unguarded model's utility
+    utility_target: float = field(default=0.98, metadata={"min": 0, "max": 1})  # share of the base utility
 
     @classmethod
     def quick(cls) -> SequentialConfig:

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from saeguard.core.fit import FitResult
+from saeguard.core.guardrail import Guardrail
 from saeguard.core.provenance import RhoSummary, SaeRecord, TauEstimate
 from saeguard.errors import require
 from saeguard.explain.latents import (
@@ -78,6 +79,11 @@ def _at(values: Sequence[float], index: int) -> float | None:
     return float(values[index]) if index < len(values) else None
 
 
+def as_guardrail(guard: FitResult) -> Guardrail:
+    """``guard`` as a :class:`Guardrail` (a bare fit result wrapped, sharing its tensors)."""
+    return guard if isinstance(guard, Guardrail) else Guardrail.from_result(guard)
+
+
 def read_texts(texts: Mapping[str, CorpusSpec]) -> dict[str, list[str]]:
     """Every document of each text to scan (role -> documents); read before any model work.
 
@@ -109,8 +115,11 @@ def explain_guard(
         top_tokens: output tokens listed per latent, each way.
 
     Raises:
-        SaeguardError: an empty corpus, or a model whose unembedding does not match the SAE.
+        SaeguardError: a model the guard was not fitted on (not a language model, another width or
+            too few layers; :meth:`Guardrail.check_model`, not strict), an empty corpus, or a model
+            whose unembedding does not match the SAE.
     """
+    as_guardrail(guard).check_model(model, strict=False)
     provenance = guard.provenance
     ids = [int(i) for i in guard.latents.ids]
     logits = decoder_logits(model, tokenizer, guard, top=top_tokens)

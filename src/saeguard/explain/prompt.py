@@ -72,7 +72,8 @@ def trace_latents(
     """The gate's trace of ``prompt`` (:func:`trace_prompt`) with per-latent activations and the clamp.
 
     Raises:
-        SaeguardError: see :func:`~saeguard.hf.prompts.encode_prompts`.
+        SaeguardError: see :func:`~saeguard.explain.trace.trace_prompt` (another model, a prompt
+            beyond the model's positions).
     """
     trace = trace_prompt(model, tokenizer, guard, prompt, chat=chat)
     encoded = encode_prompts(tokenizer, [prompt], chat=chat and guard.config.chat_template)

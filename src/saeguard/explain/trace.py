@@ -21,8 +21,9 @@ from torch import nn
 from saeguard.core.gate import token_scope
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.state import thread_store
+from saeguard.errors import require
 from saeguard.hf.chat import Message
-from saeguard.hf.layers import model_device
+from saeguard.hf.layers import check_token_ids, max_positions, model_device
 from saeguard.hf.prompts import encode_prompts
 
 
@@ -56,6 +57,22 @@ class PromptTrace:
         return asdict(self)
 
 
+def check_prompt_length(model: nn.Module, input_ids: torch.Tensor) -> None:
+    """Fail clearly when the encoded prompt (1, T) does not fit the model's positions or embeddings.
+
+    Raises:
+        SaeguardError: T above the model's positions (the fix: a shorter prompt), or an id the
+            model does not embed.
+    """
+    limit, tokens = max_positions(model), int(input_ids.shape[-1])
+    require(
+        limit is None or tokens <= limit,
+        f"the prompt is {tokens} tokens long (chat template included), over the model's {limit} "
+        f"positions: shorten the prompt to under {limit} tokens",
+    )
+    check_token_ids(model, input_ids, "the encoded prompt")
+
+
 @torch.no_grad()
 def trace_prompt(
     model: nn.Module,
@@ -76,9 +93,14 @@ def trace_prompt(
             several guards: a later guard reads the hidden states the earlier ones left).
 
     Raises:
-        SaeguardError: see :func:`~saeguard.hf.prompts.encode_prompts`.
+        SaeguardError: a model the guard was not fitted on (:meth:`Guardrail.check_model`, not
+            strict), a prompt longer than the model's positions or holding ids it does not embed,
+            or what :func:`~saeguard.hf.prompts.encode_prompts` refuses.
     """
+    for applied in [*before, guard]:
+        applied.check_model(model, strict=False)
     encoded = encode_prompts(tokenizer, [prompt], chat=chat and guard.config.chat_template)
+    check_prompt_length(model, encoded.input_ids)
     device = model_device(model)
     hooks = [g.hook() for g in before]
     hook = guard.hook()

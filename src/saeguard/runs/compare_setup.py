@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saeguard.errors import require
-from saeguard.eval.items import McqItem, items_fingerprint, load_mcq
+from saeguard.eval.items import McqItem, items_fingerprint, mcq_set
 from saeguard.eval.known import known_items
 from saeguard.hf.corpus import iter_documents, resolve_corpus
 from saeguard.hf.fingerprint import model_identity, tokenizer_fingerprint
@@ -43,11 +43,7 @@ def _documents(specs: list[str], split: str, role: str, seed: int) -> list[str]:
 
 
 def _question_set(spec: str, limit: int | None) -> list[McqItem]:
-    from saeguard.data.mcq import available_mcq, build_mcq
-
-    if spec in available_mcq() or (spec.startswith("wiki:") and not Path(spec).exists()):
-        return load_mcq(build_mcq(spec, "heldout", limit=limit))
-    return load_mcq(spec, limit=limit)
+    return mcq_set(spec, limit)
 
 
 def build_setup(model, tokenizer, config: CompareConfig, cache_dir, show_progress: bool) -> CompareSetup:
