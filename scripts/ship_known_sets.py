@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 
-from saeguard.attacks.neighbours import NEAR_SETS
 from saeguard.data.mcq import build_mcq
 from saeguard.demo import DemoConfig
+from saeguard.demo_scores import shipped_question_sets
 from saeguard.eval.items import as_items
 from saeguard.eval.known import SHIPPED_KNOWN, KnownConfig, known_cache_path, known_items
 from saeguard.eval.mcq import McqConfig
@@ -26,11 +26,7 @@ def main() -> None:
     model, tokenizer = load_default_model()
     demo = DemoConfig()
     config = KnownConfig(mcq=McqConfig(scorer=demo.scorer), permutations=demo.permutations)
-    others = dict.fromkeys([*demo.retain_mcq, *demo.near_mcq, *NEAR_SETS])
-    for name, limit in [
-        (demo.forget_mcq, demo.forget_items),
-        *((n, demo.items_per_other_set) for n in others),
-    ]:
+    for name, limit in shipped_question_sets(demo):
         items = as_items(build_mcq(name, "heldout", limit=limit), source=name)
         known = known_items(model, tokenizer, items, config=config, dataset=name)
         path = known_cache_path(model, tokenizer, items, config)

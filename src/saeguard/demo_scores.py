@@ -16,6 +16,23 @@ from saeguard.eval.mcq import McqConfig, evaluate_mcq
 if TYPE_CHECKING:
     from saeguard.demo import DemoConfig
 
+
+def shipped_question_sets(config: DemoConfig) -> list[tuple[str, int]]:
+    """(set, questions drawn) of every set whose known items ship for the default model.
+
+    The demo's forget, retain and near-domain sets and the attack suite's neighbour sets
+    (``attacks.neighbours.NEAR_SETS``), each with the demo's draw: what
+    ``scripts/ship_known_sets.py`` ships and ``tests/eval/test_shipped_known.py`` checks.
+    """
+    from saeguard.attacks.neighbours import NEAR_SETS
+
+    others = dict.fromkeys([*config.retain_mcq, *config.near_mcq, *NEAR_SETS])
+    return [
+        (config.forget_mcq, config.forget_items),
+        *((name, config.items_per_other_set) for name in others),
+    ]
+
+
 #: Per group (forget / retain / near) and question set: (questions drawn, the known ones).
 DemoQuestions = dict[str, dict[str, tuple[int, list[McqItem]]]]
 

@@ -12,6 +12,7 @@ import pytest
 
 from saeguard.data.mcq import build_mcq
 from saeguard.demo import DemoConfig
+from saeguard.demo_scores import shipped_question_sets
 from saeguard.eval.items import as_items
 from saeguard.eval.known import SHIPPED_KNOWN, KnownConfig, KnownSet, known_cache_path, known_items
 from saeguard.eval.mcq import McqConfig
@@ -20,9 +21,7 @@ pytestmark = pytest.mark.integration
 
 DEMO = DemoConfig()
 CONFIG = KnownConfig(mcq=McqConfig(scorer=DEMO.scorer), permutations=DEMO.permutations)
-SETS = [(DEMO.forget_mcq, DEMO.forget_items)] + [
-    (name, DEMO.items_per_other_set) for name in (*DEMO.retain_mcq, *DEMO.near_mcq, "wiki:everyday-life")
-]
+SETS = shipped_question_sets(DEMO)
 
 
 @pytest.mark.parametrize(("name", "limit"), SETS)
