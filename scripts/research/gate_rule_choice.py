@@ -31,17 +31,14 @@ from typing import Any
 import torch
 
 from saeguard.config import preset
-from saeguard.core.calibration import prompt_texts
+from saeguard.core.calibration import gate_evidence, prompt_batches, prompt_texts
 from saeguard.core.fit import retune
 from saeguard.core.gate import GateRule
 from saeguard.core.guardrail import Guardrail
 from saeguard.data.corpora import load_corpus
 from saeguard.defaults import resolve_sae
 from saeguard.demo import DemoConfig, retain_documents
-from saeguard.hf.corpus import counted_mask, special_token_ids
-from saeguard.hf.layers import model_device, residual_at
 from saeguard.hf.models import load_default_model
-from saeguard.hf.prompts import encode_prompts
 from saeguard.io import cache_dir, write_json
 from saeguard.progress import progress_bar
 
@@ -83,18 +80,15 @@ def split_turns(text: str, turns: int) -> list[dict[str, str]]:
     return messages
 
 
-@torch.no_grad()
 def evidence(model: Any, tokenizer: Any, guard: Guardrail, inputs: list[Any], label: str) -> Evidence:
-    device = model_device(model)
-    latents = guard.latents.to(device)
-    special = special_token_ids(tokenizer)
+    """The gate's per-token evidence of every input (``core.calibration.gate_evidence``), kept per input."""
     rows = []
+    batches = prompt_batches(inputs, tokenizer, 4)
     with progress_bar(f"evidence {label}", total=len(inputs), unit="inputs") as advance:
-        for start in range(0, len(inputs), 4):
-            enc = encode_prompts(tokenizer, inputs[start : start + 4], left_pad=False)
-            counted = counted_mask(enc.input_ids, enc.attention_mask, special) & enc.content_mask
-            hidden = residual_at(model, guard.layer, enc.input_ids.to(device), enc.attention_mask.to(device))
-            values = guard.statistic.evidence(latents.activations(hidden)).cpu()
+        for values, counted in gate_evidence(
+            model, guard.layer, guard.latents, batches, statistic=guard.statistic
+        ):
+            values, counted = values.cpu(), counted.cpu()
             rows += [(values[i], counted[i]) for i in range(values.shape[0])]
             advance(values.shape[0])
     return Evidence(rows)

@@ -162,6 +162,28 @@ def prompt_batches(
 
 
 @torch.no_grad()
+def gate_evidence(
+    model: torch.nn.Module,
+    layer: int,
+    latents: SelectedLatents,
+    batches: Iterable[TokenBatch],
+    *,
+    statistic: GateStatistic | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch, the gate's per-token evidence and counted mask (docs/method.md §3).
+
+    Yields:
+        (evidence (B, T) float on the model's device, counted (B, T) bool on the same device),
+        one pair per batch of ``batches``: what every :class:`GateRule` turns into rho.
+    """
+    device = model_device(model)
+    on_device = latents.to(device)
+    statistic = statistic or GateStatistic()
+    for batch in batches:
+        hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))
+        yield statistic.evidence(on_device.activations(hidden)), batch.counted.to(device)
+
+
 def gate_rho(
     model: torch.nn.Module,
     layer: int,
@@ -182,19 +204,13 @@ def gate_rho(
         (n,) float64, one value per input with at least one counted token (inputs
         without any are dropped).
     """
-    device = model_device(model)
-    on_device = latents.to(device)
-    statistic = statistic or GateStatistic()
     rule = rule or GateRule()
     values = []
     with progress_bar(description, total=total, unit="inputs", enabled=show_progress) as advance:
-        for batch in batches:
-            hidden = residual_at(model, layer, batch.input_ids.to(device), batch.attention_mask.to(device))
-            evidence = statistic.evidence(on_device.activations(hidden))
-            counted = batch.counted.to(device)
+        for evidence, counted in gate_evidence(model, layer, latents, batches, statistic=statistic):
             keep = counted.sum(-1) > 0
             values.append(rule.rho(evidence, counted)[keep].cpu())
-            advance(int(batch.input_ids.shape[0]))
+            advance(int(counted.shape[0]))
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
 
