@@ -47,3 +47,20 @@ def test_calibration_rho_are_the_unsorted_inputs_rho_in_length_order(tokenizer, 
     torch.testing.assert_close(sorted_rho, one_by_one, rtol=0, atol=1e-6)
     forget_rho = calibration_rho(inputs, latents, "forget", config, show_progress=False)
     assert forget_rho.numel() == 12 + 3  # the forget side has no long runs (issue 17)
+
+
+def test_gate_evidence_is_what_gate_rho_turns_into_rho_per_batch(tokenizer, retain_corpus):
+    from saeguard.core.calibration import gate_evidence
+    from saeguard.core.gate import GateRule
+
+    model, sae = plant_forget_direction(tiny_llama(max_positions=256), random_sae("jumprelu"))
+    latents = SelectedLatents.from_sae(sae, [37, 4, 9])
+    texts = calibration_prompts(retain_corpus, tokenizer, PromptShape(limit=10))
+    pairs = list(gate_evidence(model, 1, latents, prompt_batches(texts, tokenizer, 4)))
+    assert [e.shape[0] for e, _ in pairs] == [4, 4, 2] and all(e.shape == c.shape for e, c in pairs)
+    rule = GateRule("window", window=3)
+    by_hand = torch.cat([rule.rho(e, c) for e, c in pairs])
+    expected = gate_rho(
+        model, 1, latents, prompt_batches(texts, tokenizer, 4), rule=rule, show_progress=False
+    )
+    torch.testing.assert_close(by_hand, expected, rtol=0, atol=0)
