@@ -14,9 +14,10 @@ from saeguard.experiments.descriptions import (
     LatentExample,
     describe_latents,
     import_descriptions,
+    keyword_pattern,
     select_by_description,
 )
-from saeguard.experiments.zero_shot import ZeroShotConfig, run_zero_shot
+from saeguard.experiments.zero_shot import BIOLOGY_KEYWORDS, ZeroShotConfig, run_zero_shot
 from saeguard.hf.corpus import iter_documents
 from saeguard.testing import FORGET_WORDS, PLANTED_LATENT, corpus
 
@@ -136,3 +137,12 @@ def test_keywords_no_latent_matches_leave_an_error_record_and_a_report(world, ti
     assert "no latent's examples match ['zebra']" in record.error
     assert [h.label for h in result.headlines] == ["unguarded forget accuracy"]
     assert (world.folder / "out" / "zero-shot.md").is_file()
+
+
+def test_biology_keywords_match_genetics_words_but_not_general_or_generic():
+    # the default --quick run selected latents firing on "general" while "gene" was a keyword
+    pattern = keyword_pattern(BIOLOGY_KEYWORDS)
+    for word in ("genes", "genetic", "genome", "Genomics", "cells", "proteins"):
+        assert pattern.search(f"the {word} of"), word
+    for word in ("general", "generic", "generous", "Secretary General"):
+        assert pattern.search(f"in a {word} way") is None, word

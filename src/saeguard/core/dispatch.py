@@ -5,11 +5,11 @@ the model (to read what the call is: a :class:`~saeguard.core.state.ForwardCall`
 a forward hook on each hooked decoder block, and thin wrappers around the
 model's ``generate`` (a fresh state per call) and ``prepare_inputs_for_generation``
 (the full token ids of every step). Each block hook hands its output to the
-gates on that layer (:meth:`GateHook.intervene <saeguard.core.hooks.GateHook.intervene>`),
-after making each gate's :class:`~saeguard.core.state.RowHistory` follow the KV
-cache (:func:`~saeguard.core.state.follow`). Gates are global (every forward,
-any thread) or local (forwards of the calling thread or task only); state lives
-per ``generate`` call, else per thread, so concurrent calls never share it.
+gates on that layer (:meth:`GateHook.intervene <saeguard.core.hooks.GateHook.intervene>`:
+each gate reads the block's own output, and their clamps add up), after making each gate's
+:class:`~saeguard.core.state.RowHistory` follow the KV cache (:func:`~saeguard.core.state.follow`).
+Gates are global (every forward, any thread) or local (forwards of the calling thread or task
+only); state lives per ``generate`` call, else per thread, so concurrent calls never share it.
 """
 
 from __future__ import annotations
@@ -190,12 +190,17 @@ class Dispatcher:
             store = CALL.get() or thread_store()
             if call.past == 0 and store.is_generate_call and store.prompt_length is None:
                 store.prompt_length = call.length
+            # Every gate on this layer reads the block's own output (its decision and its latents'
+            # activations do not depend on the other guards) and the clamps add up: stacked
+            # guards compose like one guard over the union of their latents (issue 15, sequential).
+            raw, edited = hidden, hidden
             for gate in gates:
                 with gate.instrument() if gate.instrument is not None else nullcontext():
                     history = follow(store.histories.get(gate), call, gate, store, hidden.device)
-                    hidden = gate.intervene(hidden, call, history)
+                    clamped = gate.intervene(raw, call, history)
+                    edited = clamped if edited is raw else edited + (clamped - raw)
                 store.histories[gate] = history
-            return replace_block_output(output, hidden)
+            return replace_block_output(output, edited)
 
         return hook
 

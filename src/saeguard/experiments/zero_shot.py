@@ -41,11 +41,15 @@ THREAT_MODEL = (
     "the defender has no forget data at all, only a topic name and keywords; users ask ordinary "
     "questions. The guard runs at inference time, so it holds only where its hooks cannot be removed."
 )
+#: Matched at word starts (``descriptions.keyword_pattern``), so a stem must not start common words:
+#: "gene" matched "general" and "generic", and on the default model picked latents firing on "general".
 BIOLOGY_KEYWORDS = [
     "biolog",
     "cell",
     "protein",
-    "gene",
+    "genes",
+    "genetic",
+    "genom",
     "dna",
     "rna",
     "enzyme",
