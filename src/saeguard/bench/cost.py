@@ -28,6 +28,7 @@ from saeguard.core.guardrail import Guardrail
 from saeguard.core.selection import select_features
 from saeguard.core.statistics import collect_statistics, token_batches
 from saeguard.errors import SaeguardError
+from saeguard.experiments.common import RMU_SETTINGS
 from saeguard.hf.batching import (
     current_rss,
     estimate_activation_memory,
@@ -177,9 +178,11 @@ def fit_memory(config: BenchConfig, subject: Subject, sizes: BenchSizes) -> dict
 DSG_GRID_SELECTIONS = 2 * 3
 DSG_GRID_CONFIGS = DSG_GRID_SELECTIONS * 8
 #: RMU's best forget/utility trade-off in the comparison grid on the default model
-#: (docs/compare.md, second run: the only configuration with >= 99% utility), with
-#: BenchSizes.rmu_steps = 150 steps of 4 x 128 tokens at full and quick sizes.
-RMU_BEST: dict[str, float] = {"steering_coeff": 100.0, "alpha": 100.0, "learning_rate": 5e-4}
+#: (docs/compare.md, second run: the only configuration with >= 99% utility; the experiments'
+#: ``RMU_SETTINGS``), with BenchSizes.rmu_steps = 150 steps of 4 x 128 tokens at full and quick sizes.
+RMU_BEST: dict[str, float] = {
+    name: float(RMU_SETTINGS[name]) for name in ("steering_coeff", "alpha", "learning_rate")
+}
 
 
 def setup_cost(subject: Subject, sizes: BenchSizes, n_features: int) -> dict[str, Any]:
