@@ -78,3 +78,25 @@ def test_eval_muse_with_an_unknown_novel_is_one_line_before_any_model_loads(monk
         and err.startswith("error: unknown Austen novel 'hamlet'")
         and err.count("\n") == 1
     )
+
+
+def test_rmu_trains_at_its_tuned_point_and_the_other_methods_at_the_shared_one():
+    from saeguard.baselines import DEFAULT_MODEL_RMU
+    from saeguard.runs.muse_books import gradient_config
+
+    config = books_config("persuasion")
+    rmu, ga = gradient_config(config, "rmu"), gradient_config(config, "ga")
+    assert (
+        (rmu.train.learning_rate, rmu.train.steps)
+        == (5e-4, 150)
+        == (
+            DEFAULT_MODEL_RMU["learning_rate"],
+            DEFAULT_MODEL_RMU["steps"],
+        )
+    )
+    assert (rmu.layer, rmu.steering_coeff, rmu.alpha) == (3, 100, 100)
+    assert (
+        (ga.train.learning_rate, ga.train.steps)
+        == (config.train.learning_rate, config.train.steps)
+        == (5e-5, 40)
+    )

@@ -19,11 +19,12 @@ from saeguard.baselines.ga import GAConfig
 from saeguard.baselines.graddiff import GradDiffConfig
 from saeguard.baselines.npo import NPOConfig
 from saeguard.baselines.registry import Method, MethodConfig, get, grid_configs, names, register
-from saeguard.baselines.rmu import RMUConfig
+from saeguard.baselines.rmu import DEFAULT_MODEL_RMU, RMUConfig
 from saeguard.baselines.training import TrainConfig, TrainResult
 from saeguard.baselines.unlearning import unlearn
 
 __all__ = [
+    "DEFAULT_MODEL_RMU",
     "METHODS",
     "PAPER_GRIDS",
     "SMALL_GRIDS",

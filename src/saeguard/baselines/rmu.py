@@ -37,6 +37,20 @@ def _rmu_train_defaults() -> TrainConfig:
     return TrainConfig(learning_rate=5e-6, batch_size=4, steps=400)
 
 
+#: RMU's best forget/utility trade-off on the default model (SmolLM2-135M-Instruct) in the
+#: comparison grid (docs/compare.md, second run: the only configuration at >= 99% utility):
+#: RMUConfig fields (layer, steering_coeff, alpha) and TrainConfig fields (the rest).
+DEFAULT_MODEL_RMU: dict[str, float | int] = {
+    "layer": 3,
+    "steering_coeff": 100,
+    "alpha": 100,
+    "learning_rate": 5e-4,
+    "steps": 150,
+    "batch_size": 4,
+    "seq_len": 128,
+}
+
+
 @dataclass
 class RMUConfig(MethodConfig):
     """RMU settings; the paper grid varies steering_coeff, alpha, batch and steps."""

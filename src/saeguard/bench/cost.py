@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from saeguard.baselines import DEFAULT_MODEL_RMU
 from saeguard.bench.config import BenchConfig, BenchSizes
 from saeguard.bench.fixtures import Subject, attach_saes, load_subject
 from saeguard.bench.throughput import fit_arch
@@ -28,7 +29,6 @@ from saeguard.core.guardrail import Guardrail
 from saeguard.core.selection import select_features
 from saeguard.core.statistics import collect_statistics, token_batches
 from saeguard.errors import SaeguardError
-from saeguard.experiments.common import RMU_SETTINGS
 from saeguard.hf.batching import (
     current_rss,
     estimate_activation_memory,
@@ -178,10 +178,10 @@ def fit_memory(config: BenchConfig, subject: Subject, sizes: BenchSizes) -> dict
 DSG_GRID_SELECTIONS = 2 * 3
 DSG_GRID_CONFIGS = DSG_GRID_SELECTIONS * 8
 #: RMU's best forget/utility trade-off in the comparison grid on the default model
-#: (docs/compare.md, second run: the only configuration with >= 99% utility; the experiments'
-#: ``RMU_SETTINGS``), with BenchSizes.rmu_steps = 150 steps of 4 x 128 tokens at full and quick sizes.
+#: (``baselines.DEFAULT_MODEL_RMU``, docs/compare.md), with BenchSizes.rmu_steps = 150 steps of
+#: 4 x 128 tokens at full and quick sizes.
 RMU_BEST: dict[str, float] = {
-    name: float(RMU_SETTINGS[name]) for name in ("steering_coeff", "alpha", "learning_rate")
+    name: float(DEFAULT_MODEL_RMU[name]) for name in ("steering_coeff", "alpha", "learning_rate")
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from saeguard.baselines import TrainConfig, grid_configs, unlearn
+from saeguard.baselines import DEFAULT_MODEL_RMU, TrainConfig, grid_configs, unlearn
 from saeguard.config import FitConfig, preset
 from saeguard.core.fit import FitInputs, corpus_statistics, fit_from_statistics, prepare_fit
 from saeguard.core.guardrail import Guardrail
@@ -54,8 +54,7 @@ def quick_fit(**changes: Any) -> FitConfig:
 
 #: The RMU configuration that unlearned on the default model in docs/compare.md (forget 0.47,
 #: utility 1.0 on known items; the same settings at lr 5e-5 and 60 steps did nothing).
-RMU_SETTINGS: dict[str, Any] = {"steering_coeff": 100, "alpha": 100, "layer": 3, "steps": 150}
-RMU_SETTINGS |= {"batch_size": 4, "seq_len": 128, "learning_rate": 5e-4}
+RMU_SETTINGS: dict[str, Any] = dict(DEFAULT_MODEL_RMU)  # RMU as it unlearned in docs/compare.md
 QUICK_EVAL = EvalSettings(mcq_limit=40)  # --quick: 40 questions per set before the known filter
 
 

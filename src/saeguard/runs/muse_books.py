@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from saeguard.baselines import TrainConfig, get, unlearn
+from saeguard.baselines import DEFAULT_MODEL_RMU, TrainConfig, get, unlearn
 from saeguard.config import FitConfig, preset
 from saeguard.core.guardrail import Guardrail
 from saeguard.data.corpora import AUSTEN_BOOKS
@@ -45,7 +45,12 @@ GRADIENT_METHODS = ("ga", "graddiff", "npo", "rmu")
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "graddiff": {"retain_weight": 1.0},
     "npo": {"beta": 0.1, "retain_weight": 1.0, "retain_loss": "nll"},
-    "rmu": {"layer": 3, "steering_coeff": 100.0, "alpha": 100.0},
+    "rmu": {name: DEFAULT_MODEL_RMU[name] for name in ("layer", "steering_coeff", "alpha")},
+}
+#: Per-method training beyond ``BooksConfig.train``: RMU unlearns only at its tuned rate and length
+#: (at the shared lr 5e-5 for 40 steps its MUSE row equalled the original model's).
+METHOD_TRAIN: dict[str, dict[str, Any]] = {
+    "rmu": {name: DEFAULT_MODEL_RMU[name] for name in ("learning_rate", "steps")},
 }
 
 
@@ -193,12 +198,20 @@ def _dsg(model, tokenizer, data: MuseData, config: BooksConfig, forget, retain, 
     return row
 
 
+def gradient_config(config: BooksConfig, method: str) -> Any:
+    """The method config a Books run trains ``method`` with: the shared training, then its own settings.
+
+    Raises:
+        SaeguardError: an unknown method.
+    """
+    train = dataclasses.replace(config.train, seed=config.seed, **METHOD_TRAIN.get(method, {}))
+    return get(method).config(train=train, **METHOD_SETTINGS.get(method, {}))
+
+
 def _gradient(
     model, tokenizer, data: MuseData, config: BooksConfig, method: str, forget, retain, log
 ) -> BooksRow:
-    entry = get(method)
-    settings = METHOD_SETTINGS.get(method, {})
-    method_config = entry.config(train=dataclasses.replace(config.train, seed=config.seed), **settings)
+    method_config = gradient_config(config, method)
     began = time.perf_counter()
     device = next(model.parameters()).device
     trained, _ = unlearn(copy.deepcopy(model), tokenizer, method, forget, retain, method_config)
