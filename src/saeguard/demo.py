@@ -9,6 +9,7 @@ gate firing rates and a few generations. Everything lands in one report folder.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,15 +205,18 @@ def run_demo(
     guard.save(output / "guardrail")
     seconds["fit"] = time.perf_counter() - began
 
+    _phase("MCQ table: the known questions with and without the guard", show_progress)
     began = time.perf_counter()
     questions = demo_questions(model, tokenizer, config, show_progress=show_progress)
     accuracy = mcq_tradeoff(model, tokenizer, guard, config, questions=questions, show_progress=show_progress)
     seconds["mcq"] = time.perf_counter() - began
 
+    _phase("attack rows: benign padding and a 3-turn split of the blocked questions", show_progress)
     began = time.perf_counter()
     attacks = demo_attacks(model, tokenizer, guard, config, output, questions, show_progress=show_progress)
     seconds["attacks"] = time.perf_counter() - began
 
+    _phase("held-out text: perplexity and the gate's firing rates", show_progress)
     began = time.perf_counter()
     text = text_metrics(
         model,
@@ -272,6 +276,12 @@ def run_demo(
 
     print_demo(result, console)
     return result
+
+
+def _phase(text: str, show_progress: bool) -> None:
+    """One line on stderr as a long step of the demo starts (its bars follow)."""
+    if show_progress:
+        print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
 def _default_sae_layer(fit: FitConfig) -> int:

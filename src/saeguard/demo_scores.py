@@ -84,7 +84,9 @@ def mcq_tradeoff(
             total += drawn
             if not chosen:
                 continue
-            base = evaluate_mcq(model, tokenizer, chosen, config=mcq, dataset=name, show_progress=False)
+            base = evaluate_mcq(
+                model, tokenizer, chosen, config=mcq, dataset=name, show_progress=show_progress
+            )
             guarded = evaluate_mcq(
                 model,
                 tokenizer,
@@ -93,7 +95,7 @@ def mcq_tradeoff(
                 config=mcq,
                 dataset=name,
                 base=base,
-                show_progress=False,
+                show_progress=show_progress,
             )
             total_known += len(chosen)
             base_correct += base.correct

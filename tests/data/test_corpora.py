@@ -232,7 +232,7 @@ def test_cwe_and_wordnet_from_fixture(fixture_sources):
 
 
 def test_unknown_names_and_splits():
-    with pytest.raises(SaeguardError, match="unknown corpus"):
+    with pytest.raises(SaeguardError, match="unknown corpus .*saeguard data list"):
         load_corpus("wiki:nope")
     with pytest.raises(SaeguardError, match="unknown corpus"):
         load_corpus("wiki:not-uncategorized")

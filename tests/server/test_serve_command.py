@@ -89,7 +89,7 @@ def test_serve_loads_the_model_and_named_guards_and_binds_loopback(cli, saved_mo
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--guard", "nowhere"], "holds no guardrail"),
+        (["--guard", "nowhere"], "holds no guardrail: create one with `saeguard fit`"),
         (["--guard", "a+b={bio}"], "must be letters"),
         (["--guard", "none={bio}"], "not 'none'"),
         (["--guard", "x={bio}", "--guard", "x={lore}"], "used twice"),

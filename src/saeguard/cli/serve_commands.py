@@ -49,7 +49,10 @@ def parse_guards(specs: list[str]) -> dict[str, Path]:
             f"--guard {spec}: the name {name!r} must be letters, digits, '_', '.' or '-' (not 'none'); "
             "give one as NAME=FOLDER",
         )
-        require(path.is_dir() and is_guardrail_folder(path), f"--guard {spec}: {path} holds no guardrail")
+        require(
+            path.is_dir() and is_guardrail_folder(path),
+            f"--guard {spec}: {path} holds no guardrail: create one with `saeguard fit` (or `saeguard demo`)",
+        )
         require(name not in guards, f"--guard {spec}: the name {name!r} is used twice; give NAME=FOLDER")
         guards[name] = path
     return guards

@@ -228,8 +228,8 @@ def _resolve(name: str) -> tuple[str, Callable[[str], bool]]:
     elif source == "cwe" and not sub:
         return source, lambda label: True
     raise SaeguardError(
-        f"unknown corpus {name!r}; choose one of available_corpora() "
-        "(e.g. wiki:biology, wiki:not-biology, cwe, wordnet:noun.animal, austen)"
+        f"unknown corpus {name!r}: `saeguard data list` (API: available_corpora()) names them all, "
+        "e.g. wiki:biology, wiki:not-biology, cwe, wordnet:noun.animal, austen"
     )
 
 
