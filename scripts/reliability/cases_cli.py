@@ -236,7 +236,6 @@ def _corpus_warning_cases(ws: Workspace) -> list[CliCase]:
     both.write_text("\n\n".join(ws.forget + ws.retain[:8]), encoding="utf-8")  # every forget document
     cases = []
     for name, pair, fix in (
-        ("the same corpus on both sides", (forget, forget), "use a retain corpus without the forget topic"),
         ("a retain corpus holding the forget documents", (forget, str(both)), "without the forget topic"),
         ("a tiny forget corpus (2 documents)", (str(tiny_forget), retain), "add more forget text"),
         ("a tiny retain corpus (3 documents)", (forget, str(tiny_retain)), "add more retain text"),
@@ -254,6 +253,20 @@ def _corpus_warning_cases(ws: Workspace) -> list[CliCase]:
         cases.append(
             CliCase(area, f"{name}: a warning that says what to do", argv, "success", check=warned, batch="b")
         )
+    same_target = ws.fresh("fit-same")
+    same = fit_argv(ws, same_target)
+    same[same.index("--forget") + 1], same[same.index("--retain") + 1] = forget, forget
+    cases.append(  # refused before any forward pass: such a guard could never fire
+        CliCase(
+            area,
+            "the same corpus on both sides: refused up front",
+            same,
+            "error",
+            outputs=[same_target],
+            check=names("same text"),
+            batch="b",
+        )
+    )
     return cases
 
 

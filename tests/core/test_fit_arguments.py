@@ -88,7 +88,7 @@ def test_a_tokenizer_whose_ids_the_model_lacks_is_refused():
     larger = chat_tokenizer(CHAT_TEMPLATES["chatml"])  # 53 tokens; "about" is id 52
     words = ["what about the cell and the gene about"] * 4
     with pytest.raises(SaeguardError, match="token id 52 but the model embeds ids 0..39"):
-        _fit(tokenizer=larger, forget=words, retain=words)
+        _fit(tokenizer=larger, forget=words, retain=["the gene about the cell"] * 4)
 
 
 def test_an_artifact_config_error_names_the_file():

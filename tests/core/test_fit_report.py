@@ -17,7 +17,7 @@ from saeguard.core.provenance import (
     SelectionRecord,
     TauEstimate,
 )
-from saeguard.errors import CalibrationWarning
+from saeguard.errors import CalibrationWarning, SaeguardError
 from saeguard.testing import (
     FORGET_WORDS,
     RETAIN_WORDS,
@@ -152,12 +152,9 @@ def _fit(tokenizer, forget, retain):
     return Guardrail.fit(model, tokenizer, sae, forget=forget, retain=retain, **FIT)
 
 
-def test_the_same_corpus_on_both_sides_warns_that_the_guard_cannot_fire(tokenizer, forget_corpus):
-    with pytest.warns(CalibrationWarning, match="cannot tell the forget text from the retain text") as caught:
-        guard = _fit(tokenizer, forget_corpus, list(forget_corpus))
-    message = str(caught[0].message)
-    assert "the forget and retain corpora are the same text" in message and SEPARATION_FIX in message
-    assert fit_report(guard).separation_problems
+def test_the_same_corpus_on_both_sides_is_refused_before_any_forward_pass(tokenizer, forget_corpus):
+    with pytest.raises(SaeguardError, match="the forget and retain corpora are the same text"):
+        _fit(tokenizer, forget_corpus, list(reversed(forget_corpus)))
 
 
 def test_a_retain_corpus_holding_the_forget_documents_warns(tokenizer, forget_corpus):

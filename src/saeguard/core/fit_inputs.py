@@ -61,7 +61,8 @@ def prepare_fit(
     Raises:
         SaeguardError: not a loaded language model, no tokenizer, an SAE that reads another
             layer or width than the one asked for, a length (``seq_len``, ``prompt_max_tokens``,
-            ``calibration_long_tokens``) beyond the model's positions, or corpora without real text.
+            ``calibration_long_tokens``) beyond the model's positions, corpora without real text,
+            or the same text on both sides (checked before any forward pass).
     """
     check_language_model(model)
     check_tokenizer(tokenizer, "a fit")
@@ -82,14 +83,23 @@ def prepare_fit(
         )
     check_sae_width(sae, model)
     sae = sae.to(next(model.parameters()).device)
+    forget_docs, retain_docs = (
+        _documents(forget, "forget", tokenizer),
+        _documents(retain, "retain", tokenizer),
+    )
+    require(
+        set(forget_docs) != set(retain_docs),
+        "the forget and retain corpora are the same text, so no latent can tell them apart and the gate "
+        "would never fire: give a retain corpus without the forget topic (e.g. --retain wiki:not-biology)",
+    )
     return FitInputs(
         model=model,
         tokenizer=tokenizer,
         sae=sae,
         sae_spec=sae_spec,
         layer=layer,
-        forget_docs=_documents(forget, "forget", tokenizer),
-        retain_docs=_documents(retain, "retain", tokenizer),
+        forget_docs=forget_docs,
+        retain_docs=retain_docs,
     )
 
 
