@@ -23,7 +23,7 @@ from pathlib import Path
 from scripts.reliability import cases_commands
 from scripts.reliability.cases_artifact import copy_guard, edit_json
 from scripts.reliability.cli_driver import CASE_SECONDS, WORK_SECONDS
-from scripts.reliability.cli_types import CliCase, CliCheck, names
+from scripts.reliability.cli_types import CliCase, CliCheck, error_cases, names
 from scripts.reliability.fixtures import FAST_CLI, Workspace
 from scripts.reliability.framework import Probe, Result, last_line, leftovers, package_path
 
@@ -349,10 +349,7 @@ def _guard_cases(ws: Workspace) -> list[CliCase]:
         "eval TopK guard without --sae": "needs its full SAE",
         "eval TopK guard, another --sae": "differs from the one it was fitted with",
     }
-    out = [
-        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="c")
-        for name, argv in errors
-    ]
+    out = error_cases(area, errors, named, "c")
     out.append(
         CliCase(area, "eval --sae without --guard", [*ev, "--mcq", "cwe", "--sae", sae], "usage", batch="c")
     )

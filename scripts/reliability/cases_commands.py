@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from scripts.reliability.cases_artifact import copy_guard, edit_json
-from scripts.reliability.cli_types import CliCase, CliCheck, names
+from scripts.reliability.cli_types import CliCase, CliCheck, error_cases
 from scripts.reliability.fixtures import Workspace
 from scripts.reliability.framework import Probe, Result, last_line
 
@@ -117,10 +117,7 @@ def _explain(ws: Workspace, f: Files) -> list[CliCase]:
         "TopK guard, another --sae": "differs from the one it was fitted with",
         "--prompt of 1,100 tokens (1,024 positions)": "shorten the prompt",
     }
-    out = [
-        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="d")
-        for name, argv in errors
-    ]
+    out = error_cases(area, errors, named, "d")
     topk = ws.fresh("ex-topk")
     topk_argv = ex(
         "tk",
@@ -225,10 +222,7 @@ def _attack(ws: Workspace, f: Files) -> list[CliCase]:
         "TopK guard without --sae": "needs its full SAE",
         "TopK guard, another --sae": "differs from the one it was fitted with",
     }
-    out = [
-        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="e")
-        for name, argv in errors
-    ]
+    out = error_cases(area, errors, named, "e")
     out.append(
         CliCase(area, "-o a folder of other files", output(f.others), "either", check=f.kept(), batch="e")
     )
@@ -300,10 +294,7 @@ def _experiment(ws: Workspace, f: Files) -> list[CliCase]:
         "--config gradient-nan": "NaN",
         "--model of another width with the SAE of 32": "48",
     }
-    out = [
-        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="f")
-        for name, argv in errors
-    ]
+    out = error_cases(area, errors, named, "f")
 
     def kept_or_named(o: str, e: str) -> str | None:
         return f.kept()(o, e) or (
@@ -381,11 +372,7 @@ def _muse(ws: Workspace, f: Files) -> list[CliCase]:
         "--guard TopK without its SAE": "needs its full SAE",
         "--guard TopK, another --sae": "differs from the one it was fitted with",
     }
-    out = [
-        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="g")
-        for name, argv in errors
-        if name != "--sae without --guard"
-    ]
+    out = error_cases(area, [(n, a) for n, a in errors if n != "--sae without --guard"], named, "g")
     out += [
         CliCase(area, name, argv, "usage", batch="g")
         for name, argv in errors
@@ -441,10 +428,7 @@ def _serve(ws: Workspace, f: Files) -> list[CliCase]:
         "a TopK guard without --sae": "needs its full SAE",
         "a TopK guard, another --sae": "differs from the one it was fitted with",
     }
-    return [
-        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch="h")
-        for name, argv in errors
-    ]
+    return error_cases(area, errors, named, "h")
 
 
 _HELD: list[socket.socket] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,3 +26,13 @@ class CliCase:
 def names(word: str) -> CliCheck:
     """A check that the error line names ``word`` (the problem given, not a later failure)."""
     return lambda _o, e: None if word in last_line(e) else f"the error does not name {word!r}"
+
+
+def error_cases(
+    area: str, errors: Iterable[tuple[str, list[str]]], named: Mapping[str, str], batch: str
+) -> list[CliCase]:
+    """One "error" case per ``(name, argv)``; the error of a case in ``named`` must name its word."""
+    return [
+        CliCase(area, name, argv, "error", check=names(named[name]) if name in named else None, batch=batch)
+        for name, argv in errors
+    ]

@@ -57,8 +57,7 @@ def demo_questions(model, tokenizer, config: DemoConfig, *, show_progress: bool 
             known = known_items(
                 model, tokenizer, items, config=known_config, dataset=name, show_progress=show_progress
             )
-            ids = set(known.ids)
-            questions[group][name] = (len(items), [item for item in items if item.id in ids])
+            questions[group][name] = (len(items), known.known_of(items))
     return questions
 
 

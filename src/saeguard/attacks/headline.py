@@ -9,7 +9,6 @@ forget questions, and its false positives on retain questions under the same tra
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,12 @@ from saeguard.attacks.base import Attack, Clean
 from saeguard.attacks.dilution import BenignText, dilution_grid
 from saeguard.attacks.multiturn import multiturn_grid
 from saeguard.attacks.report import summary_rows
-from saeguard.attacks.runner import AttackSets, attack_context, run_attacks
+from saeguard.attacks.runner import AttackRecord, AttackSets, attack_context, run_attacks
 from saeguard.core.guardrail import Guardrail
+from saeguard.errors import SaeguardError
 from saeguard.eval.items import McqItem
 from saeguard.eval.scorers import McqConfig
+from saeguard.io import read_jsonl_records
 
 HEADLINE_TOKENS = 400
 HEADLINE_TURNS = 3
@@ -64,7 +65,7 @@ def headline_rows(
     sets = AttackSets(forget=list(forget), retain=list(retain))
     mcq = mcq or McqConfig(scorer="cloze")
     records_path = Path(records_path)
-    if _recorded_context(records_path) != attack_context(model, guard, sets, mcq):
+    if not _same_setup(records_path, attack_context(model, guard, sets, mcq)):
         records_path.unlink(missing_ok=True)
     records = run_attacks(
         model,
@@ -79,14 +80,13 @@ def headline_rows(
     return summary_rows(records)
 
 
-def _recorded_context(path: Path) -> str | None:
-    """The context of the first record in ``path``; None when there is none or it is unreadable."""
+def _same_setup(path: Path, context: str) -> bool:
+    """Whether ``path`` holds records, all of setup ``context`` (an unreadable file does not)."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            first = json.loads(handle.readline())
-    except (OSError, ValueError):
-        return None
-    return first.get("context") if isinstance(first, dict) else None
+        recorded = read_jsonl_records(path, AttackRecord.from_dict, "attack run")
+    except SaeguardError:
+        return False
+    return bool(recorded) and all(record.context == context for record in recorded)
 
 
 def rate_cell(row: dict[str, Any], role: str, name: str) -> str:

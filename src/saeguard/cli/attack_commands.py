@@ -58,17 +58,15 @@ def _known_questions(
     cap: int | None,
 ) -> list[McqItem]:
     """Questions of ``specs`` (first ``limit`` of each; known ones with ``known``), at most ``cap``."""
-    from saeguard.cli.eval_commands import _items
-    from saeguard.eval.items import as_items
+    from saeguard.eval.items import mcq_set
     from saeguard.eval.known import KnownConfig, known_items
 
     chosen: list[McqItem] = []
     for spec in specs:
-        items = as_items(_items(spec, limit), source=spec)
+        items = mcq_set(spec, limit)
         if known:
             config = KnownConfig(mcq=mcq, permutations=permutations)
-            kept = known_items(model, tokenizer, items, config=config, dataset=spec)
-            items = [it for it in items if it.id in set(kept.ids)]
+            items = known_items(model, tokenizer, items, config=config, dataset=spec).known_of(items)
         chosen += items
     return chosen[:cap] if cap is not None else chosen
 

@@ -33,7 +33,7 @@ from saeguard.cli.options import (
     resolve_device,
     resolve_sae,
 )
-from saeguard.eval.items import Scorer
+from saeguard.eval.items import Scorer, mcq_set
 from saeguard.eval.items import as_items as as_mcq_items
 from saeguard.eval.known import Orderings
 from saeguard.eval.score import format_accuracy, wilson_interval
@@ -63,13 +63,6 @@ def _grid_option(name: str, what: str) -> OptionInfo:
     spec = next(spec for spec in fields(SweepGrid) if spec.name == name)
     default = ", ".join(str(v) for v in field_default(spec))
     return typer.Option(help=f"{what} {escape(f'[default: {default}]')}", rich_help_panel=GRID_PANEL)
-
-
-def _items(spec: str, limit: int | None) -> list[McqItem]:
-    """A .jsonl path, hf:..., or a built-in offline set such as wiki:biology or cwe (:func:`mcq_set`)."""
-    from saeguard.eval.items import mcq_set
-
-    return mcq_set(spec, limit)
 
 
 def eval_command(
@@ -144,7 +137,7 @@ def eval_command(
     config = McqConfig(scorer=scorer)
     known_config = KnownConfig(mcq=config, permutations=permutations) if known else None
     rows = [
-        _evaluate_set(lm, tokenizer, spec, _items(spec, limit), loaded, config, known_config, output)
+        _evaluate_set(lm, tokenizer, spec, mcq_set(spec, limit), loaded, config, known_config, output)
         for spec in mcq
     ]
     print_table(console, _table(rows, scorer, known_config))
@@ -356,8 +349,8 @@ def sweep_command(
             sae_spec,
             forget=corpus_mix(forget, "train"),
             retain=corpus_mix(retain, "train"),
-            forget_mcq={s: _items(s, limit) for s in forget_mcq},
-            utility_mcq={s: _items(s, limit) for s in utility_mcq},
+            forget_mcq={s: mcq_set(s, limit) for s in forget_mcq},
+            utility_mcq={s: mcq_set(s, limit) for s in utility_mcq},
             output=output,
             config=config,
         )

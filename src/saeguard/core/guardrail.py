@@ -369,11 +369,14 @@ def row_decisions(records: Sequence[GateRecord], prompts: int | None = None) -> 
     prompt = records[0]
     assert prompt.prompt_flagged is not None
     rows = int(prompt.rho.shape[0])
-    per = 1 if prompts is None else rows // prompts if type(prompts) is int and prompts >= 1 else 0
-    require(
-        per > 0 and per * (prompts or rows) == rows,
-        f"prompts={prompts!r} does not divide the {rows} rows the model ran: pass len(prompts)",
-    )
+    if prompts is None:
+        per = 1
+    else:
+        require(
+            type(prompts) is int and 1 <= prompts <= rows and rows % prompts == 0,
+            f"prompts={prompts!r} does not divide the {rows} rows the model ran: pass len(prompts)",
+        )
+        per = rows // prompts
     out = []
     for first in range(0, rows, per):
         group = range(first, first + per)

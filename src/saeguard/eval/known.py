@@ -101,6 +101,10 @@ class KnownSet:
     def select(self, items: Sequence[McqItem | dict[str, Any]]) -> list[McqItem]:
         """The known items of ``items`` (items or schema rows), in order; raises when there are none."""
         self.require_nonempty()
+        return self.known_of(items)
+
+    def known_of(self, items: Sequence[McqItem | dict[str, Any]]) -> list[McqItem]:
+        """The known items of ``items`` (items or schema rows), in order; empty when none is known."""
         keep = set(self.ids)
         return [item for item in as_items(items, source=self.dataset) if item.id in keep]
 

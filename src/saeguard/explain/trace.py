@@ -89,8 +89,9 @@ def trace_prompt(
         prompt: a user message, or a whole conversation (``{"role", "content"}`` dicts; every
             user turn counts), encoded as :meth:`Guardrail.generate` encodes it.
         chat: wrap the prompt in the tokenizer's chat template (when the guard was fitted so).
-        before: guards applied ahead of ``guard`` on the same forward (a server request with
-            several guards: a later guard reads the hidden states the earlier ones left).
+        before: guards applied with ``guard`` on the same forward (a server request with
+            several guards): one on the same layer does not change ``guard``'s evidence (each
+            reads the layer's own output), one on an earlier layer does through its clamp.
 
     Raises:
         SaeguardError: a model the guard was not fitted on (:meth:`Guardrail.check_model`, not
