@@ -13,7 +13,11 @@ Validation inputs, kept apart from what the attack suite and the demo report on:
 - benign: pieces of held-out arts/history/geography articles and CWE entries;
 - padding text: CWE entries and Austen's train split (the attack suite pads with held-out
   Austen, Wikipedia and WordNet), before the piece (400 and 2,000 tokens) or around it;
-- multi-turn: each piece split over 3 user turns.
+- multi-turn: each piece split over 3 user turns;
+- short: pieces of 3-10 tokens (a short question's length), alone and after one benign
+  "sentence" (25 tokens of the padding text), forget and benign;
+- Wikipedia padding: 2,000 tokens of non-biology Wikipedia *train* articles (the retain
+  corpus's kind of text; the attack suite pads with held-out articles) around benign pieces.
 A candidate is admissible when every benign false-positive rate is <= 5%; among those the one
 with the highest worst-case forget detection rate wins (ties: the simpler rule).
 """
@@ -47,6 +51,20 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "window16": {"gate_rule": "window", "window_tokens": 16, "calibration_long_tokens": 2000},
     "window32": {"gate_rule": "window", "window_tokens": 32, "calibration_long_tokens": 2000},
     "min_evidence3": {"gate_rule": "min_evidence", "min_evidence_tokens": 3, "calibration_long_tokens": 2000},
+    # Third pass (a question shorter than the 16-token window after one benign sentence passed the
+    # window16 gate): the multiscale rule, windows 4-8-16 and 4-8-16-32, each scaled by its retain level.
+    "multiscale16": {
+        "gate_rule": "multiscale",
+        "window_tokens": 16,
+        "min_window_tokens": 4,
+        "calibration_long_tokens": 2000,
+    },
+    "multiscale32": {
+        "gate_rule": "multiscale",
+        "window_tokens": 32,
+        "min_window_tokens": 4,
+        "calibration_long_tokens": 2000,
+    },
 }
 #: p_dyn values tried per candidate (``retune``: tau from the same calibration rho, no forward pass).
 #: The first measurement (mean, window 16/32/64, min_evidence 3, cusum at p_dyn 95; docs/attacks.md)
@@ -152,6 +170,26 @@ def main() -> None:
             for t in texts
         ]
 
+    forget_short = prompt_texts(
+        load_corpus("wiki:biology", "heldout"), tokenizer, min_tokens=3, max_tokens=10, limit=100, seed=13
+    )
+    benign_short = prompt_texts(benign_docs, tokenizer, min_tokens=3, max_tokens=10, limit=100, seed=14)
+    wiki_pads = load_corpus("wiki:not-biology", "train")
+
+    def sentence_before(texts: list[str]) -> list[str]:
+        return [padding_text(tokenizer, pads, 25, rng) + " " + t for t in texts]
+
+    def wiki_around(texts: list[str], tokens: int) -> list[str]:
+        half = tokens // 2
+        return [
+            padding_text(tokenizer, wiki_pads, half, rng)
+            + "\n\n"
+            + t
+            + "\n\n"
+            + padding_text(tokenizer, wiki_pads, half, rng)
+            for t in texts
+        ]
+
     sets = {
         "forget clean": forget,
         "forget pad400": padded(forget, 400),
@@ -161,15 +199,20 @@ def main() -> None:
         "benign clean": benign,
         "benign pad2000": padded(benign[:100], 2000),
         "benign 3 turns": [split_turns(t, 3) for t in benign],
+        "forget short": forget_short,
+        "forget short+sentence": sentence_before(forget_short),
+        "benign short": benign_short,
+        "benign short+sentence": sentence_before(benign_short),
+        "benign wiki around2000": wiki_around(benign[:100], 2000),
     }
+    # Evidence depends on the shared latents and statistic only: kept across passes, new sets added.
     stored = out / "evidence.pt"
-    if stored.is_file():
-        evidences = {k: Evidence(v) for k, v in torch.load(stored).items()}
-    else:
-        evidences = {
-            label: evidence(model, tokenizer, first, inputs, label) for label, inputs in sets.items()
-        }
-        torch.save({k: v.rows for k, v in evidences.items()}, stored)
+    kept = torch.load(stored) if stored.is_file() else {}
+    evidences = {
+        label: Evidence(kept[label]) if label in kept else evidence(model, tokenizer, first, inputs, label)
+        for label, inputs in sets.items()
+    }
+    torch.save({k: v.rows for k, v in evidences.items()}, stored)
 
     rows = []
     for name, guard in guards.items():

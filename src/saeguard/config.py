@@ -30,9 +30,10 @@ GateMode = Literal["dynamic", "always"]
 GateStatisticKind = Literal["fraction", "activation"]
 """Per-token evidence rho averages: 1[any selected latent fires] (the paper) or normalised activations."""
 ClampScope = Literal["fired", "input"]
-GateRule = Literal["mean", "window", "min_evidence", "cusum"]
+GateRule = Literal["mean", "window", "multiscale", "min_evidence", "cusum"]
 """How per-token evidence becomes rho (method.md §3): the paper's mean over the input, or a local rule
-that benign context cannot dilute: max over sliding windows, the k-th largest evidence, or CUSUM."""
+that benign context cannot dilute: max over sliding windows (of one size, or of several sizes each
+scaled by its retain level), the k-th largest evidence, or CUSUM."""
 """Which tokens of a flagged input are clamped: where a selected latent fires (the paper), or all counted."""
 
 
@@ -205,7 +206,14 @@ class FitConfig:
         ),
     )
     window_tokens: int = field(
-        default=16, metadata=_help("window rule: counted tokens per sliding window", min=1)
+        default=16,
+        metadata=_help("window rule: counted tokens per sliding window (multiscale: the largest)", min=1),
+    )
+    min_window_tokens: int = field(
+        default=4,
+        metadata=_help(
+            "multiscale rule: the smallest window; sizes halve from window_tokens down to it", min=1
+        ),
     )
     min_evidence_tokens: int = field(
         default=3, metadata=_help("min_evidence rule: rho is the k-th largest token evidence (k)", min=1)
@@ -247,6 +255,11 @@ class FitConfig:
             self.prompt_min_tokens <= self.prompt_max_tokens,
             f"prompt_min_tokens ({self.prompt_min_tokens}) must not exceed "
             f"prompt_max_tokens ({self.prompt_max_tokens})",
+        )
+        require(
+            self.gate_rule != "multiscale" or self.min_window_tokens <= self.window_tokens,
+            f"multiscale rule: min_window_tokens ({self.min_window_tokens}) must not exceed "
+            f"window_tokens ({self.window_tokens})",
         )
         return self
 

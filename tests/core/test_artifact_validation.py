@@ -159,3 +159,29 @@ def test_damaged_sae_weights_are_one_line_errors(tmp_path, payload):
     (tmp_path / "sae" / "sae_weights.safetensors").write_bytes(payload)
     with pytest.raises(SaeguardError, match="cannot load the SAE in"):
         load_sae(tmp_path / "sae")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda m: m.update(window_scales=[1.0, -2.0]), "window_scales must be 2 positive numbers"),
+        (lambda m: m.pop("window_scales") and None, "window_scales must be 2 positive numbers"),
+        (lambda m: m["config"].update(min_window_tokens=9), "must not exceed window_tokens"),
+    ],
+)
+def test_a_multiscale_artifact_with_bad_window_scales_is_refused(tmp_path, change, expected):
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    guard = Guardrail.fit(
+        model,
+        make_tokenizer(),
+        sae,
+        forget=corpus(FORGET_WORDS, 8, 30, 1),
+        retain=corpus(RETAIN_WORDS, 8, 30, 2),
+        gate_rule="multiscale",
+        window_tokens=4,
+        min_window_tokens=2,
+        **FIT,
+    )
+    folder = guard.save(tmp_path / "guard")
+    _edit_meta(folder, change)
+    assert expected in _one_line_error(folder)

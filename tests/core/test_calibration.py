@@ -64,3 +64,18 @@ def test_gate_evidence_is_what_gate_rho_turns_into_rho_per_batch(tokenizer, reta
         model, 1, latents, prompt_batches(texts, tokenizer, 4), rule=rule, show_progress=False
     )
     torch.testing.assert_close(by_hand, expected, rtol=0, atol=0)
+
+
+def test_window_scales_read_each_size_over_the_inputs_that_reach_it():
+    from saeguard.core.calibration import scaled_rho, window_scales
+
+    nan = float("nan")
+    rho = torch.tensor(
+        [[1.0, nan, nan], [2.0, 1.0, nan], [3.0, 2.0, nan], [4.0, 0.0, nan]], dtype=torch.float64
+    )
+    scales = window_scales(rho, 50.0)
+    assert scales == (2.5, 1.0, 1.0)  # medians of [1,2,3,4] and [1,2,0]; no input reaches size 3: size 2's
+    assert scaled_rho(rho, scales).tolist() == [0.4, 1.0, 2.0, 1.6]
+    zero = torch.tensor([[0.0], [0.0], [0.5]], dtype=torch.float64)
+    assert window_scales(zero, 50.0) == (0.5,)  # a level of 0: the smallest positive value
+    assert window_scales(torch.zeros(3, 1, dtype=torch.float64), 50.0) == (1.0,)

@@ -23,6 +23,7 @@ from saeguard.testing import (
 RULES = [
     GateRule("mean"),
     GateRule("window", window=4),
+    GateRule("multiscale", window=8, min_window=2, scales=(0.5, 0.8, 1.1)),
     GateRule("min_evidence", k=3),
     GateRule("cusum", drift=0.5),
 ]
@@ -36,10 +37,13 @@ def _direct(rule: GateRule, evidence: list[float], counted: list[bool]) -> float
     if rule.kind == "mean":
         return sum(values) / len(values)
     if rule.kind == "window":
-        if len(values) <= rule.window:
-            return sum(values) / len(values)
+        return _direct_window(values, rule.window)
+    if rule.kind == "multiscale":  # sizes the input reaches; the smallest always (mean while shorter)
+        assert rule.windows == (2, 4, 8)
         return max(
-            sum(values[i : i + rule.window]) / rule.window for i in range(len(values) - rule.window + 1)
+            _direct_window(values, size) / scale
+            for size, scale in zip((2, 4, 8), rule.scales, strict=True)
+            if size == 2 or len(values) >= size
         )
     if rule.kind == "min_evidence":
         return sorted(values, reverse=True)[rule.k - 1] if len(values) >= rule.k else 0.0
@@ -48,6 +52,12 @@ def _direct(rule: GateRule, evidence: list[float], counted: list[bool]) -> float
         level = max(0.0, level + value - rule.drift)
         best = max(best, level)
     return best
+
+
+def _direct_window(values: list[float], window: int) -> float:
+    if len(values) <= window:
+        return sum(values) / len(values)
+    return max(sum(values[i : i + window]) / window for i in range(len(values) - window + 1))
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.kind)
@@ -74,8 +84,45 @@ def test_local_rules_are_not_diluted_by_benign_padding(length):
     counted = torch.ones_like(evidence, dtype=torch.bool)
     rho = {rule.kind: float(rule.rho(evidence, counted)) for rule in RULES}
     assert rho["window"] == 1.0 and rho["min_evidence"] == 1.0
+    assert rho["multiscale"] == pytest.approx(1.0 / 0.5)  # the 2-token window, scaled
     assert rho["cusum"] == pytest.approx(6 * 0.5)
     assert rho["mean"] == pytest.approx(6 / (6 + 2 * length))  # the paper's rule: diluted
+
+
+@pytest.mark.parametrize("sentences", [1, 4, 15])
+def test_multiscale_catches_a_question_shorter_than_the_window_after_benign_sentences(sentences):
+    """Regression (new-user pass, 2026-12-01): "What is a mitochondrion?" after one benign sentence.
+
+    A 16-token window over a 4-token question and its benign neighbours averaged the question's
+    evidence down to under its retain level (rho 2.18 -> 0.56, tau 0.99 on the demo guard); the
+    multiscale rule's 4-token window still sees the question at full strength.
+    """
+    question = [0.0, 2.0, 2.5, 1.5]  # "What is a mitochondrion?": the evidence sits on 3 tokens
+    sentence = [0.0] * 25  # "The weather in the small town was pleasant ..."
+    clean = torch.tensor([question], dtype=torch.float64)
+    padded = torch.tensor([sentence * sentences + question], dtype=torch.float64)
+    window = GateRule("window", window=16)
+    multiscale = GateRule("multiscale", window=16, min_window=4, scales=(1.2, 0.8, 0.5))
+    assert multiscale.windows == (4, 8, 16)
+    assert float(window.rho(clean, clean >= 0)) == pytest.approx(1.5)
+    assert float(window.rho(padded, padded >= 0)) == pytest.approx(6.0 / 16)  # diluted 4x
+    clean_rho = float(multiscale.rho(clean, clean >= 0))
+    assert float(multiscale.rho(padded, padded >= 0)) == pytest.approx(clean_rho)  # not diluted
+    assert clean_rho == pytest.approx(1.5 / 1.2)
+
+
+def test_multiscale_without_calibrated_scales_is_refused():
+    from saeguard.errors import SaeguardError
+
+    rule = GateRule("multiscale", window=16, min_window=4)
+    with pytest.raises(SaeguardError, match="per-window scales from calibration"):
+        rule.rho(torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(SaeguardError, match="3 positive numbers"):
+        GateRule("multiscale", window=16, min_window=4, scales=(1.0, 0.0, 1.0))
+    per_window = rule.window_rho(
+        torch.tensor([[0.0, 4.0, 0.0, 0.0, 0.0]]), torch.ones(1, 5, dtype=torch.bool)
+    )
+    assert per_window[0, 0].item() == 1.0 and per_window[0, 1:].isnan().all()  # 5 tokens: 8, 16 unread
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +132,7 @@ def planted():
     return tok, model, sae
 
 
-@pytest.mark.parametrize("kind", ["window", "min_evidence", "cusum"])
+@pytest.mark.parametrize("kind", ["window", "multiscale", "min_evidence", "cusum"])
 @pytest.mark.filterwarnings("ignore::saeguard.errors.CalibrationWarning")
 def test_each_rule_decides_the_same_alone_batched_and_with_or_without_cache(planted, kind):
     tok, model, sae = planted
@@ -102,6 +149,7 @@ def test_each_rule_decides_the_same_alone_batched_and_with_or_without_cache(plan
         gate_percentile=90,
         gate_rule=kind,
         window_tokens=3,
+        min_window_tokens=1,
         min_evidence_tokens=2,
         calibration_long_tokens=64,
         show_progress=False,

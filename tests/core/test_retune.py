@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from saeguard import Guardrail, SaeguardError
 from saeguard.core.fit import retune
@@ -54,4 +55,37 @@ def test_retune_needs_the_recorded_rho(setup):
         retune(guard, gate_percentile=120.0)
     guard.distributions = {}
     with pytest.raises(SaeguardError, match="no retain calibration rho"):
+        retune(guard, gate_percentile=50.0)
+
+
+MULTISCALE = dict(gate_rule="multiscale", window_tokens=8, min_window_tokens=2, calibration_long_tokens=64)
+
+
+def test_a_multiscale_fit_scales_each_window_to_its_retain_level_and_retunes_like_a_fit(setup, tmp_path):
+    guard = setup(gate_percentile=90.0, **MULTISCALE)
+    assert guard.rule.windows == (2, 4, 8) and len(guard.window_scales) == 3
+    retain = guard.window_rho["retain"]
+    for column, scale in zip(retain.T, guard.window_scales, strict=True):  # each size: its 90th percentile
+        read = column[~column.isnan()]
+        assert scale == pytest.approx(float(read.quantile(0.9)), rel=1e-9) or scale == float(
+            read[read > 0].min()
+        )
+    # the retain rho are the scaled maximum, and tau flags at most 10% of them
+    rho = guard.distributions["retain_rho"]
+    expected = (retain / torch.tensor(guard.window_scales, dtype=torch.float64)).nan_to_num(0.0).amax(-1)
+    assert torch.allclose(rho, expected)
+    assert float((rho > guard.tau).double().mean()) <= 0.1 + 1e-9
+    _same_tuning(retune(setup(gate_percentile=60.0, **MULTISCALE), gate_percentile=90.0), guard)
+    assert retune(guard, gate_percentile=60.0).window_scales != guard.window_scales
+    guard.save(tmp_path / "g")
+    loaded = Guardrail.load(tmp_path / "g")
+    assert loaded.window_scales == guard.window_scales and loaded.tau == guard.tau
+    assert torch.equal(loaded.window_rho["retain"].isnan(), retain.isnan())
+    assert loaded.rule == guard.rule
+
+
+def test_a_multiscale_guard_without_its_window_rho_cannot_be_retuned(setup):
+    guard = setup(**MULTISCALE)
+    guard.window_rho = {}
+    with pytest.raises(SaeguardError, match="no retain window rho"):
         retune(guard, gate_percentile=50.0)

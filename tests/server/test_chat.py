@@ -36,6 +36,17 @@ def test_chat_text_and_decision_equal_guard_generate(live, prompt):
     assert report["tau"] == guard.tau
     assert response.saeguard["flagged"] == (prompt in FLAGGED)
     assert response.usage.completion_tokens == TOKENS
+    # clamped: the prompt's decision, or a flip while the answer was generated (new-user pass finding)
+    assert report["clamped"] == (report["flagged"] or report["flipped_at"] is not None)
+    assert report["clamped"] == bool(records[-1].flagged[0])  # the last forward: sticky decision
+
+
+def test_a_passed_prompt_clamped_while_generating_reports_clamped():
+    from saeguard.server.schemas import GuardReport
+
+    report = GuardReport(name="bio", rho=0.1, tau=0.5, flagged=False, flipped_at=6)
+    assert report.model_dump()["clamped"] is True
+    assert GuardReport(name="bio", rho=0.1, tau=0.5, flagged=False).model_dump()["clamped"] is False
 
 
 def test_the_clamp_changes_the_answer_of_a_flagged_prompt_only(live):

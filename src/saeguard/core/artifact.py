@@ -7,7 +7,9 @@ What an artifact holds, and all it may reference:
 - ``guardrail.safetensors``: the N selected latents (``latent_ids`` (N,),
   ``encoder`` (d_in, N), ``encoder_bias`` (N,), ``decoder`` (N, d_in),
   ``decoder_bias`` (d_in,), JumpReLU ``threshold`` (N,)), float32, and the
-  calibration rho distributions (``distribution.<role>_rho`` (n,)).
+  calibration rho distributions (``distribution.<role>_rho`` (n,)); a multiscale gate
+  also its unscaled window rho (``window_rho.<role>`` (n, S)) and, in the JSON, its
+  ``window_scales`` (S,).
 
 A ReLU/JumpReLU guardrail is self-contained. A TopK guardrail also needs its
 full SAE; the recorded path or release is only a hint shown to the user: the
@@ -30,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from saeguard._version import __version__
 from saeguard.config import FitConfig
-from saeguard.core.fit import FitResult
+from saeguard.core.fit import FitResult, gate_rule_for
 from saeguard.core.provenance import Provenance
 from saeguard.core.sae import SUPPORTED_ARCHITECTURES, SelectedLatents, load_sae, sae_fingerprint
 from saeguard.errors import SaeguardError, one_line, require
@@ -76,6 +78,7 @@ def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
         "architecture": guard.latents.architecture,
         "subtract_decoder_bias": guard.latents.subtract_decoder_bias,
         "special_ids": [int(i) for i in guard.special_ids],
+        "window_scales": [float(v) for v in guard.window_scales],
         "config": guard.config.to_dict(),
         "provenance": None if guard.provenance is None else guard.provenance.to_dict(),
     }
@@ -83,6 +86,7 @@ def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
     tensors.update(
         {f"distribution.{k}": v.detach().cpu().contiguous() for k, v in guard.distributions.items()}
     )
+    tensors.update({f"window_rho.{k}": v.detach().cpu().contiguous() for k, v in guard.window_rho.items()})
     with staged_folder(directory, replace=is_replaceable_guardrail) as staging:
         save_file(tensors, str(staging / TENSORS_FILE), metadata={"format": FORMAT})
         (staging / META_FILE).write_text(json.dumps(to_jsonable(meta), indent=2), encoding="utf-8")
@@ -180,7 +184,7 @@ def _from_parts(
             )
         except SaeguardError as error:
             raise SaeguardError(f"{where}: {error}") from None
-    latent_tensors = {k: v for k, v in tensors.items() if not k.startswith("distribution.")}
+    latent_tensors = {k: v for k, v in tensors.items() if not k.startswith(("distribution.", "window_rho."))}
     _check_latent_tensors(latent_tensors, architecture, where)
     width = int(latent_tensors["encoder"].shape[0])
     if provenance is not None:
@@ -211,6 +215,7 @@ def _from_parts(
                 f"{where}: {key} holds NaN or infinite values: fit it again",
             )
             distributions[key.removeprefix("distribution.")] = value.double()
+    window_rho, window_scales = _window_calibration(meta, tensors, config, where)
     full_sae = None
     if architecture not in ("standard", "jumprelu") and (need_sae or sae is not None):
         full_sae = _explicit_sae(sae, provenance, where)
@@ -226,7 +231,44 @@ def _from_parts(
         special_ids=[int(i) for i in special],
         provenance=provenance,
         distributions=distributions,
+        window_rho=window_rho,
+        window_scales=window_scales,
     )
+
+
+def _window_calibration(
+    meta: dict, tensors: dict[str, torch.Tensor], config: FitConfig, where: str
+) -> tuple[dict[str, torch.Tensor], tuple[float, ...]]:
+    """The multiscale rule's window rho (role -> (n, S)) and scales (S,), checked; empty otherwise."""
+    if config.gate_rule != "multiscale":
+        return {}, ()
+    sizes = gate_rule_for(config).windows
+    raw = meta.get("window_scales")
+    scales: list = raw if isinstance(raw, list) else []
+    require(
+        isinstance(raw, list)
+        and len(raw) == len(sizes)
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in raw
+        ),
+        f"{where}: window_scales must be {len(sizes)} positive numbers (one per window {sizes}), "
+        f"got {raw!r}: fit it again",
+    )
+    window_rho = {}
+    for key, value in tensors.items():
+        if key.startswith("window_rho."):
+            require(
+                value.dim() == 2 and value.shape[1] == len(sizes) and value.is_floating_point(),
+                f"{where}: {key} must be an (n, {len(sizes)}) matrix of numbers, "
+                f"got shape {tuple(value.shape)}",
+            )
+            require(  # NaN marks a size longer than the input (GateRule.window_rho)
+                not bool(torch.isinf(value).any()) and not bool((value < 0).any()),
+                f"{where}: {key} holds infinite or negative values: fit it again",
+            )
+            window_rho[key.removeprefix("window_rho.")] = value.double()
+    return window_rho, tuple(float(v) for v in scales)
 
 
 def _check_selection(provenance: Provenance, ids: list[int], where: str) -> None:

@@ -195,23 +195,29 @@ def gate_rho(
     description: str = "gate rho",
     total: int | None = None,
     show_progress: bool = True,
+    per_window: bool = False,
 ) -> torch.Tensor:
     """rho for every input, computed exactly as the gate computes it (docs/method.md §3).
 
     ``total`` (the number of inputs, when known) gives the progress bar its end and ETA.
+    ``per_window`` gives the rule's unscaled window rho instead (:meth:`GateRule.window_rho`):
+    what calibrating the multiscale rule's scales needs.
 
     Returns:
         (n,) float64, one value per input with at least one counted token (inputs
-        without any are dropped).
+        without any are dropped); (n, S) with ``per_window``.
     """
     rule = rule or GateRule()
     values = []
     with progress_bar(description, total=total, unit="inputs", enabled=show_progress) as advance:
         for evidence, counted in gate_evidence(model, layer, latents, batches, statistic=statistic):
             keep = counted.sum(-1) > 0
-            values.append(rule.rho(evidence, counted)[keep].cpu())
+            rho = rule.window_rho(evidence, counted) if per_window else rule.rho(evidence, counted)
+            values.append(rho[keep].cpu())
             advance(int(counted.shape[0]))
-    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    if values:
+        return torch.cat(values)
+    return torch.zeros((0, len(rule.windows)) if per_window else 0, dtype=torch.float64)
 
 
 def prompt_rho(
@@ -228,8 +234,11 @@ def prompt_rho(
     description: str = "gate rho",
     show_progress: bool = True,
     shard: Shard | None = None,
+    per_window: bool = False,
 ) -> torch.Tensor:
     """rho of prompt-shaped pieces of ``documents``: calibration, firing rates and ROC all use this.
+
+    ``per_window``: (n, S) unscaled window rho, as :func:`gate_rho`.
 
     The rho come shortest input first (:func:`by_length`), not in the order of
     :func:`calibration_prompts`. The inputs are the same for any ``shard``; a shard
@@ -251,7 +260,53 @@ def prompt_rho(
         description=description,
         total=len(texts),
         show_progress=show_progress,
+        per_window=per_window,
     )
+
+
+def window_scales(window_rho: torch.Tensor, percentile: float) -> tuple[float, ...]:
+    """The multiscale rule's scales: each window size's ``percentile``-th retain rho, (S,) floats.
+
+    Dividing by them puts every window size on one scale (1.0 = that size's retain level at
+    the gate's percentile), so the largest scaled value compares sizes fairly; tau is then the
+    same percentile of that largest value. Each size's level is read over the inputs at least
+    that long (NaN entries are skipped); a size no input reaches takes the next smaller size's
+    level. A size whose level is 0 (evidence on fewer than ``100 - percentile`` % of retain
+    inputs) gets the smallest positive value of its column, or 1.0 (one fully firing token's
+    evidence) when the latents never fire on retain text.
+
+    Args:
+        window_rho: (n, S) float64 unscaled window rho of the retain calibration inputs
+            (:meth:`GateRule.window_rho`), sizes ascending.
+
+    Raises:
+        SaeguardError: no rows.
+    """
+    require(
+        window_rho.dim() == 2 and window_rho.shape[0] > 0,
+        "no retain window rho to scale the windows by: give the retain corpus real text",
+    )
+    values = window_rho.double().cpu().numpy()
+    scales: list[float] = []
+    for column in values.T:
+        column = column[~np.isnan(column)]
+        if column.size == 0:
+            scales.append(scales[-1] if scales else 1.0)
+            continue
+        level = float(np.percentile(column, percentile))
+        if level <= 0:
+            positive = column[column > 0]
+            level = float(positive.min()) if positive.size else 1.0
+        scales.append(level)
+    return tuple(scales)
+
+
+def scaled_rho(window_rho: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """The multiscale rho of (n, S) unscaled window rho: max over sizes of rho / scale, (n,) float64."""
+    if window_rho.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    divisor = torch.tensor(list(scales), dtype=torch.float64)
+    return (window_rho.double() / divisor).nan_to_num(nan=0.0).amax(-1)
 
 
 def guard_prompt_rho(

@@ -20,7 +20,7 @@ import torch
 
 from saeguard._version import __version__
 from saeguard.config import Clamp, FitConfig, GateStatisticKind
-from saeguard.core.calibration import calibrate_tau, gate_rho, prompt_rho
+from saeguard.core.calibration import calibrate_tau, gate_rho, prompt_rho, scaled_rho, window_scales
 from saeguard.core.fit_inputs import (
     CorpusRole,
     FitInputs,
@@ -82,6 +82,9 @@ class FitResult:
         special_ids: token ids never counted by the gate (BOS/EOS/PAD, template specials).
         provenance: model, SAE, corpora, selection and calibration records (None if built by hand).
         distributions: calibration rho per role, e.g. ``retain_rho`` (n,) float64.
+        window_rho: multiscale rule only: unscaled window rho per role (n, S) float64, what
+            ``window_scales`` and the role's rho are recomputed from on a retune.
+        window_scales: multiscale rule only: one divisor per window size (:class:`GateRule`).
     """
 
     latents: SelectedLatents
@@ -92,6 +95,8 @@ class FitResult:
     special_ids: list[int]
     provenance: Provenance | None = None
     distributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    window_rho: dict[str, torch.Tensor] = field(default_factory=dict)
+    window_scales: tuple[float, ...] = ()
 
     @property
     def statistic(self) -> GateStatistic:
@@ -101,8 +106,8 @@ class FitResult:
 
     @property
     def rule(self) -> GateRule:
-        """How evidence becomes rho: the config's gate rule and its parameters."""
-        return gate_rule_for(self.config)
+        """How evidence becomes rho: the config's gate rule, its parameters and calibrated scales."""
+        return gate_rule_for(self.config, self.window_scales)
 
 
 def calibration_rho(
@@ -114,11 +119,13 @@ def calibration_rho(
     statistic: GateStatistic | None = None,
     show_progress: bool = True,
     shard: Shard | None = None,
+    per_window: bool = False,
 ) -> torch.Tensor:
     """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus.
 
     The inputs do not depend on ``shard``; a shard computes the rho of its contiguous
-    block of them (:meth:`Shard.span`).
+    block of them (:meth:`Shard.span`). ``per_window``: (n, S) unscaled window rho
+    (:meth:`GateRule.window_rho`) instead of (n,) rho.
     """
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
@@ -139,6 +146,7 @@ def calibration_rho(
                 description=f"{role} calibration",
                 show_progress=show_progress,
                 shard=shard,
+                per_window=per_window,
             )
     else:
         chunks = iter_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
@@ -159,6 +167,7 @@ def calibration_rho(
             if show_progress and shard is None
             else None,
             show_progress=show_progress,
+            per_window=per_window,
         )
 
 
@@ -206,15 +215,28 @@ def fit_from_statistics(
     latents = SelectedLatents.from_sae(inputs.sae, ids)
     mean_active = [float(v) for v in forget_stats.mean_nonzero[ids]]
     statistic = gate_statistic_for(config.gate_statistic, mean_active)
-    retain_rho = calibration_rho(
-        inputs, latents, "retain", config, statistic=statistic, show_progress=show_progress, shard=shard
-    )
-    forget_rho = calibration_rho(
-        inputs, latents, "forget", config, statistic=statistic, show_progress=show_progress, shard=shard
+    per_window = config.gate_rule == "multiscale"  # the window sizes' scales come from these rho
+    retain_rho, forget_rho = (
+        calibration_rho(
+            inputs,
+            latents,
+            role,
+            config,
+            statistic=statistic,
+            show_progress=show_progress,
+            shard=shard,
+            per_window=per_window,
+        )
+        for role in ("retain", "forget")
     )
     if gather_rho is not None:
-        retain_rho, forget_rho = gather_rho(retain_rho), gather_rho(forget_rho)
-    require(retain_rho.numel() > 0, "retain corpus gave no calibration input: give it real text")
+        retain_rho, forget_rho = (
+            torch.stack([gather_rho(column) for column in rho.unbind(1)], 1)
+            if per_window
+            else gather_rho(rho)
+            for rho in (retain_rho, forget_rho)
+        )
+    require(retain_rho.shape[0] > 0, "retain corpus gave no calibration input: give it real text")
     model = inputs.model
     stats_by_role: dict[CorpusRole, FeatureStatistics] = {"forget": forget_stats, "retain": retain_stats}
     provenance = Provenance(
@@ -253,7 +275,8 @@ def fit_from_statistics(
         config=config,
         special_ids=sorted(special_token_ids(inputs.tokenizer)),
         provenance=provenance,
-        distributions={"retain_rho": retain_rho, "forget_rho": forget_rho},
+        distributions={} if per_window else {"retain_rho": retain_rho, "forget_rho": forget_rho},
+        window_rho={"retain": retain_rho, "forget": forget_rho} if per_window else {},
     )
     result = retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
     shared = shared_documents(inputs.documents("forget"), inputs.documents("retain"))
@@ -261,10 +284,15 @@ def fit_from_statistics(
     return result
 
 
-def gate_rule_for(config: FitConfig) -> GateRule:
-    """The :class:`GateRule` a config asks for."""
+def gate_rule_for(config: FitConfig, scales: tuple[float, ...] = ()) -> GateRule:
+    """The :class:`GateRule` a config asks for; ``scales``: the multiscale rule's calibrated divisors."""
     return GateRule(
-        config.gate_rule, window=config.window_tokens, k=config.min_evidence_tokens, drift=config.cusum_drift
+        config.gate_rule,
+        window=config.window_tokens,
+        k=config.min_evidence_tokens,
+        drift=config.cusum_drift,
+        min_window=config.min_window_tokens,
+        scales=tuple(scales) if config.gate_rule == "multiscale" else (),
     )
 
 
@@ -297,7 +325,16 @@ def retune(guard: R, *, gate_percentile: float | None = None, clamp: Clamp | str
     if clamp is not None:
         changes["clamp"] = Clamp.parse(clamp)
     config = replace(guard.config, **changes).validate()
-    retain_rho = guard.distributions.get("retain_rho")
+    scales: tuple[float, ...] = ()
+    distributions = guard.distributions
+    if config.gate_rule == "multiscale":  # the scales follow the percentile, and rho the scales
+        require(
+            "retain" in guard.window_rho,
+            "this multiscale guardrail carries no retain window rho: refit it to change tau",
+        )
+        scales = window_scales(guard.window_rho["retain"], config.gate_percentile)
+        distributions = {f"{role}_rho": scaled_rho(rho, scales) for role, rho in guard.window_rho.items()}
+    retain_rho = distributions.get("retain_rho")
     if retain_rho is None or retain_rho.numel() == 0:
         raise SaeguardError("this guardrail carries no retain calibration rho: refit it to change tau")
     estimate = calibrate_tau(retain_rho, config.gate_percentile, seed=config.seed)
@@ -315,9 +352,17 @@ def retune(guard: R, *, gate_percentile: float | None = None, clamp: Clamp | str
             provenance,
             tau_estimate=estimate,
             calibration={
-                role: RhoSummary.of(guard.distributions[f"{role}_rho"], estimate.tau)
+                role: RhoSummary.of(distributions[f"{role}_rho"], estimate.tau)
                 for role in ("retain", "forget")
-                if f"{role}_rho" in guard.distributions
+                if f"{role}_rho" in distributions
             },
         )
-    return replace(guard, tau=estimate.tau, clamp_value=value, config=config, provenance=provenance)
+    return replace(
+        guard,
+        tau=estimate.tau,
+        clamp_value=value,
+        config=config,
+        provenance=provenance,
+        distributions=distributions,
+        window_scales=scales,
+    )

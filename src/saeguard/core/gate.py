@@ -144,23 +144,55 @@ class GateRule:
     - ``mean`` (the paper): rho = sum e / n.
     - ``window``: the largest mean over ``window`` consecutive counted tokens (the mean of
       all of them while fewer): a local burst of evidence is not diluted by benign context.
+    - ``multiscale``: the largest full-window mean at every size of :attr:`windows` (``window``
+      halved down to ``min_window``), each divided by its ``scales`` entry (that size's retain
+      level, set by calibration), and the largest taken. A size counts once the input has that
+      many counted tokens (the smallest also before: the mean of all of them), so a question
+      shorter than the big window is judged by a small one whether or not benign text surrounds
+      it, and a long diffuse passage by a big one (a variable-window scan statistic).
     - ``min_evidence``: the ``k``-th largest e_t: at least k tokens must carry evidence.
     - ``cusum``: max_t S_t with S_t = max(0, S_{t-1} + e_t - drift) (Page's CUSUM).
 
     Source: activation-probe monitors (rolling-window max, minimum evidence, CUSUM),
-    method.md §7; the mean is the paper's §3.3.
+    method.md §7; scan statistics over several window sizes (Glaz, Naus & Wallenstein,
+    *Scan Statistics*, 2001); the mean is the paper's §3.3.
     """
 
     kind: GateRuleKind = "mean"
     window: int = 16
     k: int = 3
     drift: float = 0.5
+    min_window: int = 4
+    scales: tuple[float, ...] = ()  # multiscale: one positive divisor per entry of `windows`
 
     def __post_init__(self) -> None:
         require(
             self.kind in get_args(GateRuleKind),
             f"unknown gate rule {self.kind!r}: use {get_args(GateRuleKind)}",
         )
+        if self.kind == "multiscale":
+            require(
+                1 <= self.min_window <= self.window,
+                f"multiscale rule: min_window ({self.min_window}) must be between 1 and window "
+                f"({self.window})",
+            )
+            require(
+                not self.scales
+                or (len(self.scales) == len(self.windows) and all(v > 0 for v in self.scales)),
+                f"multiscale rule: scales must be {len(self.windows)} positive numbers, one per window "
+                f"{self.windows}, got {self.scales}: refit the guardrail",
+            )
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """Window sizes of the multiscale rule, ascending: ``window`` halved while >= ``min_window``."""
+        if self.kind != "multiscale":
+            return (self.window,)
+        sizes, size = [], self.window
+        while size >= self.min_window:
+            sizes.append(size)
+            size //= 2
+        return tuple(sorted(sizes))
 
     def prefix_rho(self, cum_e: torch.Tensor, cum_n: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """rho of each row's prefix ending at each of ``positions``: (B, P) float64.
@@ -178,11 +210,17 @@ class GateRule:
         # ascending positions: all T of them end at T - 1, known without a device sync (issue 17)
         upto = cum_e.shape[1] if positions.numel() == cum_e.shape[1] else int(positions.max()) + 1
         cum_e, cum_n = cum_e[:, :upto], cum_n[:, :upto]
-        if self.kind == "window":  # full windows once there are `window` counted tokens, else the mean
-            full = cum_n >= self.window
-            means = self._window_means(cum_e, cum_n)
-            best = torch.where(full, means, torch.full_like(means, -torch.inf)).cummax(-1).values
-            return torch.where(full, best, mean_rho(cum_e, cum_n))[:, positions]
+        if self.kind == "window":
+            return self._window_prefix(cum_e, cum_n, self.window)[:, positions]
+        if self.kind == "multiscale":
+            require(
+                bool(self.scales),
+                "the multiscale gate rule needs its per-window scales from calibration: fit the guardrail",
+            )
+            per_size = self._multiscale_prefix(cum_e, cum_n)
+            divisor = torch.tensor(self.scales, dtype=per_size.dtype, device=per_size.device)
+            scaled = per_size / divisor.view(-1, 1, 1)
+            return scaled.nan_to_num(nan=0.0).amax(0)[:, positions]  # evidence >= 0: an unread size adds 0
         else:  # cusum: S_t = X_t - min(0, min_{s<=t} X_s), X = cumulative (e - drift) over counted tokens
             walk = cum_e - self.drift * cum_n
             score = walk - walk.cummin(-1).values.clamp(max=0.0)
@@ -198,9 +236,40 @@ class GateRule:
         last = torch.tensor([cum_e.shape[1] - 1], device=cum_e.device)
         return self.prefix_rho(cum_e, cum_n, last).squeeze(1)
 
-    def _window_means(self, cum_e: torch.Tensor, cum_n: torch.Tensor) -> torch.Tensor:
+    def window_rho(self, evidence: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """The multiscale rule before scaling, at each of :attr:`windows`: (B, S) float64.
+
+        NaN where an input has fewer counted tokens than the size (every size but the
+        smallest): what calibration reads to set ``scales``.
+        """
+        counted = counted.bool()
+        cum_e = (evidence.double() * counted).cumsum(-1)
+        cum_n = counted.double().cumsum(-1)
+        if cum_e.shape[1] == 0:
+            return cum_e.new_zeros(cum_e.shape[0], len(self.windows))
+        return self._multiscale_prefix(cum_e, cum_n)[:, :, -1].T
+
+    def _multiscale_prefix(self, cum_e: torch.Tensor, cum_n: torch.Tensor) -> torch.Tensor:
+        """(S, B, T) unscaled: the smallest size as the window rule, larger ones NaN until full."""
+        sizes = []
+        for index, size in enumerate(self.windows):
+            value = self._window_prefix(cum_e, cum_n, size)
+            if index:
+                value = torch.where(cum_n >= size, value, torch.full_like(value, torch.nan))
+            sizes.append(value)
+        return torch.stack(sizes)
+
+    def _window_prefix(self, cum_e: torch.Tensor, cum_n: torch.Tensor, window: int) -> torch.Tensor:
+        """The window rule of size ``window`` on every prefix (B, T): the largest full window's
+        mean once there are ``window`` counted tokens, the mean of all of them before."""
+        full = cum_n >= window
+        means = self._window_means(cum_e, cum_n, window)
+        best = torch.where(full, means, torch.full_like(means, -torch.inf)).cummax(-1).values
+        return torch.where(full, best, mean_rho(cum_e, cum_n))
+
+    def _window_means(self, cum_e: torch.Tensor, cum_n: torch.Tensor, window: int) -> torch.Tensor:
         """Mean evidence over the last ``window`` counted tokens up to each position (B, T)."""
-        target = (cum_n - self.window).clamp(min=0.0)
+        target = (cum_n - window).clamp(min=0.0)
         # first position where the count reaches `target`: the window starts right after it
         start = torch.searchsorted(cum_n.contiguous(), target.contiguous(), right=False)
         before_e = torch.where(

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    computed_field,
+)
 
 from saeguard.server.settings import Policy
 
@@ -107,6 +116,12 @@ class GuardReport(BaseModel):
     tau: float
     flagged: bool
     flipped_at: int | None = None  # the generated token where a passed prompt's gate flipped
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def clamped(self) -> bool:
+        """Whether the guard clamped any of the answer: a flagged prompt, or a flip while generating."""
+        return self.flagged or self.flipped_at is not None
 
 
 class ChoiceDecision(BaseModel):
