@@ -33,9 +33,11 @@ def test_demo_guard_is_fitted_with_the_demo_preset(monkeypatch):
             seq_len=256,
             max_forget_chunks=400,
             max_retain_chunks=800,
-            gate_rule="window",
+            gate_rule="multiscale",
             window_tokens=16,
+            min_window_tokens=8,
             calibration_long_tokens=2000,
+            calibration_answer_tokens=64,
             seed=0,
         )
     ]

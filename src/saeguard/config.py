@@ -114,6 +114,7 @@ class PromptShape:
     chat: bool = True
     long_tokens: int = 0  # > 0: also long (up to this many tokens) and multi-turn inputs
     long_runs: bool = True  # False: with long_tokens > 0, the multi-turn inputs only (no long runs)
+    answer_tokens: int = 0  # > 0: a quarter of limit more inputs end in the model's answer (core/answers.py)
 
 
 def _help(text: str, **checks: Any) -> dict[str, Any]:
@@ -227,6 +228,14 @@ class FitConfig:
             "Also calibrate tau on long (up to this many tokens) and multi-turn retain inputs; 0 = off", min=0
         ),
     )
+    calibration_answer_tokens: int = field(
+        default=0,
+        metadata=_help(
+            "Also calibrate tau on retain prompts followed by the model's own greedy answer of up to this "
+            "many tokens, as the running gate reads a generation; 0 = off",
+            min=0,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.clamp, Clamp):
@@ -241,6 +250,7 @@ class FitConfig:
             seed=self.seed if seed is None else seed,
             chat=self.chat_template,
             long_tokens=self.calibration_long_tokens,
+            answer_tokens=self.calibration_answer_tokens,
         )
 
     def validate(self) -> FitConfig:
@@ -350,12 +360,16 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "max_forget_chunks": 400,
         "max_retain_chunks": 800,
         # Chosen on validation text (scripts/research/gate_rule_choice.py, docs/attacks.md): the
-        # max over 16-token windows, tau at p_dyn 85 of retain inputs that include 2,000-token
-        # benign runs and multi-turn splits, keeps detecting forget text under 400-2,000 tokens of
-        # benign padding (74-75% vs 0% for the mean) at <= 2% benign false positives.
-        "gate_rule": "window",
+        # multiscale rule over 8- and 16-token windows, tau at p_dyn 85 of retain inputs that
+        # include 2,000-token benign runs, multi-turn splits and the model's own answers, keeps
+        # detecting forget text under 400-2,000 tokens of benign padding (75% vs 0% for the mean)
+        # and a short question after one benign sentence (21% vs 7% for one 16-token window) at
+        # <= 4% benign false positives (long Wikipedia context: see docs/attacks.md).
+        "gate_rule": "multiscale",
         "window_tokens": 16,
+        "min_window_tokens": 8,
         "calibration_long_tokens": 2000,
+        "calibration_answer_tokens": 64,
         "gate_percentile": 85.0,
     },
 }

@@ -78,9 +78,11 @@ def test_preset_demo_is_the_demo_config_fit_and_the_measured_settings():
         seq_len=256,
         max_forget_chunks=400,
         max_retain_chunks=800,
-        gate_rule="window",
+        gate_rule="multiscale",
         window_tokens=16,
+        min_window_tokens=8,
         calibration_long_tokens=2000,
+        calibration_answer_tokens=64,
         seed=0,
     )
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from saeguard.config import PromptShape
+from saeguard.core.answers import answered_batches
 from saeguard.core.gate import GateRule, GateStatistic
 from saeguard.core.provenance import TauEstimate
 from saeguard.core.sae import SelectedLatents
@@ -241,16 +242,23 @@ def prompt_rho(
     ``per_window``: (n, S) unscaled window rho, as :func:`gate_rho`.
 
     The rho come shortest input first (:func:`by_length`), not in the order of
-    :func:`calibration_prompts`. The inputs are the same for any ``shard``; a shard
+    :func:`calibration_prompts`; with ``shape.answer_tokens`` the rho of the first quarter of
+    the pieces followed by the model's answer (:func:`~saeguard.core.answers.answered_batches`)
+    come after them. The inputs are the same for any ``shard``; a shard
     computes only its contiguous block of batches (the blocks in rank order are the
     whole result, in order).
     """
-    texts = by_length(calibration_prompts(documents, tokenizer, shape))
+    inputs = calibration_prompts(documents, tokenizer, shape)
+    texts = by_length(inputs)
+    require(
+        shard is None or shape.answer_tokens == 0,
+        "calibration_answer_tokens is not supported in a data-parallel fit: set it to 0 there",
+    )
     if shard is not None:
         start, stop = shard.span(len(texts), batch_size)
         texts = texts[start:stop]
     batches = prompt_batches(texts, tokenizer, batch_size, chat=shape.chat)
-    return gate_rho(
+    rho = gate_rho(
         model,
         layer,
         latents,
@@ -262,6 +270,31 @@ def prompt_rho(
         show_progress=show_progress,
         per_window=per_window,
     )
+    if shape.answer_tokens == 0 or not inputs:
+        return rho
+    asked = by_length(inputs[: max(1, shape.limit // 4)])  # the first inputs are the short pieces
+    answered = answered_batches(
+        model,
+        tokenizer,
+        asked,
+        answer_tokens=shape.answer_tokens,
+        batch_size=batch_size,
+        chat=shape.chat,
+        show_progress=show_progress,
+    )
+    answers_rho = gate_rho(
+        model,
+        layer,
+        latents,
+        answered,
+        statistic=statistic,
+        rule=rule,
+        description=f"{description} (answers)",
+        total=len(asked),
+        show_progress=show_progress,
+        per_window=per_window,
+    )
+    return torch.cat([rho, answers_rho])
 
 
 def window_scales(window_rho: torch.Tensor, percentile: float) -> tuple[float, ...]:

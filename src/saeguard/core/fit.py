@@ -130,8 +130,12 @@ def calibration_rho(
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
     if config.calibration == "prompts":
         # Long benign runs set the false-positive level under padding, so they matter on the
-        # retain side only; on the forget side they would double the pass (issue 17).
-        shape = replace(config.prompt_shape(), long_runs=role == "retain")
+        # retain side only; on the forget side they would double the pass (issue 17). So do answers.
+        shape = replace(
+            config.prompt_shape(),
+            long_runs=role == "retain",
+            answer_tokens=config.calibration_answer_tokens if role == "retain" else 0,
+        )
         with eval_mode(inputs.model):
             return prompt_rho(
                 inputs.model,
