@@ -28,6 +28,9 @@ from saeguard.hf.layers import model_device, residual_at
 from saeguard.hf.prompts import encode_prompts
 from saeguard.progress import progress_bar
 
+ANSWER_BATCH = 32
+"""Prompts answered per ``generate`` call when calibrating on answers (at least ``batch_size``)."""
+
 
 def prompt_texts(
     documents: Iterable[str],
@@ -273,14 +276,14 @@ def prompt_rho(
     if shape.answer_tokens == 0 or not inputs:
         return rho
     asked = by_length(inputs[: max(1, shape.limit // 4)])  # the first inputs are the short pieces
-    answered = answered_batches(
+    answered = answered_batches(  # generation is step-bound: wider batches cost ~the same per step
         model,
         tokenizer,
         asked,
         answer_tokens=shape.answer_tokens,
-        batch_size=batch_size,
+        batch_size=max(batch_size, ANSWER_BATCH),
         chat=shape.chat,
-        show_progress=show_progress,
+        show_progress=False,  # the rho bar below counts these inputs
     )
     answers_rho = gate_rho(
         model,
