@@ -117,37 +117,9 @@ def flag_rate(ev: Evidence, rule: GateRule, tau: float) -> float:
     return sum(flags) / len(flags)
 
 
-def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "reports/gate-rule-choice")
-    started = time.perf_counter()
-    model, tokenizer = load_default_model()
-    sae = resolve_sae("default")
-    demo = DemoConfig()
-    forget_docs, retain_docs = load_corpus(demo.forget, "train"), retain_documents(demo, "train")
+def validation_sets(tokenizer: Any) -> dict[str, list[Any]]:
+    """Every validation set, by label: the same texts on every call (seeded)."""
     rng = random.Random(7)
-
-    guards: dict[str, Guardrail] = {}
-    for name, overrides in CANDIDATES.items():
-        saved = out / "guards" / name
-        if (saved / "guardrail.json").is_file():
-            fitted = Guardrail.load(saved, model)
-        else:
-            config = replace(preset("demo"), **overrides)
-            fitted = Guardrail.fit(
-                model,
-                tokenizer,
-                sae,
-                forget=forget_docs,
-                retain=retain_docs,
-                config=config,
-                statistics_cache=cache_dir() / "stats",
-            )
-            fitted.save(saved)
-        for percentile in PERCENTILES:
-            guards[f"{name} p{percentile:g}"] = retune(fitted, gate_percentile=percentile)
-    first = next(iter(guards.values()))
-    assert all(torch.equal(g.latents.ids, first.latents.ids) for g in guards.values())
-
     forget = prompt_texts(load_corpus("wiki:biology", "heldout"), tokenizer, limit=100, seed=11)
     benign_docs = [
         d for n in ("wiki:arts", "wiki:history", "wiki:geography") for d in load_corpus(n, "heldout")
@@ -205,6 +177,39 @@ def main() -> None:
         "benign short+sentence": sentence_before(benign_short),
         "benign wiki around2000": wiki_around(benign[:100], 2000),
     }
+    return sets
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "reports/gate-rule-choice")
+    started = time.perf_counter()
+    model, tokenizer = load_default_model()
+    sae = resolve_sae("default")
+    demo = DemoConfig()
+    forget_docs, retain_docs = load_corpus(demo.forget, "train"), retain_documents(demo, "train")
+    guards: dict[str, Guardrail] = {}
+    for name, overrides in CANDIDATES.items():
+        saved = out / "guards" / name
+        if (saved / "guardrail.json").is_file():
+            fitted = Guardrail.load(saved, model)
+        else:
+            config = replace(preset("demo"), **overrides)
+            fitted = Guardrail.fit(
+                model,
+                tokenizer,
+                sae,
+                forget=forget_docs,
+                retain=retain_docs,
+                config=config,
+                statistics_cache=cache_dir() / "stats",
+            )
+            fitted.save(saved)
+        for percentile in PERCENTILES:
+            guards[f"{name} p{percentile:g}"] = retune(fitted, gate_percentile=percentile)
+    first = next(iter(guards.values()))
+    assert all(torch.equal(g.latents.ids, first.latents.ids) for g in guards.values())
+
+    sets = validation_sets(tokenizer)
     # Evidence depends on the shared latents and statistic only: kept across passes, new sets added.
     stored = out / "evidence.pt"
     kept = torch.load(stored) if stored.is_file() else {}

@@ -105,7 +105,7 @@ def test_default_seq_len_is_lowered_on_a_short_model_and_an_explicit_one_is_refu
     index = args.index("--seq-len")
     del args[index : index + 2]
     code, _, err = cli(args)
-    assert "seq_len 1024 is longer than the model's 256 positions; using 256" in err
+    assert "lowered to fit the model: seq_len 1024 -> 256 (256 positions)" in err
     assert fits[-1].seq_len == 256
     code, _, err = cli([*args, "--seq-len", "1024"])
     assert code == 2 and len(fits) == 1

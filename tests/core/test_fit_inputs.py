@@ -81,3 +81,25 @@ def test_a_truncated_statistics_cache_is_recomputed(tmp_path):
     again = corpus_statistics(inputs, "forget", config, cache=tmp_path, show_progress=False)
     assert again.token_count == first.token_count
     assert (again.activation_sum == first.activation_sum).all()
+
+
+def test_lengths_within_lowers_what_a_short_context_model_cannot_hold_and_says_so():
+    from saeguard.config import preset
+    from saeguard.core.fit_inputs import lengths_within
+
+    demo = preset("demo")  # seq_len 256, long runs 2,000, prompts 64 + answers 64
+    lowered, notes = lengths_within(demo, 256)
+    assert (lowered.seq_len, lowered.calibration_long_tokens, lowered.calibration_answer_tokens) == (
+        256,
+        128,
+        64,
+    )
+    assert notes == ["calibration_long_tokens 2000 -> 128 (256 positions)"]
+    lowered, notes = lengths_within(demo, 160)
+    assert (lowered.seq_len, lowered.calibration_long_tokens, lowered.calibration_answer_tokens) == (
+        160,
+        80,
+        16,
+    )
+    assert notes[0] == "seq_len 256 -> 160 (160 positions)" and len(notes) == 3
+    assert lengths_within(demo, None) == (demo, []) and lengths_within(demo, 8192) == (demo, [])

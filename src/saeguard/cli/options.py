@@ -13,7 +13,6 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -236,23 +235,24 @@ def check_replace(path: Path, *, force: bool, is_ours: Callable[[Path], bool], w
 
 
 def fit_length(config: FitConfig, model: nn.Module, *, given: bool) -> FitConfig:
-    """``config`` with ``seq_len`` within the model's positions (:func:`max_positions`).
+    """``config`` with its lengths within the model's positions (:func:`max_positions`).
 
-    A length the user gave explicitly that does not fit is an error; a default or
-    preset length is lowered to the model's maximum with a note.
+    A ``--seq-len`` the user gave explicitly that does not fit is an error; default or
+    preset lengths are lowered with a note (``core.fit_inputs.lengths_within``).
 
     Raises:
         SaeguardError: ``given`` and ``config.seq_len`` exceeds the model's positions.
     """
+    from saeguard.core.fit_inputs import lengths_within
     from saeguard.hf.layers import max_positions
 
     limit = max_positions(model)
-    if limit is None or config.seq_len <= limit:
-        return config
     require(
-        not given,
+        not given or limit is None or config.seq_len <= limit,
         f"--seq-len {config.seq_len} is longer than the model's {limit} positions: "
         f"pass --seq-len {limit} or less",
     )
-    note(f"seq_len {config.seq_len} is longer than the model's {limit} positions; using {limit}")
-    return replace(config, seq_len=limit)
+    config, notes = lengths_within(config, limit)
+    for line in notes:
+        note(f"lowered to fit the model: {line}")
+    return config

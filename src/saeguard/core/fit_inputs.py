@@ -9,6 +9,7 @@ one rank's partial sums. ``core/fit.py`` turns them into a guard.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,6 +115,38 @@ def _check_lengths(model: nn.Module, config: FitConfig) -> None:
             value <= limit if name == "seq_len" else value < limit,
             f"{name} {value} exceeds the model's {limit} positions: use {name}={most} or less",
         )
+    answered = config.prompt_max_tokens + config.calibration_answer_tokens
+    require(
+        config.calibration_answer_tokens == 0 or answered < limit,
+        f"prompt_max_tokens + calibration_answer_tokens ({answered}) exceeds the model's {limit} positions: "
+        f"use calibration_answer_tokens={max(0, limit // 2 - config.prompt_max_tokens)} or less",
+    )
+
+
+def lengths_within(config: FitConfig, limit: int | None) -> tuple[FitConfig, list[str]]:
+    """``config`` with the lengths a preset chose lowered to a model's ``limit`` positions.
+
+    ``seq_len`` to ``limit``; ``calibration_long_tokens`` and a prompt plus its calibration
+    answer (``prompt_max_tokens + calibration_answer_tokens``) to half of it, leaving room for
+    the chat template. One place for the CLI's and the experiments' short-context models.
+
+    Returns:
+        (config, one note per lowered setting, e.g. "seq_len 256 -> 128 (128 model positions)").
+    """
+    if limit is None:
+        return config, []
+    lowered: dict[str, Any] = {}
+    if config.seq_len > limit:
+        lowered["seq_len"] = limit
+    if config.calibration_long_tokens > limit // 2:
+        lowered["calibration_long_tokens"] = limit // 2
+    answered = config.prompt_max_tokens + config.calibration_answer_tokens
+    if config.calibration_answer_tokens and answered > limit // 2:
+        lowered["calibration_answer_tokens"] = max(0, limit // 2 - config.prompt_max_tokens)
+    notes = [
+        f"{name} {getattr(config, name)} -> {value} ({limit} positions)" for name, value in lowered.items()
+    ]
+    return dataclasses.replace(config, **lowered), notes
 
 
 def corpus_statistics(

@@ -23,6 +23,7 @@ from torch import nn
 from saeguard.baselines import DEFAULT_MODEL_RMU, TrainConfig, grid_configs, unlearn
 from saeguard.config import FitConfig, preset
 from saeguard.core.fit import FitInputs, corpus_statistics, fit_from_statistics, prepare_fit
+from saeguard.core.fit_inputs import lengths_within
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.sae import check_sae_width, load_sae, sae_fingerprint
 from saeguard.core.statistics import FeatureStatistics
@@ -216,11 +217,10 @@ class Setup:
             sae is not None or not config.needs_sae, f"the {name} experiment needs an SAE: pass --sae DIR"
         )
         say = log or (lambda _line: None)
-        positions = max_positions(model)
-        if positions is not None and config.fit.calibration_long_tokens > positions // 2:
-            # the demo preset's 2,000-token calibration runs do not fit a short-context model
-            config.fit = replace(config.fit, calibration_long_tokens=positions // 2)
-            say(f"note: calibration_long_tokens lowered to {positions // 2} ({positions} model positions)")
+        # the demo preset's 2,000-token calibration runs and answers do not fit a short-context model
+        config.fit, notes = lengths_within(config.fit, max_positions(model))
+        for line in notes:
+            say(f"note: lowered to fit the model: {line}")
         loaded = load_sae(sae) if sae is not None else None
         if loaded is not None:
             check_sae_width(loaded, model)  # before any point runs, not once per point
