@@ -362,9 +362,9 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         # Chosen on validation text (scripts/research/gate_rule_choice.py, docs/attacks.md): the
         # multiscale rule over 8- and 16-token windows, tau at p_dyn 85 of retain inputs that
         # include 2,000-token benign runs, multi-turn splits and the model's own answers, keeps
-        # detecting forget text under 400-2,000 tokens of benign padding (75% vs 0% for the mean)
+        # detecting forget text under 400-2,000 tokens of benign padding (77% vs 0% for the mean)
         # and a short question after one benign sentence (21% vs 7% for one 16-token window) at
-        # <= 4% benign false positives (long Wikipedia context: see docs/attacks.md).
+        # <= 5% benign false positives (long Wikipedia context: see docs/attacks.md).
         "gate_rule": "multiscale",
         "window_tokens": 16,
         "min_window_tokens": 8,
