@@ -137,16 +137,16 @@ def validation_sets(tokenizer: Any) -> dict[str, list[Any]]:
     benign = prompt_texts(benign_docs, tokenizer, limit=200, seed=12)
     pads = load_corpus("cwe", "train") + load_corpus("austen", "train")
 
-    def padded(texts: list[str], tokens: int, around: bool = False) -> list[str]:
+    def padded(texts: list[str], tokens: int, around: bool = False, sources: list[str] = pads) -> list[str]:
         if not around:
-            return [padding_text(tokenizer, pads, tokens, rng) + "\n\n" + t for t in texts]
+            return [padding_text(tokenizer, sources, tokens, rng) + "\n\n" + t for t in texts]
         half = tokens // 2
         return [
-            padding_text(tokenizer, pads, half, rng)
+            padding_text(tokenizer, sources, half, rng)
             + "\n\n"
             + t
             + "\n\n"
-            + padding_text(tokenizer, pads, half, rng)
+            + padding_text(tokenizer, sources, half, rng)
             for t in texts
         ]
 
@@ -158,17 +158,6 @@ def validation_sets(tokenizer: Any) -> dict[str, list[Any]]:
 
     def sentence_before(texts: list[str]) -> list[str]:
         return [padding_text(tokenizer, pads, 25, rng) + " " + t for t in texts]
-
-    def wiki_around(texts: list[str], tokens: int) -> list[str]:
-        half = tokens // 2
-        return [
-            padding_text(tokenizer, wiki_pads, half, rng)
-            + "\n\n"
-            + t
-            + "\n\n"
-            + padding_text(tokenizer, wiki_pads, half, rng)
-            for t in texts
-        ]
 
     sets = {
         "forget clean": forget,
@@ -183,9 +172,23 @@ def validation_sets(tokenizer: Any) -> dict[str, list[Any]]:
         "forget short+sentence": sentence_before(forget_short),
         "benign short": benign_short,
         "benign short+sentence": sentence_before(benign_short),
-        "benign wiki around2000": wiki_around(benign[:100], 2000),
+        "benign wiki around2000": padded(benign[:100], 2000, around=True, sources=wiki_pads),
     }
     return sets
+
+
+def worst_rates(rates: dict[str, float]) -> tuple[float, float]:
+    """(lowest forget detection, highest benign false-positive rate but the Wikipedia padding's)."""
+    worst_tpr = min(v for k, v in rates.items() if k.startswith("forget"))
+    worst_fpr = max(v for k, v in rates.items() if k.startswith("benign") and "wiki" not in k)
+    return worst_tpr, worst_fpr
+
+
+def rates_line(name: str, rates: dict[str, float]) -> str:
+    """One printed line: the worst rates, then every set's firing rate in percent."""
+    worst_tpr, worst_fpr = worst_rates(rates)
+    cells = " ".join(f"{k}={100 * v:.0f}" for k, v in rates.items())
+    return f"{name}: worst forget {worst_tpr:.2f}, worst benign {worst_fpr:.2f} | {cells}"
 
 
 def main() -> None:
@@ -230,8 +233,7 @@ def main() -> None:
     rows = []
     for name, guard in guards.items():
         rates = {label: flag_rate(ev, guard.rule, guard.tau) for label, ev in evidences.items()}
-        worst_tpr = min(v for k, v in rates.items() if k.startswith("forget"))
-        worst_fpr = max(v for k, v in rates.items() if k.startswith("benign") and "wiki" not in k)
+        worst_tpr, worst_fpr = worst_rates(rates)
         rows.append(
             {"candidate": name, "tau": guard.tau, **rates, "worst_tpr": worst_tpr, "worst_fpr": worst_fpr}
         )

@@ -22,6 +22,9 @@ import torch
 
 from saeguard.core.gate import GateRule
 
+sys.path.insert(0, str(Path(__file__).parent))
+from gate_rule_choice import rates_line  # noqa: E402
+
 EDGES = [0, 8, 16, 32, 64, 128, 256, 512, 1024, 10**9]
 RULES = {
     "mean": GateRule("mean"),
@@ -98,13 +101,7 @@ def main() -> None:
 
                 tau = np.percentile(norm(cal_rho, cal_n), percentile)
                 rates = {k: float((norm(combined(x), n) > tau).mean()) for k, (x, n) in val.items()}
-                worst_tpr = min(v for k, v in rates.items() if k.startswith("forget"))
-                worst_fpr = max(v for k, v in rates.items() if k.startswith("benign") and "wiki" not in k)
-                cells = " ".join(f"{k}={100 * v:.0f}" for k, v in rates.items())
-                print(
-                    f"{variant} {name} p{percentile:g}: worst forget {worst_tpr:.2f}, "
-                    f"worst benign {worst_fpr:.2f} | {cells}"
-                )
+                print(rates_line(f"{variant} {name} p{percentile:g}", rates))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from saeguard.hf.models import load_default_model
 from saeguard.progress import progress_bar
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gate_rule_choice import validation_sets  # noqa: E402
+from gate_rule_choice import rates_line, validation_sets  # noqa: E402
 
 Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # evidence (T,), counted (T,), boundary (T,)
 
@@ -116,13 +116,7 @@ def main() -> None:
 
                 tau = np.percentile(rho(cal), percentile)
                 rates = {k: float((rho(x) > tau).mean()) for k, x in val.items()}
-                worst_tpr = min(v for k, v in rates.items() if k.startswith("forget"))
-                worst_fpr = max(v for k, v in rates.items() if k.startswith("benign") and "wiki" not in k)
-                cells = " ".join(f"{k}={100 * v:.0f}" for k, v in rates.items())
-                print(
-                    f"{name} min{minimum} p{percentile:g}: worst forget {worst_tpr:.2f}, "
-                    f"worst benign {worst_fpr:.2f} | {cells}"
-                )
+                print(rates_line(f"{name} min{minimum} p{percentile:g}", rates))
 
 
 if __name__ == "__main__":

@@ -27,18 +27,21 @@ from saeguard.testing import (
 FIT = dict(layer=1, n_features=2, ratio_percentile=90, seq_len=32, calibration_size=16, show_progress=False)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
+def _fit(**settings) -> Guardrail:
     model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
-    guard = Guardrail.fit(
+    return Guardrail.fit(
         model,
         make_tokenizer(),
         sae,
         forget=corpus(FORGET_WORDS, 8, 30, 1),
         retain=corpus(RETAIN_WORDS, 8, 30, 2),
-        **FIT,
+        **(FIT | settings),
     )
-    return guard.save(tmp_path_factory.mktemp("g") / "guard")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    return _fit().save(tmp_path_factory.mktemp("g") / "guard")
 
 
 @pytest.fixture
@@ -170,18 +173,6 @@ def test_damaged_sae_weights_are_one_line_errors(tmp_path, payload):
     ],
 )
 def test_a_multiscale_artifact_with_bad_window_scales_is_refused(tmp_path, change, expected):
-    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
-    guard = Guardrail.fit(
-        model,
-        make_tokenizer(),
-        sae,
-        forget=corpus(FORGET_WORDS, 8, 30, 1),
-        retain=corpus(RETAIN_WORDS, 8, 30, 2),
-        gate_rule="multiscale",
-        window_tokens=4,
-        min_window_tokens=2,
-        **FIT,
-    )
-    folder = guard.save(tmp_path / "guard")
+    folder = _fit(gate_rule="multiscale", window_tokens=4, min_window_tokens=2).save(tmp_path / "guard")
     _edit_meta(folder, change)
     assert expected in _one_line_error(folder)
