@@ -74,7 +74,7 @@ def test_ablation_runs_end_to_end_on_a_saved_model_and_sae(cli, world, tmp_path)
     assert code == 0, err
     assert "dsg centre: forget accuracy" in stdout and "2 points computed" in stdout
     # the demo preset on a 256-position model: its long runs and answers are shortened
-    assert "calibration_long_tokens 2000 -> 128 (256 positions)" in stdout
+    assert "calibration_long_tokens 2000 -> 128 (256 positions)" in err  # the CLI lowers it first
     assert "calibration_answer_tokens 64 -> 64 (256 positions)" not in stdout
     saved = json.loads((out / "ablation.json").read_text())
     assert saved["experiment"] == "ablation" and [r["key"] for r in saved["records"]] == [
