@@ -203,7 +203,7 @@ class FitConfig:
     gate_rule: GateRule = field(
         default="mean",
         metadata=_help(
-            "How evidence becomes rho: mean (paper), window, min_evidence or cusum (robust to padding)"
+            "How evidence becomes rho: mean (paper), window, multiscale, min_evidence or cusum (local rules)"
         ),
     )
     window_tokens: int = field(

@@ -103,3 +103,28 @@ def test_lengths_within_lowers_what_a_short_context_model_cannot_hold_and_says_s
     )
     assert notes[0] == "seq_len 256 -> 160 (160 positions)" and len(notes) == 3
     assert lengths_within(demo, None) == (demo, []) and lengths_within(demo, 8192) == (demo, [])
+
+
+def test_a_prompt_and_its_calibration_answer_must_fit_half_the_positions(
+    tokenizer, forget_corpus, retain_corpus
+):
+    """Regression (break-it pass): 16 + 47 tokens on a 64-position model failed after the statistics."""
+    import pytest
+
+    from saeguard.config import FitConfig
+    from saeguard.core.fit_inputs import prepare_fit
+    from saeguard.errors import SaeguardError
+    from saeguard.testing import random_sae, tiny_llama
+
+    config = FitConfig(
+        layer=1, seq_len=32, prompt_min_tokens=8, prompt_max_tokens=16, calibration_answer_tokens=47
+    )
+    with pytest.raises(SaeguardError, match="calibration_answer_tokens=16 or less"):
+        prepare_fit(
+            tiny_llama(max_positions=64),
+            tokenizer,
+            random_sae("jumprelu"),
+            forget_corpus,
+            retain_corpus,
+            config,
+        )

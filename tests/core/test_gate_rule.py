@@ -119,6 +119,8 @@ def test_multiscale_without_calibrated_scales_is_refused():
         rule.rho(torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(SaeguardError, match="3 positive numbers"):
         GateRule("multiscale", window=16, min_window=4, scales=(1.0, 0.0, 1.0))
+    with pytest.raises(SaeguardError, match="3 positive numbers"):
+        GateRule("multiscale", window=16, min_window=4, scales=(1.0, float("inf"), 1.0))
     per_window = rule.window_rho(
         torch.tensor([[0.0, 4.0, 0.0, 0.0, 0.0]]), torch.ones(1, 5, dtype=torch.bool)
     )

@@ -82,6 +82,9 @@ def test_a_multiscale_fit_scales_each_window_to_its_retain_level_and_retunes_lik
     assert loaded.window_scales == guard.window_scales and loaded.tau == guard.tau
     assert torch.equal(loaded.window_rho["retain"].isnan(), retain.isnan())
     assert loaded.rule == guard.rule
+    summary = loaded.summary()  # inspect shows what rho and tau are measured in
+    assert summary["gate_rule"] == "multiscale" and summary["windows"] == [2, 4, 8]
+    assert summary["window_scales"] == list(guard.window_scales)
 
 
 def test_a_multiscale_guard_without_its_window_rho_cannot_be_retuned(setup):

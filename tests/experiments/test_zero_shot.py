@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -79,6 +80,30 @@ def test_latent_whose_contexts_are_the_query_words_is_selected_and_compared_with
     shared = {h.label: h.value for h in result.headlines}
     assert shared["Jaccard overlap with the Fisher selection"] == 1.0
     assert "Zero-shot latents" in (tmp_path / "out" / "zero-shot.md").read_text()
+
+
+def test_zero_shot_guard_calibrates_the_multiscale_rule_like_a_fit(world, tiny_fit, tiny_eval):
+    # regression: under the multiscale gate (the demo preset's since 2026-12-01) every zero-shot point
+    # failed with "needs its per-window scales from calibration"
+    fit = replace(tiny_fit, gate_rule="multiscale", window_tokens=8, min_window_tokens=4)
+    config = ZeroShotConfig(
+        keywords=["cell", "virus", "gene", "protein"],
+        general=[_general(world)],
+        hand_taus=[],
+        describe=DESCRIBE,
+        retain=[world.retain],
+        forget_mcq=[world.bio_mcq],
+        utility_mcq=[world.utility_mcq],
+        fisher=False,
+        fit=fit,
+        eval=tiny_eval,
+    )
+    result = world.run(run_zero_shot, config)
+    (record,) = result.records
+    assert record.error is None, record.error
+    guard = record.scores.guards[0]
+    assert guard.latent_ids == [PLANTED_LATENT]
+    assert guard.flagged[world.bio_mcq] == 1.0 and guard.flagged[world.utility_mcq] == 0.0
 
 
 def test_imported_descriptions_are_read_from_neuronpedia_style_rows(tmp_path):

@@ -117,8 +117,9 @@ def _check_lengths(model: nn.Module, config: FitConfig) -> None:
         )
     answered = config.prompt_max_tokens + config.calibration_answer_tokens
     require(
-        config.calibration_answer_tokens == 0 or answered < limit,
-        f"prompt_max_tokens + calibration_answer_tokens ({answered}) exceeds the model's {limit} positions: "
+        config.calibration_answer_tokens == 0 or answered <= limit // 2,
+        f"prompt_max_tokens + calibration_answer_tokens ({answered}) exceeds half the model's {limit} "
+        "positions (the chat template and long calibration runs need the rest): "
         f"use calibration_answer_tokens={max(0, limit // 2 - config.prompt_max_tokens)} or less",
     )
 

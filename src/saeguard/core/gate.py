@@ -21,6 +21,7 @@ this module too (:class:`RowHistory`); ``core/hooks.py`` holds the public
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -178,7 +179,7 @@ class GateRule:
             )
             require(
                 not self.scales
-                or (len(self.scales) == len(self.windows) and all(v > 0 for v in self.scales)),
+                or (len(self.scales) == len(self.windows) and all(0 < v < math.inf for v in self.scales)),
                 f"multiscale rule: scales must be {len(self.windows)} positive numbers, one per window "
                 f"{self.windows}, got {self.scales}: refit the guardrail",
             )

@@ -304,11 +304,14 @@ class Guardrail(FitResult):
             "latent_ids": [int(i) for i in self.latents.ids],
             "tau": self.tau,
             "gate_statistic": self.config.gate_statistic,
+            "gate_rule": self.config.gate_rule,
             "clamp_scope": self.config.clamp_scope,
             "clamp": str(self.config.clamp),
             "clamp_value": self.clamp_value,
             "architecture": self.latents.architecture,
         }
+        if self.config.gate_rule == "multiscale":  # rho in multiples of each window size's retain level
+            summary |= {"windows": list(self.rule.windows), "window_scales": list(self.window_scales)}
         if self.provenance is not None:
             record = self.provenance.to_dict()
             summary |= {

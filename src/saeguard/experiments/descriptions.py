@@ -279,8 +279,15 @@ def zero_shot_guard(
     mean_active = [d.mean_nonzero for d in chosen]
     latents = SelectedLatents.from_sae(inputs.sae, ids)
     statistic = gate_statistic_for(fit.gate_statistic, mean_active)
+    per_window = fit.gate_rule == "multiscale"  # its scales come from the unscaled window rho (as a fit's)
     retain_rho = calibration_rho(
-        inputs, latents, "retain", fit, statistic=statistic, show_progress=show_progress
+        inputs,
+        latents,
+        "retain",
+        fit,
+        statistic=statistic,
+        show_progress=show_progress,
+        per_window=per_window,
     )
     model = inputs.model
     provenance = Provenance(
@@ -313,7 +320,8 @@ def zero_shot_guard(
         config=fit,
         special_ids=sorted(special_token_ids(inputs.tokenizer)),
         provenance=provenance,
-        distributions={"retain_rho": retain_rho},
+        distributions={} if per_window else {"retain_rho": retain_rho},
+        window_rho={"retain": retain_rho} if per_window else {},
     )
     selected = [
         SelectedLatent(d.latent, float(match[d.latent]), d.frequency, [e.context for e in d.examples[:3]])

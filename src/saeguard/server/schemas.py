@@ -137,6 +137,13 @@ class SaeguardInfo(BaseModel):
 
     policy: Policy
     flagged: bool = Field(description="some guard flagged some choice's prompt")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def clamped(self) -> bool:
+        """Whether any guard clamped any choice: a flagged prompt or a flip while generating."""
+        return any(report.clamped for choice in self.choices for report in choice.guards)
+
     choices: list[ChoiceDecision]
 
 
