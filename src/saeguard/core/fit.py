@@ -55,6 +55,7 @@ __all__ = [  # the inputs' side is core/fit_inputs.py, re-exported here for call
     "calibration_rho",
     "corpus_statistics",
     "fit_from_statistics",
+    "calibration_record",
     "gate_rule_for",
     "gate_statistic_for",
     "prepare_fit",
@@ -119,15 +120,15 @@ def calibration_rho(
     statistic: GateStatistic | None = None,
     show_progress: bool = True,
     shard: Shard | None = None,
-    per_window: bool = False,
 ) -> torch.Tensor:
     """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus.
 
     The inputs do not depend on ``shard``; a shard computes the rho of its contiguous
-    block of them (:meth:`Shard.span`). ``per_window``: (n, S) unscaled window rho
-    (:meth:`GateRule.window_rho`) instead of (n,) rho.
+    block of them (:meth:`Shard.span`). A multiscale config gets (n, S) unscaled window rho
+    (:meth:`GateRule.window_rho`: its scales come from them), any other rule (n,) rho.
     """
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
+    per_window = config.gate_rule == "multiscale"
     if config.calibration == "prompts":
         # Long benign runs set the false-positive level under padding, so they matter on the
         # retain side only; on the forget side they would double the pass (issue 17). So do answers.
@@ -219,28 +220,21 @@ def fit_from_statistics(
     latents = SelectedLatents.from_sae(inputs.sae, ids)
     mean_active = [float(v) for v in forget_stats.mean_nonzero[ids]]
     statistic = gate_statistic_for(config.gate_statistic, mean_active)
-    per_window = config.gate_rule == "multiscale"  # the window sizes' scales come from these rho
     retain_rho, forget_rho = (
         calibration_rho(
-            inputs,
-            latents,
-            role,
-            config,
-            statistic=statistic,
-            show_progress=show_progress,
-            shard=shard,
-            per_window=per_window,
+            inputs, latents, role, config, statistic=statistic, show_progress=show_progress, shard=shard
         )
         for role in ("retain", "forget")
     )
-    if gather_rho is not None:
+    if gather_rho is not None:  # (n_rank,) blocks, or (n_rank, S) per window size: gathered by column
         retain_rho, forget_rho = (
             torch.stack([gather_rho(column) for column in rho.unbind(1)], 1)
-            if per_window
+            if rho.dim() == 2
             else gather_rho(rho)
             for rho in (retain_rho, forget_rho)
         )
     require(retain_rho.shape[0] > 0, "retain corpus gave no calibration input: give it real text")
+    distributions, window_rho = calibration_record(config, {"retain": retain_rho, "forget": forget_rho})
     model = inputs.model
     stats_by_role: dict[CorpusRole, FeatureStatistics] = {"forget": forget_stats, "retain": retain_stats}
     provenance = Provenance(
@@ -279,13 +273,28 @@ def fit_from_statistics(
         config=config,
         special_ids=sorted(special_token_ids(inputs.tokenizer)),
         provenance=provenance,
-        distributions={} if per_window else {"retain_rho": retain_rho, "forget_rho": forget_rho},
-        window_rho={"retain": retain_rho, "forget": forget_rho} if per_window else {},
+        distributions=distributions,
+        window_rho=window_rho,
     )
     result = retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
     shared = shared_documents(inputs.documents("forget"), inputs.documents("retain"))
     warn_if_uncalibrated(result, shared=shared)  # corpora that cannot make a working gate: CalibrationWarning
     return result
+
+
+def calibration_record(
+    config: FitConfig, rho: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Where a fit keeps its calibration rho by role (:func:`calibration_rho`'s output).
+
+    Returns:
+        (``distributions``, ``window_rho``) for :class:`FitResult`: every rule but multiscale
+        keeps ``{role}_rho`` (n,) in the first; multiscale keeps its (n, S) window rho by role in
+        the second (:func:`retune` turns them into scales and role rho).
+    """
+    if config.gate_rule == "multiscale":
+        return {}, dict(rho)
+    return {f"{role}_rho": value for role, value in rho.items()}, {}
 
 
 def gate_rule_for(config: FitConfig, scales: tuple[float, ...] = ()) -> GateRule:

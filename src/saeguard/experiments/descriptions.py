@@ -25,7 +25,14 @@ from torch import nn
 
 from saeguard._version import __version__
 from saeguard.config import FitConfig
-from saeguard.core.fit import FitInputs, FitResult, calibration_rho, gate_statistic_for, retune
+from saeguard.core.fit import (
+    FitInputs,
+    FitResult,
+    calibration_record,
+    calibration_rho,
+    gate_statistic_for,
+    retune,
+)
 from saeguard.core.guardrail import Guardrail
 from saeguard.core.provenance import CorpusRecord, ModelRecord, Provenance, SaeRecord, SelectionRecord
 from saeguard.core.sae import SelectedLatents, encode_all, sae_fingerprint, sae_source
@@ -279,16 +286,10 @@ def zero_shot_guard(
     mean_active = [d.mean_nonzero for d in chosen]
     latents = SelectedLatents.from_sae(inputs.sae, ids)
     statistic = gate_statistic_for(fit.gate_statistic, mean_active)
-    per_window = fit.gate_rule == "multiscale"  # its scales come from the unscaled window rho (as a fit's)
     retain_rho = calibration_rho(
-        inputs,
-        latents,
-        "retain",
-        fit,
-        statistic=statistic,
-        show_progress=show_progress,
-        per_window=per_window,
+        inputs, latents, "retain", fit, statistic=statistic, show_progress=show_progress
     )
+    distributions, window_rho = calibration_record(fit, {"retain": retain_rho})
     model = inputs.model
     provenance = Provenance(
         model=ModelRecord(
@@ -320,8 +321,8 @@ def zero_shot_guard(
         config=fit,
         special_ids=sorted(special_token_ids(inputs.tokenizer)),
         provenance=provenance,
-        distributions={} if per_window else {"retain_rho": retain_rho},
-        window_rho={"retain": retain_rho} if per_window else {},
+        distributions=distributions,
+        window_rho=window_rho,
     )
     selected = [
         SelectedLatent(d.latent, float(match[d.latent]), d.frequency, [e.context for e in d.examples[:3]])
