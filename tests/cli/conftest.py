@@ -12,7 +12,7 @@ import pytest
 
 from saeguard import Guardrail
 from saeguard.cli import main
-from saeguard.errors import CalibrationWarning
+from saeguard.errors import CalibrationWarning, SaeguardError
 from saeguard.testing import (
     FORGET_WORDS,
     RETAIN_WORDS,
@@ -91,6 +91,27 @@ def _fit_args(ws: Path, output: Path, *extra: str, model: str) -> list[str]:
         "cpu",
         *extra,
     ]
+
+
+class Fits(list):
+    """Configs Guardrail.fit was called with; ``models`` the models it got."""
+
+    models: list
+
+
+@pytest.fixture
+def fits(monkeypatch) -> Fits:
+    """Replace Guardrail.fit: record the config and model it gets, then stop with a one-line error."""
+    seen = Fits()
+    seen.models = []
+
+    def fake(cls, model, tokenizer, sae, *, forget, retain, config=None, **_):
+        seen.append(config)
+        seen.models.append(model)
+        raise SaeguardError("stopped by the test")
+
+    monkeypatch.setattr(Guardrail, "fit", classmethod(fake))
+    return seen
 
 
 @pytest.fixture

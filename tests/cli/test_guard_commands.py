@@ -7,29 +7,6 @@ from dataclasses import replace
 import pytest
 
 from saeguard.config import Clamp, FitConfig, preset
-from saeguard.core.guardrail import Guardrail
-from saeguard.errors import SaeguardError
-
-
-class Fits(list):
-    """Configs Guardrail.fit was called with; ``models`` the models it got."""
-
-    models: list
-
-
-@pytest.fixture
-def fits(monkeypatch) -> Fits:
-    """Replace Guardrail.fit: record the config and model it gets, then stop with a one-line error."""
-    seen = Fits()
-    seen.models = []
-
-    def fake(cls, model, tokenizer, sae, *, forget, retain, config=None, **_):
-        seen.append(config)
-        seen.models.append(model)
-        raise SaeguardError("stopped by the test")
-
-    monkeypatch.setattr(Guardrail, "fit", classmethod(fake))
-    return seen
 
 
 def test_fit_refuses_to_overwrite_a_guardrail_without_force(workspace, cli, fit_args, error_lines):

@@ -115,8 +115,8 @@ def test_replacing_a_guardrail_needs_force_and_other_content_is_never_replaced(t
 
 def test_default_seq_len_is_lowered_to_the_model_positions_and_an_explicit_one_is_refused(capsys):
     model = tiny_gpt2(max_positions=256)
-    lowered = fit_length(FitConfig(), model, given=False)
+    lowered = fit_length(FitConfig(), model, given=())
     assert lowered.seq_len == 256 and "seq_len 1024 -> 256 (256 positions)" in capsys.readouterr().err
-    assert fit_length(FitConfig(seq_len=128), model, given=True).seq_len == 128
+    assert fit_length(FitConfig(seq_len=128), model, given={"seq_len"}).seq_len == 128
     with pytest.raises(SaeguardError, match="--seq-len 1024 is longer than the model's 256 positions"):
-        fit_length(FitConfig(), model, given=True)
+        fit_length(FitConfig(), model, given={"seq_len"})

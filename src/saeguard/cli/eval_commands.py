@@ -339,7 +339,7 @@ def sweep_command(
     lm, tokenizer = load_cli_model(model, device, dtype)
     config = SweepConfig(
         grid=grid,
-        fit=fit_length(settings.config, lm, given="seq_len" in settings.given),
+        fit=fit_length(settings.config, lm, given=settings.given),
         mcq=McqConfig(scorer=scorer),
     )
     with calibration_warnings():

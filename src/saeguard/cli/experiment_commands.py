@@ -75,7 +75,7 @@ def experiment(
         torch.set_num_threads(threads)
     lm, tokenizer = load_cli_model(model, device, dtype)
     check_sae(sae_spec, lm)  # an SAE of another width fails here, not once per point
-    settings.fit = fit_length(settings.fit, lm, given=False)
+    settings.fit = fit_length(settings.fit, lm, given=())
     result = chosen.run(
         lm, tokenizer, sae_spec, settings, output, log=lambda line: console.print(f"[dim]{line}[/dim]")
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import types
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
@@ -20,6 +21,7 @@ import typer
 from rich.markup import escape
 
 from saeguard.config import PRESETS, Clamp, FitConfig, Preset, preset, type_hints, with_overrides
+from saeguard.errors import SaeguardError
 
 F = TypeVar("F", bound=Callable[..., Any])
 SETTINGS_PARAMETER = "settings"
@@ -97,14 +99,38 @@ def resolve_settings(preset_name: str, chosen: dict[str, Any]) -> FitSettings:
     ``max_chunks`` sets both chunk caps unless one is given on its own.
 
     Raises:
-        SaeguardError: an unknown preset, an unreadable clamp or a value out of range.
+        SaeguardError: an unknown preset, an unreadable clamp, a value out of range, or two
+            settings that do not fit together (naming the one the preset set and the option for it).
     """
     given = {name: _cli_value(name, value) for name, value in chosen.items() if value is not None}
     both = given.pop(MAX_CHUNKS, None)
     if both is not None:
         given.setdefault("max_forget_chunks", both)
         given.setdefault("max_retain_chunks", both)
-    return FitSettings(with_overrides(preset(preset_name), given), frozenset(given))
+    start = preset(preset_name)
+    try:
+        config = with_overrides(start, given)
+    except SaeguardError as error:
+        raise SaeguardError(_blame_preset(str(error), preset_name, start, given)) from None
+    return FitSettings(config, frozenset(given))
+
+
+def _blame_preset(message: str, preset_name: str, start: FitConfig, given: Collection[str]) -> str:
+    """``message`` saying which of the settings it names came from the preset, and how to change them.
+
+    A check between two settings (``min_window_tokens`` <= ``window_tokens``) can fail on a
+    value the user gave and one the preset chose; the user never typed the second, so the
+    error names where it came from and the option that sets it. Other messages are returned as is.
+    """
+    named = [spec.name for spec in fields(FitConfig) if re.search(rf"\b{spec.name}\b", message)]
+    kept = [name for name in named if name not in given]
+    typed = [name for name in named if name in given]
+    if not (kept and typed):
+        return message
+    values = ", ".join(f"{name} {getattr(start, name)}" for name in kept)
+    options = " and ".join(option_name(name) for name in kept)
+    dropped = " and ".join(option_name(name) for name in typed)
+    return f"{message}; --preset {preset_name} set {values}: also pass {options}, or drop {dropped}"
 
 
 def fit_options(*, default_preset: Preset = "paper", skip: Collection[str] = ()) -> Callable[[F], F]:

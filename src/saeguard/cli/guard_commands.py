@@ -107,7 +107,7 @@ def _fit_and_report(
     with nullcontext() if launch is None else main_process_first():  # one rank fills the caches
         sae_spec = resolve_sae(sae, model)
         lm, tokenizer = load_cli_model(model, device, dtype)
-    config = fit_length(settings.config, lm, given="seq_len" in settings.given)
+    config = fit_length(settings.config, lm, given=settings.given)
     forget_spec, retain_spec = corpus_mix(forget, "train"), corpus_mix(retain, "train")
     with calibration_warnings():  # printed after the summary, one yellow line
         if launch is None:

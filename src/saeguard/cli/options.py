@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -234,25 +234,47 @@ def check_replace(path: Path, *, force: bool, is_ours: Callable[[Path], bool], w
     require(force, f"--output {path} already holds a {what}: pass --force to replace it")
 
 
-def fit_length(config: FitConfig, model: nn.Module, *, given: bool) -> FitConfig:
+LENGTH_OPTIONS = ("seq_len", "calibration_long_tokens", "calibration_answer_tokens")
+"""The lengths :func:`fit_length` fits to the model: lowered when a preset chose them, refused when given."""
+
+
+def fit_length(config: FitConfig, model: nn.Module, *, given: Collection[str]) -> FitConfig:
     """``config`` with its lengths within the model's positions (:func:`max_positions`).
 
-    A ``--seq-len`` the user gave explicitly that does not fit is an error; default or
-    preset lengths are lowered with a note (``core.fit_inputs.lengths_within``).
+    A length in :data:`LENGTH_OPTIONS` the user gave explicitly (its field name is in
+    ``given``, e.g. ``FitSettings.given``) that does not fit is an error; preset or default
+    lengths are lowered with a note. The bounds are ``core.fit_inputs.lengths_within``'s.
 
     Raises:
-        SaeguardError: ``given`` and ``config.seq_len`` exceeds the model's positions.
+        SaeguardError: a given ``seq_len`` over the model's positions, or a given
+            ``calibration_long_tokens`` (``calibration_answer_tokens`` plus ``prompt_max_tokens``)
+            over half of them; the message names the option, the limit and the largest value that fits.
     """
     from saeguard.core.fit_inputs import lengths_within
     from saeguard.hf.layers import max_positions
 
     limit = max_positions(model)
-    require(
-        not given or limit is None or config.seq_len <= limit,
-        f"--seq-len {config.seq_len} is longer than the model's {limit} positions: "
-        f"pass --seq-len {limit} or less",
-    )
-    config, notes = lengths_within(config, limit)
+    fitted, notes = lengths_within(config, limit)
+    for name in LENGTH_OPTIONS:
+        if name in given and getattr(fitted, name) != getattr(config, name):
+            raise SaeguardError(_too_long(config, name, getattr(fitted, name), limit))
     for line in notes:
         note(f"lowered to fit the model: {line}")
-    return config
+    return fitted
+
+
+def _too_long(config: FitConfig, name: str, most: int, limit: int | None) -> str:
+    """The error for a given length ``name`` over ``limit`` positions; ``most`` is the largest that fits."""
+    from saeguard.cli.fit_options import option_name
+
+    option, value = option_name(name), getattr(config, name)
+    if name == "seq_len":
+        return f"{option} {value} is longer than the model's {limit} positions: pass {option} {most} or less"
+    what = f"{option} {value}"
+    if name == "calibration_answer_tokens":
+        what += f" plus prompt_max_tokens {config.prompt_max_tokens}"
+    fix = f"{option} {most} or less" if most else f"{option} 0 (off) or a smaller --prompt-max-tokens"
+    return (
+        f"{what} is longer than half the model's {limit} positions (the chat template needs the rest): "
+        f"pass {fix}, or omit it"
+    )
