@@ -5,7 +5,9 @@
 A short question is usually a sentence of its own: the largest mean evidence over *sentences*
 (runs of counted tokens ended by a token holding ``.``, ``?``, ``!`` or a newline, or by an
 uncounted token such as a turn boundary) is not diluted by benign sentences around it, however
-short the question. This script recomputes the validation sets of ``gate_rule_choice.py`` and
+short the question. The columns are computed by the shipped rule (``GateRule("sentence")``; a
+sentence shorter than the minimum is read over the tokens before it). This script recomputes
+the validation sets of ``gate_rule_choice.py`` and
 the demo's retain calibration inputs with their token ids (the demo guard's latents and
 statistic), and prints the firing rates of the segment rule alone and as one more scaled
 column of the multiscale rule, with tau pooled at p_dyn as the fit computes it.
@@ -53,27 +55,11 @@ def rows_of(
     return rows
 
 
-def segment_rho(evidence: torch.Tensor, counted: torch.Tensor, boundary: torch.Tensor, minimum: int) -> float:
-    """Largest mean evidence over sentences of >= ``minimum`` counted tokens (shorter ones join the next)."""
-    best, total, count = 0.0, 0.0, 0
-    for e, c, b in zip(evidence.tolist(), counted.tolist(), boundary.tolist(), strict=True):
-        if c:
-            total, count = total + e, count + 1
-        if (b or not c) and count >= minimum:
-            best, total, count = max(best, total / count), 0.0, 0
-    if count:
-        best = max(best, total / count) if count >= minimum or best == 0.0 else best
-    return best
-
-
 def columns(rows: list[Row], minimum: int, window: GateRule) -> torch.Tensor:
-    out = []
-    for e, c, b in rows:
-        multiscale = window.window_rho(e[None], c[None])[0]
-        out.append(
-            torch.cat([multiscale, torch.tensor([segment_rho(e, c, b, minimum)], dtype=torch.float64)])
-        )
-    return torch.stack(out)
+    """(n, 3) unscaled columns of the shipped sentence rule (``core/gate_rule.py``): windows 8
+    and 16, then the largest sentence mean (shorter sentences read over the last ``minimum``)."""
+    rule = replace(window, kind="sentence", min_sentence=minimum)
+    return torch.cat([rule.window_rho(e[None], c[None], b[None]) for e, c, b in rows])
 
 
 def main() -> None:
@@ -99,7 +85,7 @@ def main() -> None:
     for minimum in (1, 3, 5):
         cal = columns(data["calibration"], minimum, multiscale)
         val = {k: columns(v, minimum, multiscale) for k, v in data.items() if k != "calibration"}
-        for name, picked in (("segment", [-1]), ("multiscale16/8+segment", [0, 1, 2])):
+        for name, picked in (("sentence only", [-1]), ("sentence rule (windows 16/8 + sentence)", [0, 1, 2])):
             for percentile in (80.0, 85.0, 90.0):
                 chosen = cal[:, picked]
                 scale = []

@@ -30,10 +30,11 @@ GateMode = Literal["dynamic", "always"]
 GateStatisticKind = Literal["fraction", "activation"]
 """Per-token evidence rho averages: 1[any selected latent fires] (the paper) or normalised activations."""
 ClampScope = Literal["fired", "input"]
-GateRule = Literal["mean", "window", "multiscale", "min_evidence", "cusum"]
+GateRule = Literal["mean", "window", "multiscale", "sentence", "min_evidence", "cusum"]
 """How per-token evidence becomes rho (method.md §3): the paper's mean over the input, or a local rule
 that benign context cannot dilute: max over sliding windows (of one size, or of several sizes each
-scaled by its retain level), the k-th largest evidence, or CUSUM."""
+scaled by its retain level, optionally with the largest sentence mean as one more scaled column), the
+k-th largest evidence, or CUSUM."""
 """Which tokens of a flagged input are clamped: where a selected latent fires (the paper), or all counted."""
 
 
@@ -203,7 +204,8 @@ class FitConfig:
     gate_rule: GateRule = field(
         default="mean",
         metadata=_help(
-            "How evidence becomes rho: mean (paper), window, multiscale, min_evidence or cusum (local rules)"
+            "How evidence becomes rho: mean (paper), window, multiscale, sentence (multiscale + sentences), "
+            "min_evidence or cusum (local rules)"
         ),
     )
     window_tokens: int = field(
@@ -213,7 +215,13 @@ class FitConfig:
     min_window_tokens: int = field(
         default=4,
         metadata=_help(
-            "multiscale rule: the smallest window; sizes halve from window_tokens down to it", min=1
+            "multiscale/sentence rule: the smallest window; sizes halve from window_tokens down to it", min=1
+        ),
+    )
+    min_sentence_tokens: int = field(
+        default=1,
+        metadata=_help(
+            "sentence rule: a shorter sentence is read with the tokens before it up to this many", min=1
         ),
     )
     min_evidence_tokens: int = field(
@@ -267,8 +275,8 @@ class FitConfig:
             f"prompt_max_tokens ({self.prompt_max_tokens})",
         )
         require(
-            self.gate_rule != "multiscale" or self.min_window_tokens <= self.window_tokens,
-            f"multiscale rule: min_window_tokens ({self.min_window_tokens}) must not exceed "
+            self.gate_rule not in ("multiscale", "sentence") or self.min_window_tokens <= self.window_tokens,
+            f"{self.gate_rule} rule: min_window_tokens ({self.min_window_tokens}) must not exceed "
             f"window_tokens ({self.window_tokens})",
         )
         return self
@@ -359,15 +367,17 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "seq_len": 256,
         "max_forget_chunks": 400,
         "max_retain_chunks": 800,
-        # Chosen on validation text (scripts/research/gate_rule_choice.py, docs/attacks.md): the
-        # multiscale rule over 8- and 16-token windows, tau at p_dyn 85 of retain inputs that
-        # include 2,000-token benign runs, multi-turn splits and the model's own answers, keeps
-        # detecting forget text under 400-2,000 tokens of benign padding (77% vs 0% for the mean)
-        # and a short question after one benign sentence (21% vs 7% for one 16-token window) at
-        # <= 5% benign false positives (long Wikipedia context: see docs/attacks.md).
-        "gate_rule": "multiscale",
+        # Chosen on validation text (scripts/research/gate_rule_choice.py and segment_rule.py,
+        # docs/attacks.md): the sentence rule (the largest mean over 8- and 16-token windows and
+        # over sentences, each scaled by its retain level), tau at p_dyn 85 of retain inputs that
+        # include 2,000-token benign runs, multi-turn splits and the model's own answers. Against
+        # the multiscale rule alone it detects more forget text on every validation set (clean 88%
+        # vs 86%, under 400-2,000 benign tokens 77-79% vs 77%, 3 turns 89% vs 82%, short pieces
+        # 63% vs 50%) at <= 4% benign false positives (long Wikipedia context: see docs/attacks.md).
+        "gate_rule": "sentence",
         "window_tokens": 16,
         "min_window_tokens": 8,
+        "min_sentence_tokens": 1,
         "calibration_long_tokens": 2000,
         "calibration_answer_tokens": 64,
         "gate_percentile": 85.0,

@@ -22,7 +22,7 @@ def planted():
     return plant_forget_direction(tiny_llama(max_positions=256), random_sae("jumprelu"))
 
 
-@pytest.mark.parametrize("rule", ["mean", "window"])
+@pytest.mark.parametrize("rule", ["mean", "window", "sentence"])
 @pytest.mark.filterwarnings("ignore::saeguard.errors.CalibrationWarning")
 def test_an_answered_input_has_the_running_gates_rho_after_the_answer(
     planted, tokenizer, forget_corpus, retain_corpus, rule
@@ -41,12 +41,16 @@ def test_an_answered_input_has_the_running_gates_rho_after_the_answer(
         window_tokens=4,
         show_progress=False,
     )
+    if rule == "sentence":  # the tiny vocabulary has no punctuation: "the" ends sentences here
+        guard = replace(guard, sentence_end_ids=(int(tokenizer.convert_tokens_to_ids("the")),))
     never = replace(guard, tau=1e9)  # the gate runs but never clamps: the answer is the unguarded one
     answer_tokens = 6
     batch = next(
         answered_batches(model, tokenizer, PROMPTS, answer_tokens=answer_tokens, show_progress=False)
     )
-    rho = gate_rho(model, 1, guard.latents, [batch], statistic=guard.statistic, rule=guard.rule)
+    rho = gate_rho(  # read as the running gate reads a generation (prompt_rho does the same)
+        model, 1, guard.latents, [batch], statistic=guard.statistic, rule=guard.rule, input_end=False
+    )
     # generate forwards the prompt and every generated token but the last: one more token, same rho
     _, records = never.generate(model, tokenizer, PROMPTS, max_new_tokens=answer_tokens + 1)
     assert rho.tolist() == pytest.approx(records[-1].rho.tolist(), abs=1e-9)

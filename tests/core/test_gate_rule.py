@@ -115,7 +115,7 @@ def test_multiscale_without_calibrated_scales_is_refused():
     from saeguard.errors import SaeguardError
 
     rule = GateRule("multiscale", window=16, min_window=4)
-    with pytest.raises(SaeguardError, match="per-window scales from calibration"):
+    with pytest.raises(SaeguardError, match="per-column scales from calibration"):
         rule.rho(torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(SaeguardError, match="3 positive numbers"):
         GateRule("multiscale", window=16, min_window=4, scales=(1.0, 0.0, 1.0))

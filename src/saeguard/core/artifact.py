@@ -7,9 +7,10 @@ What an artifact holds, and all it may reference:
 - ``guardrail.safetensors``: the N selected latents (``latent_ids`` (N,),
   ``encoder`` (d_in, N), ``encoder_bias`` (N,), ``decoder`` (N, d_in),
   ``decoder_bias`` (d_in,), JumpReLU ``threshold`` (N,)), float32, and the
-  calibration rho distributions (``distribution.<role>_rho`` (n,)); a multiscale gate
-  also its unscaled window rho (``window_rho.<role>`` (n, S)) and, in the JSON, its
-  ``window_scales`` (S,).
+  calibration rho distributions (``distribution.<role>_rho`` (n,)); a multiscale or
+  sentence gate also its unscaled rho per column (``window_rho.<role>`` (n, S)) and, in the
+  JSON, its ``window_scales`` (S,), which must be what the retain rho give at the config's
+  percentile; a sentence gate also ``sentence_end_ids`` (K,) int64.
 
 A ReLU/JumpReLU guardrail is self-contained. A TopK guardrail also needs its
 full SAE; the recorded path or release is only a hint shown to the user: the
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from saeguard._version import __version__
 from saeguard.config import FitConfig
+from saeguard.core.calibration import window_scales
 from saeguard.core.fit import FitResult, gate_rule_for
 from saeguard.core.provenance import Provenance
 from saeguard.core.sae import SUPPORTED_ARCHITECTURES, SelectedLatents, load_sae, sae_fingerprint
@@ -42,6 +44,7 @@ FORMAT = "saeguard-guardrail"
 FORMAT_VERSION = 2
 TENSORS_FILE = "guardrail.safetensors"
 META_FILE = "guardrail.json"
+END_IDS = "sentence_end_ids"
 _LATENT_TENSORS = ("latent_ids", "encoder", "encoder_bias", "decoder", "decoder_bias")
 _MAX_TOKEN_ID = 2**31  # no vocabulary comes near; larger ids cannot be real tokens
 
@@ -87,6 +90,8 @@ def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
         {f"distribution.{k}": v.detach().cpu().contiguous() for k, v in guard.distributions.items()}
     )
     tensors.update({f"window_rho.{k}": v.detach().cpu().contiguous() for k, v in guard.window_rho.items()})
+    if guard.config.gate_rule == "sentence":  # also none: the tokenizer had no sentence-end token
+        tensors[END_IDS] = torch.tensor(guard.sentence_end_ids, dtype=torch.long).reshape(-1)
     with staged_folder(directory, replace=is_replaceable_guardrail) as staging:
         save_file(tensors, str(staging / TENSORS_FILE), metadata={"format": FORMAT})
         (staging / META_FILE).write_text(json.dumps(to_jsonable(meta), indent=2), encoding="utf-8")
@@ -184,7 +189,11 @@ def _from_parts(
             )
         except SaeguardError as error:
             raise SaeguardError(f"{where}: {error}") from None
-    latent_tensors = {k: v for k, v in tensors.items() if not k.startswith(("distribution.", "window_rho."))}
+    latent_tensors = {
+        k: v
+        for k, v in tensors.items()
+        if not k.startswith(("distribution.", "window_rho.")) and k != END_IDS
+    }
     _check_latent_tensors(latent_tensors, architecture, where)
     width = int(latent_tensors["encoder"].shape[0])
     if provenance is not None:
@@ -233,41 +242,70 @@ def _from_parts(
         distributions=distributions,
         window_rho=window_rho,
         window_scales=window_scales,
+        sentence_end_ids=_end_ids(tensors, config, where),
     )
+
+
+def _end_ids(tensors: dict[str, torch.Tensor], config: FitConfig, where: str) -> tuple[int, ...]:
+    """The sentence rule's sentence-end token ids (K,), checked; empty for the other rules."""
+    if config.gate_rule != "sentence":
+        return ()
+    value = tensors.get(END_IDS)
+    require(
+        value is not None
+        and value.dim() == 1
+        and value.dtype in (torch.int32, torch.int64)
+        and bool((value >= 0).all()),
+        f"{where}: the sentence gate rule needs {END_IDS} (token ids >= 0) in {TENSORS_FILE}: fit it again",
+    )
+    assert value is not None
+    return tuple(int(i) for i in value.tolist())
 
 
 def _window_calibration(
     meta: dict, tensors: dict[str, torch.Tensor], config: FitConfig, where: str
 ) -> tuple[dict[str, torch.Tensor], tuple[float, ...]]:
-    """The multiscale rule's window rho (role -> (n, S)) and scales (S,), checked; empty otherwise."""
-    if config.gate_rule != "multiscale":
+    """The multiscale or sentence rule's rho per column (role -> (n, S)) and scales (S,),
+    checked (the scales must be what the retain rho give); empty for the other rules."""
+    rule = gate_rule_for(config)
+    if not rule.scaled:
         return {}, ()
-    sizes = gate_rule_for(config).windows
+    names, count = rule.column_names, rule.columns
     raw = meta.get("window_scales")
     scales: list = raw if isinstance(raw, list) else []
     require(
         isinstance(raw, list)
-        and len(raw) == len(sizes)
+        and len(raw) == count
         and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
             for v in raw
         ),
-        f"{where}: window_scales must be {len(sizes)} positive numbers (one per window {sizes}), "
+        f"{where}: window_scales must be {count} positive numbers (one per column {names}), "
         f"got {raw!r}: fit it again",
     )
     window_rho = {}
     for key, value in tensors.items():
         if key.startswith("window_rho."):
             require(
-                value.dim() == 2 and value.shape[1] == len(sizes) and value.is_floating_point(),
-                f"{where}: {key} must be an (n, {len(sizes)}) matrix of numbers, "
-                f"got shape {tuple(value.shape)}",
+                value.dim() == 2 and value.shape[1] == count and value.is_floating_point(),
+                f"{where}: {key} in {TENSORS_FILE} must be an (n, {count}) matrix of numbers "
+                f"(one column per {names}), got shape {tuple(value.shape)}",
             )
             require(  # NaN marks a size longer than the input (GateRule.window_rho)
                 not bool(torch.isinf(value).any()) and not bool((value < 0).any()),
                 f"{where}: {key} holds infinite or negative values: fit it again",
             )
             window_rho[key.removeprefix("window_rho.")] = value.double()
+    if "retain" in window_rho:
+        expected = window_scales(window_rho["retain"], config.gate_percentile)
+        require(
+            all(
+                math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(scales, expected, strict=True)
+            ),
+            f"{where}: window_scales {[round(float(v), 6) for v in scales]} are not what the stored retain "
+            f"rho give at gate_percentile {config.gate_percentile:g} "
+            f"({[round(v, 6) for v in expected]}): the file was edited; fit it again or use saeguard retune",
+        )
     return window_rho, tuple(float(v) for v in scales)
 
 

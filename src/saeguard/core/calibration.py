@@ -200,12 +200,15 @@ def gate_rho(
     total: int | None = None,
     show_progress: bool = True,
     per_window: bool = False,
+    input_end: bool = True,
 ) -> torch.Tensor:
     """rho for every input, computed exactly as the gate computes it (docs/method.md §3).
 
     ``total`` (the number of inputs, when known) gives the progress bar its end and ETA.
-    ``per_window`` gives the rule's unscaled window rho instead (:meth:`GateRule.window_rho`):
-    what calibrating the multiscale rule's scales needs.
+    ``per_window`` gives the rule's unscaled rho per column instead (:meth:`GateRule.window_rho`):
+    what calibrating the multiscale and sentence rules' scales needs. ``input_end=False`` reads
+    each input as a running generation does (the sentence rule's open sentence at the end
+    does not count, :meth:`GateRule.prefix_rho`).
 
     Returns:
         (n,) float64, one value per input with at least one counted token (inputs
@@ -214,14 +217,16 @@ def gate_rho(
     rule = rule or GateRule()
     values = []
     with progress_bar(description, total=total, unit="inputs", enabled=show_progress) as advance:
-        for evidence, counted in gate_evidence(model, layer, latents, batches, statistic=statistic):
+        for batch in batches:
+            ((evidence, counted),) = gate_evidence(model, layer, latents, [batch], statistic=statistic)
+            ends = rule.sentence_ends(batch.input_ids.to(evidence.device))
             keep = counted.sum(-1) > 0
-            rho = rule.window_rho(evidence, counted) if per_window else rule.rho(evidence, counted)
-            values.append(rho[keep].cpu())
+            read = rule.window_rho if per_window else rule.rho
+            values.append(read(evidence, counted, ends, input_end=input_end)[keep].cpu())
             advance(int(counted.shape[0]))
     if values:
         return torch.cat(values)
-    return torch.zeros((0, len(rule.windows)) if per_window else 0, dtype=torch.float64)
+    return torch.zeros((0, rule.columns) if per_window else 0, dtype=torch.float64)
 
 
 def prompt_rho(
@@ -296,6 +301,7 @@ def prompt_rho(
         total=len(asked),
         show_progress=show_progress,
         per_window=per_window,
+        input_end=False,  # as the running gate reads a generation cut at answer_tokens
     )
     return torch.cat([rho, answers_rho])
 

@@ -43,7 +43,7 @@ from saeguard.core.sae import SelectedLatents, sae_source
 from saeguard.core.selection import select_by_frequency, select_features
 from saeguard.core.statistics import FeatureStatistics, Shard, token_batches
 from saeguard.errors import SaeguardError, require
-from saeguard.hf.corpus import count_chunks, iter_chunks, special_token_ids
+from saeguard.hf.corpus import count_chunks, iter_chunks, sentence_end_ids, special_token_ids
 from saeguard.hf.fingerprint import model_fingerprint, model_name, weight_sample
 from saeguard.hf.layers import hidden_size, layer_count
 from saeguard.io import text_fingerprint
@@ -56,6 +56,7 @@ __all__ = [  # the inputs' side is core/fit_inputs.py, re-exported here for call
     "corpus_statistics",
     "fit_from_statistics",
     "calibration_record",
+    "fit_end_ids",
     "gate_rule_for",
     "gate_statistic_for",
     "prepare_fit",
@@ -83,9 +84,12 @@ class FitResult:
         special_ids: token ids never counted by the gate (BOS/EOS/PAD, template specials).
         provenance: model, SAE, corpora, selection and calibration records (None if built by hand).
         distributions: calibration rho per role, e.g. ``retain_rho`` (n,) float64.
-        window_rho: multiscale rule only: unscaled window rho per role (n, S) float64, what
-            ``window_scales`` and the role's rho are recomputed from on a retune.
-        window_scales: multiscale rule only: one divisor per window size (:class:`GateRule`).
+        window_rho: multiscale and sentence rules only: unscaled rho per role and column
+            (n, S) float64 (:meth:`GateRule.window_rho`), what ``window_scales`` and the role's
+            rho are recomputed from on a retune.
+        window_scales: multiscale and sentence rules only: one divisor per column (:class:`GateRule`).
+        sentence_end_ids: sentence rule only: ids of the tokens that end a sentence
+            (``hf.corpus.sentence_end_ids`` of the fitting tokenizer), ascending.
     """
 
     latents: SelectedLatents
@@ -98,6 +102,7 @@ class FitResult:
     distributions: dict[str, torch.Tensor] = field(default_factory=dict)
     window_rho: dict[str, torch.Tensor] = field(default_factory=dict)
     window_scales: tuple[float, ...] = ()
+    sentence_end_ids: tuple[int, ...] = ()
 
     @property
     def statistic(self) -> GateStatistic:
@@ -108,7 +113,7 @@ class FitResult:
     @property
     def rule(self) -> GateRule:
         """How evidence becomes rho: the config's gate rule, its parameters and calibrated scales."""
-        return gate_rule_for(self.config, self.window_scales)
+        return gate_rule_for(self.config, self.window_scales, self.sentence_end_ids)
 
 
 def calibration_rho(
@@ -124,11 +129,12 @@ def calibration_rho(
     """rho of the calibration inputs (prompt-shaped or chunks) built from one corpus.
 
     The inputs do not depend on ``shard``; a shard computes the rho of its contiguous
-    block of them (:meth:`Shard.span`). A multiscale config gets (n, S) unscaled window rho
-    (:meth:`GateRule.window_rho`: its scales come from them), any other rule (n,) rho.
+    block of them (:meth:`Shard.span`). A multiscale or sentence config gets (n, S) unscaled
+    rho per column (:meth:`GateRule.window_rho`: its scales come from them), any other rule (n,) rho.
     """
     docs, tokenizer = inputs.documents(role), inputs.tokenizer
-    per_window = config.gate_rule == "multiscale"
+    rule = gate_rule_for(config, end_ids=fit_end_ids(config, tokenizer))
+    per_window = rule.scaled
     if config.calibration == "prompts":
         # Long benign runs set the false-positive level under padding, so they matter on the
         # retain side only; on the forget side they would double the pass (issue 17). So do answers.
@@ -146,7 +152,7 @@ def calibration_rho(
                 docs,
                 shape,
                 statistic=statistic,
-                rule=gate_rule_for(config),
+                rule=rule,
                 batch_size=config.batch_size,
                 description=f"{role} calibration",
                 show_progress=show_progress,
@@ -166,7 +172,7 @@ def calibration_rho(
             latents,
             batches,
             statistic=statistic,
-            rule=gate_rule_for(config),
+            rule=rule,
             description=f"{role} calibration",
             total=count_chunks(docs, tokenizer, config.seq_len, max_chunks=config.calibration_size)
             if show_progress and shard is None
@@ -275,6 +281,7 @@ def fit_from_statistics(
         provenance=provenance,
         distributions=distributions,
         window_rho=window_rho,
+        sentence_end_ids=fit_end_ids(config, inputs.tokenizer),
     )
     result = retune(unset)  # tau and the clamp value: one implementation for fits and sweeps
     shared = shared_documents(inputs.documents("forget"), inputs.documents("retain"))
@@ -288,25 +295,37 @@ def calibration_record(
     """Where a fit keeps its calibration rho by role (:func:`calibration_rho`'s output).
 
     Returns:
-        (``distributions``, ``window_rho``) for :class:`FitResult`: every rule but multiscale
-        keeps ``{role}_rho`` (n,) in the first; multiscale keeps its (n, S) window rho by role in
-        the second (:func:`retune` turns them into scales and role rho).
+        (``distributions``, ``window_rho``) for :class:`FitResult`: every rule but multiscale and
+        sentence keeps ``{role}_rho`` (n,) in the first; those two keep their (n, S) rho per column
+        by role in the second (:func:`retune` turns them into scales and role rho).
     """
-    if config.gate_rule == "multiscale":
+    if gate_rule_for(config).scaled:
         return {}, dict(rho)
     return {f"{role}_rho": value for role, value in rho.items()}, {}
 
 
-def gate_rule_for(config: FitConfig, scales: tuple[float, ...] = ()) -> GateRule:
-    """The :class:`GateRule` a config asks for; ``scales``: the multiscale rule's calibrated divisors."""
+def gate_rule_for(
+    config: FitConfig, scales: tuple[float, ...] = (), end_ids: tuple[int, ...] = ()
+) -> GateRule:
+    """The :class:`GateRule` a config asks for; ``scales``: the multiscale and sentence rules'
+    calibrated divisors; ``end_ids``: the sentence rule's sentence-end token ids."""
+    scaled = config.gate_rule in ("multiscale", "sentence")
     return GateRule(
         config.gate_rule,
         window=config.window_tokens,
         k=config.min_evidence_tokens,
         drift=config.cusum_drift,
         min_window=config.min_window_tokens,
-        scales=tuple(scales) if config.gate_rule == "multiscale" else (),
+        scales=tuple(scales) if scaled else (),
+        min_sentence=config.min_sentence_tokens,
+        end_ids=tuple(end_ids) if config.gate_rule == "sentence" else (),
     )
+
+
+def fit_end_ids(config: FitConfig, tokenizer: Any) -> tuple[int, ...]:
+    """The sentence-end token ids a fit with ``config`` records: the tokenizer's for the sentence
+    rule (``hf.corpus.sentence_end_ids``), none for the others."""
+    return sentence_end_ids(tokenizer) if config.gate_rule == "sentence" else ()
 
 
 def gate_statistic_for(kind: GateStatisticKind, forget_mean_nonzero: list[float] | None) -> GateStatistic:
@@ -340,10 +359,10 @@ def retune(guard: R, *, gate_percentile: float | None = None, clamp: Clamp | str
     config = replace(guard.config, **changes).validate()
     scales: tuple[float, ...] = ()
     distributions = guard.distributions
-    if config.gate_rule == "multiscale":  # the scales follow the percentile, and rho the scales
+    if gate_rule_for(config).scaled:  # the scales follow the percentile, and rho the scales
         require(
             "retain" in guard.window_rho,
-            "this multiscale guardrail carries no retain window rho: refit it to change tau",
+            f"this {config.gate_rule} guardrail carries no retain window rho: refit it to change tau",
         )
         scales = window_scales(guard.window_rho["retain"], config.gate_percentile)
         distributions = {f"{role}_rho": scaled_rho(rho, scales) for role, rho in guard.window_rho.items()}

@@ -310,8 +310,14 @@ class Guardrail(FitResult):
             "clamp_value": self.clamp_value,
             "architecture": self.latents.architecture,
         }
-        if self.config.gate_rule == "multiscale":  # rho in multiples of each window size's retain level
-            summary |= {"windows": list(self.rule.windows), "window_scales": list(self.window_scales)}
+        if self.rule.scaled:  # rho in multiples of each column's retain level
+            summary |= {
+                "windows": list(self.rule.windows),
+                "columns": list(self.rule.column_names),
+                "window_scales": list(self.window_scales),
+            }
+        if self.config.gate_rule == "sentence":
+            summary["sentence_end_ids"] = len(self.sentence_end_ids)
         if self.provenance is not None:
             record = self.provenance.to_dict()
             summary |= {

@@ -30,6 +30,7 @@ from saeguard.core.fit import (
     FitResult,
     calibration_record,
     calibration_rho,
+    fit_end_ids,
     gate_statistic_for,
     retune,
 )
@@ -323,6 +324,7 @@ def zero_shot_guard(
         provenance=provenance,
         distributions=distributions,
         window_rho=window_rho,
+        sentence_end_ids=fit_end_ids(fit, inputs.tokenizer),
     )
     selected = [
         SelectedLatent(d.latent, float(match[d.latent]), d.frequency, [e.context for e in d.examples[:3]])

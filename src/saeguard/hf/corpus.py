@@ -236,6 +236,30 @@ def special_token_ids(tokenizer) -> set[int]:
     return ids
 
 
+SENTENCE_END_MARKS = ".?!\n\u3002\uff1f\uff01"
+"""Characters that end a sentence for the gate's sentence rule: ``.``, ``?``, ``!``, a newline and
+the CJK full stop, question and exclamation marks."""
+
+
+def sentence_end_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids of every token whose text holds a sentence-end mark (:data:`SENTENCE_END_MARKS`), ascending.
+
+    Each vocabulary entry is decoded on its own (``convert_tokens_to_string``), so byte-level
+    tokens such as ``Ċ`` (a newline) count; special tokens never do (they are uncounted, which
+    closes a sentence anyway). Source: issue 13, the gate's sentence rule (``core/gate.py``).
+    """
+    special = special_token_ids(tokenizer)
+    vocab = tokenizer.get_vocab()
+    ends = []
+    for token, index in vocab.items():
+        if index in special:
+            continue
+        text = tokenizer.convert_tokens_to_string([token])
+        if any(mark in text for mark in SENTENCE_END_MARKS):
+            ends.append(int(index))
+    return tuple(sorted(ends))
+
+
 def counted_mask(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Iterable[int]
 ) -> torch.Tensor:

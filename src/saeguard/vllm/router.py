@@ -229,7 +229,12 @@ class GuardRouter:
     def _summary(self, request_id: str, state: RequestState) -> dict[str, Any]:
         history, gate = state.history, self.guards[state.guard]
         last = torch.tensor([history.length - 1], device=history.cum_e.device)
-        rho = float(gate.rule.prefix_rho(history.cum_e, history.cum_n, last)[0, 0]) if history.length else 0.0
+        ends = gate.rule.sentence_ends(history.ids)
+        rho = (
+            float(gate.rule.prefix_rho(history.cum_e, history.cum_n, last, ends)[0, 0])
+            if history.length
+            else 0.0
+        )
         return {
             "request_id": request_id,
             "guard": state.guard,
