@@ -82,6 +82,7 @@ def save_guardrail(guard: FitResult, directory: str | Path) -> Path:
         "subtract_decoder_bias": guard.latents.subtract_decoder_bias,
         "special_ids": [int(i) for i in guard.special_ids],
         "window_scales": [float(v) for v in guard.window_scales],
+        "scale_columns": _scale_columns(guard.config),
         "config": guard.config.to_dict(),
         "provenance": None if guard.provenance is None else guard.provenance.to_dict(),
     }
@@ -271,6 +272,12 @@ def _window_calibration(
     if not rule.scaled:
         return {}, ()
     names, count = rule.column_names, rule.columns
+    stored = meta.get("scale_columns")  # absent in artifacts written before it was recorded
+    require(
+        stored is None or stored == _scale_columns(config),
+        f"{where}: the config's gate rule reads columns {_scale_columns(config)} but the scales were "
+        f"calibrated on {stored}: the config was edited; fit it again",
+    )
     raw = meta.get("window_scales")
     scales: list = raw if isinstance(raw, list) else []
     require(
@@ -307,6 +314,15 @@ def _window_calibration(
             f"({[round(v, 6) for v in expected]}): the file was edited; fit it again or use saeguard retune",
         )
     return window_rho, tuple(float(v) for v in scales)
+
+
+def _scale_columns(config: FitConfig) -> list[str] | None:
+    """What each scaled column reads (window sizes, the sentence minimum), None for other rules."""
+    rule = gate_rule_for(config)
+    if not rule.scaled:
+        return None
+    names = list(rule.column_names)
+    return names[:-1] + [f"sentence (min {rule.min_sentence})"] if rule.kind == "sentence" else names
 
 
 def _check_selection(provenance: Provenance, ids: list[int], where: str) -> None:

@@ -222,7 +222,8 @@ def gate_rho(
             ends = rule.sentence_ends(batch.input_ids.to(evidence.device))
             keep = counted.sum(-1) > 0
             read = rule.window_rho if per_window else rule.rho
-            values.append(read(evidence, counted, ends, input_end=input_end)[keep].cpu())
+            attended = batch.attention_mask.to(evidence.device)
+            values.append(read(evidence, counted, ends, input_end=input_end, attended=attended)[keep].cpu())
             advance(int(counted.shape[0]))
     if values:
         return torch.cat(values)

@@ -14,6 +14,7 @@ only); state lives per ``generate`` call, else per thread, so concurrent calls n
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -123,6 +124,8 @@ class Dispatcher:
 
     # -- the hooks --------------------------------------------------------------
     def _generate_wrapper(self, original: Callable) -> Callable:
+        # wraps: transformers reads the signatures (e.g. whether inputs_embeds is accepted)
+        @functools.wraps(original)
         def generate(*args: Any, **kwargs: Any) -> Any:
             if not self.active():
                 return original(*args, **kwargs)
@@ -143,6 +146,7 @@ class Dispatcher:
         return generate
 
     def _prepare_wrapper(self, original: Callable) -> Callable:
+        @functools.wraps(original)
         def prepare(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             inputs = original(input_ids, *args, **kwargs)
             if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:

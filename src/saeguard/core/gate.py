@@ -135,6 +135,21 @@ def gate_statistic(evidence: torch.Tensor, counted: torch.Tensor) -> torch.Tenso
     return GateRule().rho(evidence, counted)
 
 
+def reported_rho(history: RowHistory, rule: GateRule | None = None) -> torch.Tensor:
+    """The rho a gate reports for each row's history so far, (B,) float64: the prompt's reading
+    while the history ends with the prompt, the running one (closed sentences only) after it,
+    as :func:`decide_new_positions` reports it; 0 for an empty history."""
+    rule = rule or GateRule()
+    if history.length == 0:
+        return torch.zeros(history.end.shape[0], dtype=torch.float64)
+    last = torch.tensor([history.length - 1], device=history.cum_e.device)
+    with_open, closed = rule.prefix_rho_pair(
+        history.cum_e, history.cum_n, last, rule.sentence_ends(history.ids)
+    )
+    at_prompt_end = history.end.to(closed.device) == history.length
+    return torch.where(at_prompt_end, with_open[:, 0], closed[:, 0])
+
+
 def decide_new_positions(
     history: RowHistory, start: int, tau: float, *, freeze: bool, rule: GateRule | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,7 +175,8 @@ def decide_new_positions(
     else:  # issue 17: every position, a size known on the host (torch.unique waits for the GPU)
         needed = torch.arange(length, device=device)
     ends = rule.sentence_ends(history.ids)
-    rho_at = rule.prefix_rho(history.cum_e, history.cum_n, needed, ends)  # (B, |needed|)
+    # (B, |needed|) each: the prompt's reading (open sentence closed) and the running one
+    rho_at, running_at = rule.prefix_rho_pair(history.cum_e, history.cum_n, needed, ends)
     lookup = torch.searchsorted(
         needed, torch.cat([last_prompt.unsqueeze(1), positions.expand(end.shape[0], -1)], 1)
     )
@@ -168,7 +184,6 @@ def decide_new_positions(
     prompt_rho = torch.where(end > 0, values[:, 0], torch.zeros_like(values[:, 0]))
     new_rho = values[:, 1:]
     if rule.kind == "sentence":  # past the prompt, a sentence counts once it is closed
-        running_at = rule.prefix_rho(history.cum_e, history.cum_n, needed, ends, input_end=False)
         new_rho = running_at.gather(1, lookup[:, 1:])
     computed = (prompt_rho > tau) & prompt_ready
     prompt_flag = torch.where(history.prompt_known, history.prompt_flag, computed)

@@ -76,6 +76,10 @@ class GateRule:
             self.kind != "sentence" or self.min_sentence >= 1,
             f"sentence rule: min_sentence must be at least 1, got {self.min_sentence}",
         )
+        require(
+            all(int(i) >= 0 for i in self.end_ids),
+            f"sentence rule: end_ids must be token ids (integers >= 0), got {self.end_ids[:8]}...",
+        )
         if self.scaled:
             require(
                 1 <= self.min_window <= self.window,
@@ -134,6 +138,7 @@ class GateRule:
         ends: torch.Tensor | None = None,
         *,
         input_end: bool = True,
+        attended: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """rho of each row's prefix ending at each of ``positions``: (B, P) float64.
 
@@ -143,6 +148,10 @@ class GateRule:
             ends: (B, T) bool, tokens ending a sentence (:meth:`sentence_ends`); sentence rule only.
             input_end: the sentence rule also closes the open sentence at each position (the
                 prompt's decision); False reads closed sentences only (a running generation).
+            attended: (B, T) attention mask: padding (0) closes no sentence (:meth:`rho`).
+
+        Raises:
+            SaeguardError: ``ends`` or ``attended`` shorter than T, or a scaled rule without scales.
         """
         if positions.numel() == 0:
             return cum_e.new_zeros(cum_e.shape[0], 0)
@@ -156,14 +165,8 @@ class GateRule:
         if self.kind == "window":
             return self._window_prefix(cum_e, cum_n, self.window)[:, positions]
         if self.scaled:
-            require(
-                bool(self.scales),
-                f"the {self.kind} gate rule needs its per-column scales from calibration: fit the guardrail",
-            )
-            per_size = self._columns_prefix(cum_e, cum_n, ends, input_end)
-            divisor = torch.tensor(self.scales, dtype=per_size.dtype, device=per_size.device)
-            scaled = per_size / divisor.view(-1, 1, 1)
-            return scaled.nan_to_num(nan=0.0).amax(0)[:, positions]  # evidence >= 0: an unread size adds 0
+            closed, with_open = self._scaled_prefix(cum_e, cum_n, ends, attended)
+            return (with_open if input_end else closed)[:, positions]
         else:  # cusum: S_t = X_t - min(0, min_{s<=t} X_s), X = cumulative (e - drift) over counted tokens
             walk = cum_e - self.drift * cum_n
             score = walk - walk.cummin(-1).values.clamp(max=0.0)
@@ -176,10 +179,14 @@ class GateRule:
         ends: torch.Tensor | None = None,
         *,
         input_end: bool = True,
+        attended: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """rho per row, (B,) float64, of (B, T) evidence over (B, T) counted tokens.
 
         ``ends`` and ``input_end``: as :meth:`prefix_rho` (the sentence rule only).
+        ``attended``: (B, T) attention mask of a padded batch; padding (0) closes no sentence,
+        so a right-padded row reads as it does alone (the running gate never sees padding after
+        a row's last token).
         """
         counted = counted.bool()
         cum_e = (evidence.double() * counted).cumsum(-1)
@@ -187,7 +194,8 @@ class GateRule:
         if cum_e.shape[1] == 0:
             return cum_e.new_zeros(cum_e.shape[0])
         last = torch.tensor([cum_e.shape[1] - 1], device=cum_e.device)
-        return self.prefix_rho(cum_e, cum_n, last, ends, input_end=input_end).squeeze(1)
+        rho = self.prefix_rho(cum_e, cum_n, last, ends, input_end=input_end, attended=attended)
+        return rho.squeeze(1)
 
     def window_rho(
         self,
@@ -196,49 +204,122 @@ class GateRule:
         ends: torch.Tensor | None = None,
         *,
         input_end: bool = True,
+        attended: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The multiscale or sentence rule before scaling, per column: (B, :attr:`columns`) float64.
 
         One column per window size (NaN where an input has fewer counted tokens than the
         size, every size but the smallest), then the sentence rule's sentence column: what
-        calibration reads to set ``scales``.
+        calibration reads to set ``scales``. ``ends``, ``input_end``, ``attended``: as :meth:`rho`.
         """
         counted = counted.bool()
         cum_e = (evidence.double() * counted).cumsum(-1)
         cum_n = counted.double().cumsum(-1)
         if cum_e.shape[1] == 0:
             return cum_e.new_zeros(cum_e.shape[0], self.columns)
-        return self._columns_prefix(cum_e, cum_n, ends, input_end)[:, :, -1].T
+        return self._columns_prefix(cum_e, cum_n, ends, input_end, attended)[:, :, -1].T
+
+    def prefix_rho_pair(
+        self,
+        cum_e: torch.Tensor,
+        cum_n: torch.Tensor,
+        positions: torch.Tensor,
+        ends: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prefix_rho` with ``input_end`` True and False, from one pass: two (B, P) float64.
+
+        What the gate needs in one forward (the prompt's decision and the running one); the
+        rules other than ``sentence`` read the same value twice.
+        """
+        if self.kind != "sentence" or positions.numel() == 0:
+            rho = self.prefix_rho(cum_e, cum_n, positions, ends)
+            return rho, rho
+        upto = cum_e.shape[1] if positions.numel() == cum_e.shape[1] else int(positions.max()) + 1
+        closed, with_open = self._scaled_prefix(cum_e[:, :upto], cum_n[:, :upto], ends, None)
+        return with_open[:, positions], closed[:, positions]
+
+    def _scaled_prefix(
+        self,
+        cum_e: torch.Tensor,
+        cum_n: torch.Tensor,
+        ends: torch.Tensor | None,
+        attended: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scaled rules on every prefix, (B, T) each: (closed sentences only, with the open one).
+
+        The multiscale rule reads no sentences: both are the same tensor.
+        """
+        require(
+            bool(self.scales),
+            f"the {self.kind} gate rule needs its per-column scales from calibration: fit the guardrail",
+        )
+        columns = self._window_columns(cum_e, cum_n)
+        divisor = torch.tensor(self.scales, dtype=cum_e.dtype, device=cum_e.device)
+        windows = (columns / divisor[: len(columns)].view(-1, 1, 1)).nan_to_num(nan=0.0).amax(0)
+        if self.kind != "sentence":
+            return windows, windows  # evidence >= 0: an unread size adds 0
+        closed, open_ = self._sentence_prefix(cum_e, cum_n, ends, attended)
+        scale = divisor[-1]
+        closed = torch.maximum(windows, closed / scale)
+        return closed, torch.maximum(closed, open_ / scale)
 
     def _columns_prefix(
-        self, cum_e: torch.Tensor, cum_n: torch.Tensor, ends: torch.Tensor | None, input_end: bool
+        self,
+        cum_e: torch.Tensor,
+        cum_n: torch.Tensor,
+        ends: torch.Tensor | None,
+        input_end: bool,
+        attended: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(columns, B, T) unscaled: the smallest size as the window rule, larger ones NaN
-        until full; then the sentence column (sentence rule)."""
+        """(columns, B, T) unscaled: the window columns, then the sentence column (sentence rule)."""
+        columns = self._window_columns(cum_e, cum_n)
+        if self.kind != "sentence":
+            return columns
+        closed, open_ = self._sentence_prefix(cum_e, cum_n, ends, attended)
+        sentence = torch.maximum(closed, open_) if input_end else closed
+        return torch.cat([columns, sentence.unsqueeze(0)])
+
+    def _window_columns(self, cum_e: torch.Tensor, cum_n: torch.Tensor) -> torch.Tensor:
+        """(sizes, B, T) unscaled: the smallest size as the window rule, larger ones NaN until full."""
         sizes = []
         for index, size in enumerate(self.windows):
             value = self._window_prefix(cum_e, cum_n, size)
             if index:
                 value = torch.where(cum_n >= size, value, torch.full_like(value, torch.nan))
             sizes.append(value)
-        if self.kind == "sentence":
-            sizes.append(self._sentence_prefix(cum_e, cum_n, ends, input_end))
         return torch.stack(sizes)
 
     def _sentence_prefix(
-        self, cum_e: torch.Tensor, cum_n: torch.Tensor, ends: torch.Tensor | None, input_end: bool
-    ) -> torch.Tensor:
-        """(B, T): the largest sentence mean on every prefix (closed sentences; with
-        ``input_end`` also the open one). A sentence of fewer than ``min_sentence`` counted
-        tokens is read over the last ``min_sentence`` counted tokens up to its end."""
-        length = cum_n.shape[1]
-        counted = torch.diff(cum_n, dim=1, prepend=cum_n.new_zeros(cum_n.shape[0], 1)) > 0
+        self,
+        cum_e: torch.Tensor,
+        cum_n: torch.Tensor,
+        ends: torch.Tensor | None,
+        attended: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sentence column on every prefix, unscaled, (B, T) each: the largest closed
+        sentence's mean, and the open sentence's mean at each position (0 where none is open).
+        A sentence of fewer than ``min_sentence`` counted tokens is read over the last
+        ``min_sentence`` counted tokens up to its end. Padding (``attended`` 0) closes none."""
+        batch, length = cum_n.shape
+        counted = torch.diff(cum_n, dim=1, prepend=cum_n.new_zeros(batch, 1)) > 0
         close = ~counted
         if ends is not None:
+            require(
+                ends.dim() == 2 and ends.shape[0] == batch and ends.shape[1] >= length,
+                f"sentence ends of shape {tuple(ends.shape)} do not cover the input's {(batch, length)}: "
+                "pass one flag per token (GateRule.sentence_ends(input_ids))",
+            )
             close = close | ends[:, :length].to(close.device).bool()
+        if attended is not None:
+            require(
+                attended.dim() == 2 and attended.shape[0] == batch and attended.shape[1] >= length,
+                f"attention mask of shape {tuple(attended.shape)} does not cover the input's "
+                f"{(batch, length)}: pass the batch's attention_mask",
+            )
+            close = close & attended[:, :length].to(close.device).bool()
         index = torch.arange(length, device=cum_n.device).expand_as(cum_n)
         last_close = torch.where(close, index, torch.full_like(index, -1)).cummax(-1).values
-        previous = torch.cat([last_close.new_full((cum_n.shape[0], 1), -1), last_close[:, :-1]], 1)
+        previous = torch.cat([last_close.new_full((batch, 1), -1), last_close[:, :-1]], 1)
         counted_before = torch.where(
             previous >= 0, cum_n.gather(1, previous.clamp(min=0)), torch.zeros_like(cum_n)
         )
@@ -248,9 +329,7 @@ class GateRule:
         has = in_sentence > 0
         closed = torch.where(close & has, value, torch.full_like(value, -torch.inf))
         best = closed.cummax(-1).values.clamp(min=0.0)  # evidence >= 0: no sentence yet reads 0
-        if not input_end:
-            return best
-        return torch.maximum(best, torch.where(has, value, torch.zeros_like(value)))
+        return best, torch.where(has, value, torch.zeros_like(value))
 
     def _window_prefix(self, cum_e: torch.Tensor, cum_n: torch.Tensor, window: int) -> torch.Tensor:
         """The window rule of size ``window`` on every prefix (B, T): the largest full window's

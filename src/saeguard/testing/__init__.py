@@ -26,7 +26,15 @@ from saeguard.testing.chat import (
     ZEPHYR_TEMPLATE,
     chat_tokenizer,
 )
-from saeguard.testing.guards import PLANTED_LATENT, make_guard, make_items, plant_forget_direction, random_sae
+from saeguard.testing.guards import (
+    PLANTED_LATENT,
+    SENTENCE_END_WORDS,
+    make_guard,
+    make_items,
+    plant_forget_direction,
+    random_sae,
+    sentence_guard,
+)
 from saeguard.testing.models import (
     CHAT_TEMPLATE,
     COMMON_WORDS,
@@ -67,6 +75,7 @@ __all__ = [
     "PLANTED_LATENT",
     "PROMPT_WORDS",
     "RETAIN_WORDS",
+    "SENTENCE_END_WORDS",
     "SPECIALS",
     "TINY_MODELS",
     "VOCAB",
@@ -81,6 +90,7 @@ __all__ = [
     "make_tokenizer",
     "plant_forget_direction",
     "random_sae",
+    "sentence_guard",
     "text_tokenizer",
     "tiny_decoder",
     "tiny_gemma2",

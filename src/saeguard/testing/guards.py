@@ -116,3 +116,41 @@ def make_guard(
         config=FitConfig(),
         special_ids=sorted(tokenizer.all_special_ids),
     )
+
+
+SENTENCE_END_WORDS = ("a", "and", "is")  # the tiny vocabulary has no punctuation: these end sentences
+
+
+def sentence_guard(tau: float = 0.55) -> tuple[Any, Any, Guardrail, Guardrail]:
+    """A sentence-rule guard fitted on a tiny llama with a planted forget latent (layer 1, window 8/4).
+
+    Returns ``(tokenizer, model, fitted, guard)``: ``fitted`` as the fit left it (no end ids: the
+    tiny vocabulary has no punctuation; tau 0, retain evidence being 0), ``guard`` the same with
+    :data:`SENTENCE_END_WORDS` as sentence ends and ``tau`` set between the test prompts' rho, so
+    the gate decides both ways and end ids change decisions.
+    """
+    from dataclasses import replace
+
+    from saeguard.testing.models import corpus, tiny_llama
+
+    tokenizer = make_tokenizer()
+    model, sae = plant_forget_direction(tiny_llama(), random_sae("jumprelu"))
+    fitted = Guardrail.fit(
+        model,
+        tokenizer,
+        sae,
+        forget=corpus(FORGET_WORDS, 16, 40, 1),
+        retain=corpus(RETAIN_WORDS, 16, 40, 2),
+        layer=1,
+        n_features=1,
+        ratio_percentile=90,
+        seq_len=32,
+        gate_percentile=90,
+        gate_rule="sentence",
+        window_tokens=8,
+        min_window_tokens=4,
+        calibration_long_tokens=64,
+        show_progress=False,
+    )
+    ends = tuple(sorted(int(tokenizer.convert_tokens_to_ids(word)) for word in SENTENCE_END_WORDS))
+    return tokenizer, model, fitted, replace(fitted, sentence_end_ids=ends, tau=tau)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from saeguard.core.gate import reported_rho
 from saeguard.core.hooks import GateHook
 from saeguard.core.state import ForwardCall, RowHistory
 from saeguard.errors import require
@@ -228,13 +229,7 @@ class GuardRouter:
 
     def _summary(self, request_id: str, state: RequestState) -> dict[str, Any]:
         history, gate = state.history, self.guards[state.guard]
-        last = torch.tensor([history.length - 1], device=history.cum_e.device)
-        ends = gate.rule.sentence_ends(history.ids)
-        rho = (
-            float(gate.rule.prefix_rho(history.cum_e, history.cum_n, last, ends)[0, 0])
-            if history.length
-            else 0.0
-        )
+        rho = float(reported_rho(history, gate.rule)[0])  # what the decision read (sentence rule)
         return {
             "request_id": request_id,
             "guard": state.guard,
