@@ -152,5 +152,5 @@ def sentence_guard(tau: float = 0.55) -> tuple[Any, Any, Guardrail, Guardrail]:
         calibration_long_tokens=64,
         show_progress=False,
     )
-    ends = tuple(sorted(int(tokenizer.convert_tokens_to_ids(word)) for word in SENTENCE_END_WORDS))
+    ends = tuple(sorted(tokenizer.vocab[word] for word in SENTENCE_END_WORDS))
     return tokenizer, model, fitted, replace(fitted, sentence_end_ids=ends, tau=tau)
